@@ -1,0 +1,41 @@
+"""The exceptions r0kit raises on bad input.
+
+Every one derives from :class:`R0kitError`, whose message says what is wrong
+and how to fix it. The command line prints that message, with no traceback,
+and exits non-zero.
+"""
+
+
+class R0kitError(Exception):
+    """Base class of every user-facing r0kit error."""
+
+
+class PluginError(R0kitError):
+    """A plugin failed to import or register, or two plugins clash."""
+
+
+class UnknownNameError(R0kitError, KeyError):
+    """A reward, regularizer or generator name that no plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else ""
+
+
+class OptionError(R0kitError, TypeError):
+    """An option a factory does not accept, or a bad value for one."""
+
+
+class ConfigError(R0kitError, ValueError):
+    """A configuration file or value that does not validate."""
+
+
+class InputError(R0kitError, ValueError):
+    """A tensor of the wrong shape, dtype or range, or other bad input."""
+
+
+class NonFiniteError(R0kitError, FloatingPointError):
+    """A reward or regularizer produced NaN or Inf."""
+
+
+class WeightsError(R0kitError, FileNotFoundError):
+    """Model weights that cannot be found, fetched or read."""

@@ -1,0 +1,89 @@
+"""Every pluggy hook r0kit calls, in one place.
+
+Each spec is a typed no-op whose docstring is its documentation. Plugins
+implement them with :data:`r0kit.hookimpl`; they receive a ``register``
+callable and never touch a registry directly.
+
+Hooks are called with keyword arguments only, and an implementation may
+accept fewer arguments than its spec (pluggy's rule), which is how a spec
+grows without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    from r0kit.images import RewardContract
+
+hookspec = pluggy.HookspecMarker("r0kit")
+hookimpl = pluggy.HookimplMarker("r0kit")
+
+
+class RegisterReward(Protocol):
+    def __call__(
+        self, name: str, factory, *, contract: RewardContract, description: str = ""
+    ) -> None: ...
+
+
+class RegisterComponent(Protocol):
+    def __call__(self, name: str, factory, *, description: str = "") -> None: ...
+
+
+# --------------------------------------------------------------------------
+# Registration: called once, when the plugin manager is first built.
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def r0kit_register_rewards(register: RegisterReward) -> None:
+    """Register reward factories.
+
+    Call ``register(name, factory, contract=RewardContract(...), description=...)``
+    once per reward. ``factory(**options)`` must return a callable
+    ``reward(x, prompts) -> Tensor[B]`` where ``x`` is the image batch already
+    preprocessed by the core to what ``contract`` declares. Options the
+    factory does not accept are rejected before it is called, naming the option.
+
+    :param register: the callback that records one reward; it raises
+        :class:`r0kit.registry.RegistrationError` on a duplicate name or a
+        non-callable factory.
+    :returns: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def r0kit_register_regularizers(register: RegisterComponent) -> None:
+    """Register regularizer factories.
+
+    Call ``register(name, factory, description=...)``. ``factory(**options)``
+    returns a callable ``reg(sample, generator) -> Tensor`` of shape ``[B]``
+    (a per-sample penalty) or ``[]`` (one penalty shared by the batch, e.g. a
+    penalty on weights). The objective subtracts it with its weight.
+
+    :param register: the callback that records one regularizer.
+    :returns: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def r0kit_register_generators(register: RegisterComponent) -> None:
+    """Register generator parameterizations.
+
+    Call ``register(name, factory, description=...)``. ``factory(**options)``
+    returns an object that follows :class:`r0kit.generator.Generator`: it
+    ``prepare``-s its per-problem state, exposes the tensors to optimize
+    through ``parameters()``, and ``sample``-s an image batch in [0, 1] that
+    is differentiable with respect to them.
+
+    :param register: the callback that records one generator.
+    :returns: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,370 @@
+"""Objectives: weighted rewards minus weighted regularizers, composed by arithmetic.
+
+>>> obj = 2 * reward("colorfulness") + reward("contrast") - 0.1 * regularizer("tv")
+
+builds the same :class:`Objective` as the TOML table
+
+.. code-block:: toml
+
+    [objective.rewards.colorfulness]
+    weight = 2
+    [objective.rewards.contrast]
+    [objective.regularizers.tv]
+    weight = 0.1
+
+Every term carries a signed weight: the objective's per-sample total is
+``Σ weight · value``, where a reward's value is its score and a regularizer's
+value is its penalty (so ``- 0.1 * regularizer(...)`` subtracts it).
+
+With ``normalize_gradients=True`` the rewards' image gradients are combined
+the R0 way, per sample ``g = Σ wᵢ ∇ₓrᵢ / (‖∇ₓrᵢ‖ + ε)``, and pushed back
+through whatever produced the images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+
+from r0kit.errors import InputError, NonFiniteError, OptionError
+from r0kit.generator import Sample
+from r0kit.images import RewardContract, check_images, preprocess_many
+
+TermKind = Literal["reward", "regularizer"]
+
+
+@dataclass(frozen=True, eq=False)
+class Term:
+    """One weighted reward or regularizer. Build with :func:`reward` / :func:`regularizer`."""
+
+    kind: TermKind
+    name: str
+    module: Callable[..., torch.Tensor]
+    options: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    label: str = ""
+    contract: RewardContract | None = None
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+    def named(self, label: str) -> Term:
+        """The same term under another label (to use one reward twice)."""
+        return replace(self, label=label)
+
+    def spec(self) -> tuple:
+        return (self.kind, self.name, self.label, float(self.weight), tuple(sorted(self.options.items(), key=lambda kv: kv[0])))
+
+    # -- arithmetic ---------------------------------------------------------
+    def __mul__(self, k: float) -> Term:
+        if not isinstance(k, (int, float)) or isinstance(k, bool):
+            return NotImplemented
+        if not math.isfinite(k):
+            raise OptionError(f"weight of {self.label!r} must be finite, got {k}")
+        return replace(self, weight=self.weight * float(k))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k: float) -> Term:
+        return self * (1.0 / k)
+
+    def __neg__(self) -> Term:
+        return self * -1.0
+
+    def __pos__(self) -> Term:
+        return self
+
+    def __add__(self, other: Term | Objective) -> Objective:
+        return Objective([self]) + other
+
+    def __sub__(self, other: Term | Objective) -> Objective:
+        return Objective([self]) - other
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.weight:g}*{self.kind}({self.name!r}{', ' + opts if opts else ''})"
+
+
+@dataclass
+class ObjectiveResult:
+    """Per-sample values of one evaluation.
+
+    :ivar total: ``[B]``, ``Σ weight · value``.
+    :ivar terms: label -> ``[B]`` unweighted value of each term (detached).
+    :ivar weights: label -> signed weight.
+    :ivar grad_norms: label -> ``[B]`` per-sample norm of each reward's image
+        gradient, filled when gradients were normalized.
+    """
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    weights: dict[str, float]
+    grad_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def as_floats(self) -> dict[str, list[float]]:
+        out = {"total": self.total.detach().float().cpu().tolist()}
+        out.update({k: v.detach().float().cpu().tolist() for k, v in self.terms.items()})
+        return out
+
+    def mean(self) -> dict[str, float]:
+        out = {"total": float(self.total.detach().float().mean())}
+        out.update({k: float(v.detach().float().mean()) for k, v in self.terms.items()})
+        return out
+
+
+class Objective:
+    """A weighted sum of terms, with optional per-reward gradient normalization."""
+
+    def __init__(self, terms: Iterable[Term] = (), *, normalize_gradients: bool = False, eps: float = 1e-8):
+        self.terms: list[Term] = list(terms)
+        self.normalize_gradients = bool(normalize_gradients)
+        self.eps = float(eps)
+        labels = [t.label for t in self.terms]
+        dup = {lab for lab in labels if labels.count(lab) > 1}
+        if dup:
+            raise OptionError(
+                f"the objective uses the label(s) {sorted(dup)} more than once; give one of them another "
+                "label with .named('other') (Python) or a different table key with name = '...' (TOML)"
+            )
+
+    # -- composition ----------------------------------------------------------
+    def _join(self, other: Term | Objective, sign: float) -> Objective:
+        if isinstance(other, Term):
+            extra = [other * sign]
+        elif isinstance(other, Objective):
+            extra = [t * sign for t in other.terms]
+        else:
+            return NotImplemented
+        return Objective(self.terms + extra, normalize_gradients=self.normalize_gradients, eps=self.eps)
+
+    def __add__(self, other: Term | Objective) -> Objective:
+        return self._join(other, 1.0)
+
+    def __sub__(self, other: Term | Objective) -> Objective:
+        return self._join(other, -1.0)
+
+    def __mul__(self, k: float) -> Objective:
+        if not isinstance(k, (int, float)) or isinstance(k, bool):
+            return NotImplemented
+        return Objective([t * k for t in self.terms], normalize_gradients=self.normalize_gradients, eps=self.eps)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Objective:
+        return self * -1.0
+
+    def with_options(self, *, normalize_gradients: bool | None = None, eps: float | None = None) -> Objective:
+        """A copy with the combine options changed."""
+        return Objective(
+            self.terms,
+            normalize_gradients=self.normalize_gradients if normalize_gradients is None else normalize_gradients,
+            eps=self.eps if eps is None else eps,
+        )
+
+    def spec(self) -> dict[str, Any]:
+        """A canonical, comparable description (term order does not matter)."""
+        return {
+            "terms": sorted(t.spec() for t in self.terms),
+            "normalize_gradients": self.normalize_gradients,
+            "eps": self.eps,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Objective) and self.spec() == other.spec()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.spec()))
+
+    def __repr__(self) -> str:
+        body = " + ".join(repr(t) for t in self.terms) or "0"
+        return f"Objective({body}{', normalize_gradients=True' if self.normalize_gradients else ''})"
+
+    @property
+    def rewards(self) -> list[Term]:
+        return [t for t in self.terms if t.kind == "reward"]
+
+    @property
+    def regularizers(self) -> list[Term]:
+        return [t for t in self.terms if t.kind == "regularizer"]
+
+    @property
+    def needs_prompts(self) -> bool:
+        return any(t.contract is not None and t.contract.needs_prompt for t in self.rewards)
+
+    # -- evaluation -----------------------------------------------------------
+    def _check(self, sample: Sample, prompts: list[str]) -> None:
+        if not self.terms:
+            raise OptionError("the objective has no terms; add at least one reward")
+        check_images(sample.images, name="sample.images")
+        if self.needs_prompts and len(prompts) != sample.batch_size:
+            raise InputError(
+                f"got {len(prompts)} prompt(s) for {sample.batch_size} image(s); pass one prompt per image"
+            )
+
+    def _reward_values(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        rewards = self.rewards
+        inputs = preprocess_many(images, [t.contract for t in rewards])  # type: ignore[misc]
+        values = {}
+        for term, x in zip(rewards, inputs):
+            if term.contract is not None and not term.contract.differentiable:
+                with torch.no_grad():
+                    v = term.module(x.detach(), prompts)
+            else:
+                v = term.module(x, prompts)
+            values[term.label] = _check_value(term, v, images.shape[0])
+        return values
+
+    def _regularizer_values(self, sample: Sample, generator: Any) -> dict[str, torch.Tensor]:
+        values = {}
+        for term in self.regularizers:
+            v = term.module(sample, generator)
+            values[term.label] = _check_value(term, v, sample.batch_size, allow_scalar=True)
+        return values
+
+    def evaluate(self, sample: Sample, prompts: list[str], generator: Any = None) -> ObjectiveResult:
+        """Every term and the total, per sample, keeping the autograd graph."""
+        self._check(sample, prompts)
+        values = self._reward_values(sample.images, prompts)
+        values.update(self._regularizer_values(sample, generator))
+        return self._result(values, sample.batch_size)
+
+    def _result(self, values: dict[str, torch.Tensor], batch: int) -> ObjectiveResult:
+        total = None
+        for term in self.terms:
+            v = values[term.label].float()
+            contrib = term.weight * (v.expand(batch) if v.dim() == 0 else v)
+            total = contrib if total is None else total + contrib
+        return ObjectiveResult(
+            total=total,  # type: ignore[arg-type]
+            terms={k: v.detach() for k, v in values.items()},
+            weights={t.label: t.weight for t in self.terms},
+        )
+
+    def backward(
+        self,
+        sample: Sample,
+        prompts: list[str],
+        generator: Any = None,
+        *,
+        reduction: Literal["sum", "mean"] = "sum",
+    ) -> ObjectiveResult:
+        """Evaluate, then back-propagate the *negative* objective (for a minimizing optimizer).
+
+        ``reduction="sum"`` treats every sample as its own problem (test-time
+        optimization); ``"mean"`` averages over the batch (training).
+        Raises :class:`NonFiniteError` naming the term when any value is NaN or Inf,
+        before anything is back-propagated.
+        """
+        self._check(sample, prompts)
+        scale = 1.0 if reduction == "sum" else 1.0 / sample.batch_size
+        if not self.normalize_gradients:
+            result = self.evaluate(sample, prompts, generator)
+            _raise_nonfinite(result)
+            (-result.total.sum() * scale).backward()
+            return result
+
+        images = sample.images
+        leaf = images.detach().requires_grad_(True)
+        reward_values = self._reward_values(leaf, prompts)
+        reg_values = self._regularizer_values(sample, generator)
+        result = self._result({**reward_values, **reg_values}, sample.batch_size)
+        _raise_nonfinite(result)
+
+        grads, weights, labels = [], [], []
+        for term in self.rewards:
+            v = reward_values[term.label]
+            if not v.requires_grad or term.weight == 0.0:
+                continue
+            (g,) = torch.autograd.grad(v.sum(), leaf, retain_graph=True, allow_unused=True)
+            if g is None:
+                continue
+            grads.append(g)
+            weights.append(term.weight)
+            labels.append(term.label)
+        outputs, grad_outputs = [], []
+        if grads:
+            combined, norms = combine_normalized(grads, weights, self.eps)
+            if not torch.isfinite(combined).all():
+                bad = [lab for lab, g in zip(labels, grads) if not torch.isfinite(g).all()]
+                raise NonFiniteError(f"the image gradient of {', '.join(bad) or 'the rewards'} is NaN or Inf")
+            result.grad_norms = {lab: norms[i] for i, lab in enumerate(labels)}
+            if images.requires_grad:
+                outputs.append(images)
+                grad_outputs.append(-combined * scale)
+        reg_total = None
+        for term in self.regularizers:
+            v = reg_values[term.label]
+            v = v.sum() if v.dim() else v * sample.batch_size
+            contrib = term.weight * v
+            reg_total = contrib if reg_total is None else reg_total + contrib
+        if reg_total is not None and reg_total.requires_grad:
+            outputs.append(-reg_total * scale)
+            grad_outputs.append(torch.ones_like(reg_total))
+        if outputs:
+            torch.autograd.backward(outputs, grad_outputs)
+        return result
+
+    def __call__(self, sample: Sample, prompts: list[str], generator: Any = None) -> ObjectiveResult:
+        return self.evaluate(sample, prompts, generator)
+
+
+def combine_normalized(
+    grads: list[torch.Tensor], weights: list[float], eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ wᵢ gᵢ / (‖gᵢ‖ + ε)`` with per-sample norms over all but the batch dim.
+
+    :returns: the combined gradient (shape of each ``gᵢ``) and the norms ``[N, B]``.
+    """
+    from r0kit.kernels import grad_combine
+
+    return grad_combine(grads, weights, eps)
+
+
+def _check_value(term: Term, v: Any, batch: int, *, allow_scalar: bool = False) -> torch.Tensor:
+    where = f"{term.kind} {term.name!r} (plugin {term.plugin or '?'})"
+    if not isinstance(v, torch.Tensor):
+        raise InputError(f"{where} returned {type(v).__name__}; it must return a torch.Tensor of shape [{batch}]")
+    if v.dim() == 0 and allow_scalar:
+        return v
+    if tuple(v.shape) != (batch,):
+        raise InputError(f"{where} returned shape {tuple(v.shape)}; it must return one value per image, shape [{batch}]")
+    return v
+
+
+def _raise_nonfinite(result: ObjectiveResult) -> None:
+    bad = [k for k, v in result.terms.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteError(f"the term(s) {', '.join(bad)} went NaN or Inf")
+
+
+# -- building terms from the registries ------------------------------------------
+
+
+def reward(name: str, *, label: str = "", **options: Any) -> Term:
+    """Instantiate the registered reward ``name`` with ``options`` as a weight-1 term."""
+    from r0kit.plugins import get_host
+
+    entry = get_host().rewards.get(name)
+    module = entry.create(**options)
+    return Term("reward", name, module, dict(options), 1.0, label or name, entry.contract, entry.plugin)
+
+
+def regularizer(name: str, *, label: str = "", **options: Any) -> Term:
+    """Instantiate the registered regularizer ``name`` as a weight-1 term (subtract it)."""
+    from r0kit.plugins import get_host
+
+    entry = get_host().regularizers.get(name)
+    module = entry.create(**options)
+    return Term("regularizer", name, module, dict(options), 1.0, label or name, None, entry.plugin)
+
+
+def generator(name: str, **options: Any) -> Any:
+    """Instantiate the registered generator ``name``."""
+    from r0kit.plugins import get_host
+
+    return get_host().generators.get(name).create(**options)

@@ -1,0 +1,257 @@
+"""The plugin manager: built-ins, entry points, allowlist and failure isolation.
+
+Built-in plugins are ordinary modules under ``plugins/`` listed in
+:data:`DEFAULT_PLUGINS`; third-party plugins are found in the ``r0kit``
+entry-point group. Both are registered with pluggy the same way and both go
+through the same ``register`` callbacks.
+
+Environment:
+
+``R0KIT_LOAD_PLUGINS=a,b``
+    Allowlist: load only the named plugins (built-in module names or
+    entry-point names). Everything else is blocked.
+``R0KIT_DISABLE_AUTOLOAD=1``
+    Do not load entry-point plugins. The test suite sets this; tests that
+    need autoload ask for it.
+
+A plugin that fails to import, to validate against the hook specs, or to
+register is recorded with its reason (``r0kit plugins`` shows it) and the
+others still load. The registry entries of a failed registration are rolled
+back, so a half-registered plugin never lingers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from r0kit import hookspecs
+from r0kit.errors import PluginError
+from r0kit.registry import Entry, Registry
+
+ENTRY_POINT_GROUP = "r0kit"
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "r0kit_analytic",
+    "r0kit_regularizers",
+    "r0kit_pixel",
+)
+
+_HOOKS: tuple[tuple[str, str], ...] = (
+    ("r0kit_register_rewards", "reward"),
+    ("r0kit_register_regularizers", "regularizer"),
+    ("r0kit_register_generators", "generator"),
+)
+
+
+@dataclass
+class PluginStatus:
+    name: str
+    source: str  # "builtin", "entrypoint" or "runtime"
+    version: str
+    ok: bool
+    error: str = ""
+
+
+def _r0kit_version() -> str:
+    try:
+        return importlib.metadata.version("r0kit")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _allowlist() -> set[str] | None:
+    raw = os.environ.get("R0KIT_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _autoload_disabled() -> bool:
+    return os.environ.get("R0KIT_DISABLE_AUTOLOAD", "").lower() in ("1", "true", "yes")
+
+
+class PluginHost:
+    """A plugin manager and the three registries it fills.
+
+    Core code talks to plugins only through this facade.
+    """
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("r0kit")
+        self.pm.add_hookspecs(hookspecs)
+        self.registries: dict[str, Registry] = {
+            kind: Registry(kind) for _, kind in _HOOKS  # type: ignore[arg-type]
+        }
+        self.statuses: dict[str, PluginStatus] = {}
+
+    # -- registries -------------------------------------------------------
+    @property
+    def rewards(self) -> Registry:
+        return self.registries["reward"]
+
+    @property
+    def regularizers(self) -> Registry:
+        return self.registries["regularizer"]
+
+    @property
+    def generators(self) -> Registry:
+        return self.registries["generator"]
+
+    # -- loading ------------------------------------------------------------
+    def load_defaults(self) -> None:
+        allow = _allowlist()
+        for modname in DEFAULT_PLUGINS:
+            if allow is not None and modname not in allow:
+                self.pm.set_blocked(modname)
+                continue
+            try:
+                module = importlib.import_module(modname)
+            except Exception as exc:  # a broken plugin must not stop the others
+                self._fail(modname, "builtin", _r0kit_version(), f"import failed: {exc!r}")
+                continue
+            self.add_plugin(module, name=modname, source="builtin", version=_r0kit_version())
+
+    def load_entrypoints(self) -> None:
+        if _autoload_disabled():
+            return
+        allow = _allowlist()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            version = ep.dist.version if ep.dist is not None else "?"
+            if ep.name in self.statuses or self.pm.is_blocked(ep.name):
+                continue
+            if allow is not None and ep.name not in allow:
+                self.pm.set_blocked(ep.name)
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                self._fail(ep.name, "entrypoint", version, f"import of {ep.value!r} failed: {exc!r}")
+                continue
+            self.add_plugin(plugin, name=ep.name, source="entrypoint", version=version)
+
+    def add_plugin(
+        self, plugin: Any, name: str | None = None, *, source: str = "runtime", version: str = ""
+    ) -> str | None:
+        """Register one plugin object (a module or an instance) and run its hooks.
+
+        Returns the plugin's name, or ``None`` when it failed (the failure is
+        recorded in :attr:`statuses`).
+        """
+        if inspect.isclass(plugin):
+            raise TypeError(
+                f"add_plugin() got the class {plugin.__name__}; register an instance "
+                f"({plugin.__name__}()) or a module"
+            )
+        name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        version = version or getattr(plugin, "__version__", "") or _r0kit_version()
+        if name in self.statuses and self.statuses[name].ok:
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except Exception as exc:
+            if self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)
+            self._fail(name, source, version, f"hook validation failed: {exc}")
+            return None
+        try:
+            self._run_registration(name)
+        except Exception as exc:
+            self.pm.unregister(name=name)
+            self._fail(name, source, version, str(exc) if isinstance(exc, PluginError) else f"registration failed: {exc!r}")
+            return None
+        self.statuses[name] = PluginStatus(name, source, version, ok=True)
+        return name
+
+    def remove_plugin(self, name: str) -> None:
+        """Unregister a plugin and drop everything it registered."""
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        for registry in self.registries.values():
+            for key in [k for k, e in registry.entries.items() if e.plugin == name]:
+                del registry.entries[key]
+        self.statuses.pop(name, None)
+
+    def _fail(self, name: str, source: str, version: str, error: str) -> None:
+        self.statuses[name] = PluginStatus(name, source, version, ok=False, error=error)
+
+    def _run_registration(self, plugin_name: str) -> None:
+        staged: list[tuple[Registry, Entry]] = []
+        for hookname, kind in _HOOKS:
+            registry = self.registries[kind]
+            for impl in getattr(self.pm.hook, hookname).get_hookimpls():
+                if impl.plugin_name != plugin_name:
+                    continue
+                impl.function(**_kwargs_for(impl.argnames, register=self._register_callback(kind, plugin_name, staged)))
+        # All-or-nothing: validate every staged entry before committing any.
+        seen: dict[tuple[str, str], Entry] = {}
+        for registry, entry in staged:
+            if (registry.kind, entry.name) in seen:
+                raise PluginError(f"plugin {plugin_name!r} registered {registry.kind} {entry.name!r} twice")
+            seen[(registry.kind, entry.name)] = entry
+            if entry.name in registry:
+                registry.add(entry)  # raises, naming both plugins
+        committed: list[tuple[Registry, Entry]] = []
+        try:
+            for registry, entry in staged:
+                registry.add(entry)
+                committed.append((registry, entry))
+        except Exception:
+            for registry, entry in committed:
+                registry.entries.pop(entry.name, None)
+            raise
+
+    def _register_callback(self, kind: str, plugin_name: str, staged: list) -> Callable[..., None]:
+        registry = self.registries[kind]
+
+        def register(name: str, factory: Callable[..., Any], *, contract: Any = None, description: str = "") -> None:
+            if kind == "reward":
+                from r0kit.images import RewardContract
+
+                if not isinstance(contract, RewardContract):
+                    raise PluginError(
+                        f"plugin {plugin_name!r} registered reward {name!r} without a contract; "
+                        "pass contract=r0kit.RewardContract(...)"
+                    )
+            elif contract is not None:
+                raise PluginError(f"plugin {plugin_name!r}: only rewards take a contract ({kind} {name!r})")
+            entry = Entry(name=name, kind=kind, factory=factory, plugin=plugin_name, description=description, contract=contract)  # type: ignore[arg-type]
+            if not callable(factory):
+                registry.add(entry)  # raises the friendly error
+            staged.append((registry, entry))
+
+        return register
+
+
+def _kwargs_for(argnames: Iterable[str], **available: Any) -> dict[str, Any]:
+    return {k: v for k, v in available.items() if k in argnames}
+
+
+_host: PluginHost | None = None
+_lock = threading.Lock()
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, built on first use."""
+    global _host
+    with _lock:
+        if _host is None:
+            host = PluginHost()
+            host.load_defaults()
+            host.load_entrypoints()
+            _host = host
+        return _host
+
+
+def reset_host() -> None:
+    """Forget the plugin host, so the next :func:`get_host` reloads (tests, env changes)."""
+    global _host
+    with _lock:
+        _host = None
