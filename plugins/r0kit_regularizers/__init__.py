@@ -1,0 +1,65 @@
+"""Regularizers that keep the solution a valid image and stop reward hacking.
+
+Each returns a per-sample penalty ``[B]`` (or a scalar shared by the batch);
+the objective subtracts it with its weight.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+import r0kit
+from r0kit.errors import InputError, OptionError
+
+
+class TotalVariation:
+    """Anisotropic total variation of the images: mean ``|Δx|`` + mean ``|Δy|`` (``p=1``), or squared (``p=2``)."""
+
+    def __init__(self, p: Literal[1, 2] = 1):
+        if p not in (1, 2):
+            raise OptionError(f"tv: p must be 1 or 2, got {p!r}")
+        self.p = p
+
+    def __call__(self, sample: r0kit.Sample, generator=None) -> torch.Tensor:
+        x = sample.images
+        dx = x[..., :, 1:] - x[..., :, :-1]
+        dy = x[..., 1:, :] - x[..., :-1, :]
+        if self.p == 1:
+            return dx.abs().flatten(1).mean(1) + dy.abs().flatten(1).mean(1)
+        return (dx**2).flatten(1).mean(1) + (dy**2).flatten(1).mean(1)
+
+
+class L2ToInitial:
+    """Squared distance of the optimized variable to its initial value, per sample.
+
+    Reads ``sample.state["param"]`` and ``sample.state["param_init"]``.
+    ``reduction="mean"`` averages over the elements, ``"sum"`` is ``‖z − z₀‖²``.
+    """
+
+    def __init__(self, reduction: Literal["mean", "sum"] = "mean"):
+        if reduction not in ("mean", "sum"):
+            raise OptionError(f"l2_init: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def __call__(self, sample: r0kit.Sample, generator=None) -> torch.Tensor:
+        z, z0 = _state(sample, "param"), _state(sample, "param_init")
+        d = ((z - z0.to(z)) ** 2).flatten(1)
+        return d.mean(1) if self.reduction == "mean" else d.sum(1)
+
+
+def _state(sample: r0kit.Sample, key: str) -> torch.Tensor:
+    try:
+        return sample.state[key]
+    except KeyError:
+        raise InputError(
+            f"this regularizer needs sample.state[{key!r}], which the generator did not provide "
+            f"(it has: {', '.join(sample.state) or 'nothing'}); use it with a generator that optimizes a per-sample variable"
+        ) from None
+
+
+@r0kit.hookimpl
+def r0kit_register_regularizers(register):
+    register("tv", TotalVariation, description="total variation of the images")
+    register("l2_init", L2ToInitial, description="squared distance of the optimized variable to its initial value")

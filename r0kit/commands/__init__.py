@@ -1,0 +1,1 @@
+"""Subcommands of the ``r0kit`` command, one module each."""

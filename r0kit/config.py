@@ -1,0 +1,224 @@
+"""pydantic models for objectives and runs, and their TOML files.
+
+An objective table::
+
+    [objective]
+    normalize_gradients = false      # R0's per-reward gradient normalization
+    eps = 1e-8
+
+    [objective.rewards.hpsv2]        # the key is the term's label and, by default, the reward name
+    weight = 5
+    version = "2.1"                  # every other key is an option of the reward's factory
+
+    [objective.rewards.clip_small]
+    name = "clip"                    # use a registered name different from the label
+    weight = 0.01
+
+    [objective.regularizers.noise_norm]
+    weight = 0.01                    # subtracted: regularizer weights are penalties
+
+Errors name the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from r0kit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TermConfig(BaseModel):
+    """One term. ``name`` and ``weight`` are reserved; other keys are factory options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    weight: float = Field(1.0, allow_inf_nan=False)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ObjectiveConfig(_Strict):
+    rewards: dict[str, TermConfig] = Field(default_factory=dict)
+    regularizers: dict[str, TermConfig] = Field(default_factory=dict)
+    normalize_gradients: bool = False
+    eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _has_reward(self) -> ObjectiveConfig:
+        if not self.rewards:
+            raise ValueError("needs at least one [objective.rewards.<name>] table")
+        return self
+
+
+class GeneratorConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class RunConfig(_Strict):
+    """A test-time optimization run (``r0kit optimize``)."""
+
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: Path | None = None
+    seed: int = 0
+    steps: int = Field(50, ge=1, le=100_000)
+    batch_size: int = Field(1, ge=1)
+    output: Path = Path("r0kit-out")
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    generator: GeneratorConfig = GeneratorConfig(name="pixel")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    objective: ObjectiveConfig
+
+    @field_validator("prompts")
+    @classmethod
+    def _no_empty(cls, v: list[str]) -> list[str]:
+        for i, p in enumerate(v):
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+        return v
+
+
+def _format_error(exc: ValidationError, source: str, prefix: tuple = ()) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in prefix + tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            model = _model_at(prefix + tuple(err["loc"][:-1]))
+            allowed = sorted(model.model_fields) if model else []
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            lines.append(
+                f"unknown key {loc!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
+            )
+        elif err["type"] == "missing":
+            lines.append(f"missing key {loc!r}")
+        else:
+            lines.append(f"{loc or '<top>'}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model else None
+        if field is None:
+            return None
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc}") from None
+
+
+def parse_objective(data: dict[str, Any], source: str = "<dict>") -> ObjectiveConfig:
+    try:
+        return ObjectiveConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_error(exc, source, ("objective",)) from None
+
+
+def parse_run(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_error(exc, source) from None
+
+
+def load_run(path: str | Path) -> RunConfig:
+    cfg = parse_run(load_toml(path), str(path))
+    if cfg.prompts_file is not None and not cfg.prompts_file.is_absolute():
+        cfg.prompts_file = Path(path).parent / cfg.prompts_file
+    return cfg
+
+
+def load_objective_config(path: str | Path) -> ObjectiveConfig:
+    data = load_toml(path)
+    if "objective" not in data:
+        raise ConfigError(f"config file {str(path)!r} has no [objective] table")
+    return parse_objective(data["objective"], str(path))
+
+
+def build_objective(cfg: ObjectiveConfig):
+    """Instantiate every term; the result equals the same objective written in Python."""
+    from r0kit.objective import Objective, regularizer, reward
+
+    terms = []
+    for label, t in cfg.rewards.items():
+        terms.append(reward(t.name or label, label=label, **t.options) * t.weight)
+    for label, t in cfg.regularizers.items():
+        terms.append(regularizer(t.name or label, label=label, **t.options) * (-t.weight))
+    return Objective(terms, normalize_gradients=cfg.normalize_gradients, eps=cfg.eps)
+
+
+def load_objective(path: str | Path):
+    """Build the :class:`~r0kit.objective.Objective` of a TOML file's ``[objective]`` table."""
+    return build_objective(load_objective_config(path))
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt a line from a ``.txt`` file, or a ``"prompt"`` field a line from ``.jsonl``.
+
+    Blank lines and lines starting with ``#`` are skipped.
+    """
+    import json
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"prompt file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"prompt file {str(p)!r} cannot be read: {exc}") from None
+    prompts = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+                prompts.append(str(obj["prompt"]) if isinstance(obj, dict) else str(obj))
+            except (json.JSONDecodeError, KeyError):
+                raise ConfigError(f"{str(p)!r} line {n}: expected a JSON object with a \"prompt\" key") from None
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise ConfigError(f"prompt file {str(p)!r} holds no prompts")
+    return prompts

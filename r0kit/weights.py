@@ -1,0 +1,142 @@
+"""Weight resolution: an explicit local path, then the Hugging Face cache, then a download.
+
+Every plugin that loads a checkpoint goes through :func:`resolve_file` or
+:func:`resolve_repo`, so caching, ``HF_HUB_OFFLINE`` and the error a user sees
+on a miss are the same everywhere. Checkpoints are read with safetensors or
+``torch.load(weights_only=True)``: never arbitrary pickle execution.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r0kit.errors import WeightsError
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def _how_to_fetch(repo_id: str, filename: str | None, revision: str | None) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    target = f"{repo_id} {filename}" if filename else repo_id
+    return (
+        f"fetch it on a machine with network access with `hf download {target}{rev}` "
+        "(it lands in the Hugging Face cache, ~/.cache/huggingface/hub, or $HF_HOME), "
+        "copy that cache here, or pass the local path explicitly"
+    )
+
+
+def resolve_file(
+    repo_id: str,
+    filename: str,
+    *,
+    path: str | os.PathLike | None = None,
+    revision: str | None = None,
+    what: str = "weights",
+) -> Path:
+    """Return a local file for ``repo_id/filename``.
+
+    :param path: an explicit local file (or a folder holding ``filename``);
+        used as is, and it must exist.
+    :param what: a short description for error messages, e.g. ``"HPS v2.1 checkpoint"``.
+    :raises WeightsError: with the missing repository and file and how to fetch them.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = p / filename
+        if not p.is_file():
+            raise WeightsError(f"{what}: the local path {str(p)!r} does not exist or is not a file")
+        return p
+    local = Path(repo_id).expanduser()
+    if local.is_dir():
+        p = local / filename
+        if not p.is_file():
+            raise WeightsError(f"{what}: the folder {str(local)!r} has no file {filename!r}")
+        return p
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(cached, str) and Path(cached).is_file():
+        return Path(cached)
+    if is_offline():
+        raise WeightsError(
+            f"{what}: {repo_id}/{filename} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            + _how_to_fetch(repo_id, filename, revision)
+        )
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except Exception as exc:  # network errors, 404s, auth
+        raise WeightsError(
+            f"{what}: could not download {repo_id}/{filename} ({type(exc).__name__}: {exc}); "
+            + _how_to_fetch(repo_id, filename, revision)
+        ) from None
+
+
+def resolve_repo(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    allow_patterns: list[str] | None = None,
+    what: str = "model",
+) -> Path:
+    """Return a local folder for a whole repository (a diffusers or transformers model).
+
+    ``repo_id`` may be a local folder, used as is.
+    """
+    local = Path(repo_id).expanduser()
+    if local.is_dir():
+        return local
+    if local.is_absolute() or repo_id.startswith((".", "~")) or repo_id.count("/") > 1:
+        raise WeightsError(f"{what}: the local folder {repo_id!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns, local_files_only=True))
+    except Exception:
+        pass
+    if is_offline():
+        raise WeightsError(
+            f"{what}: {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            + _how_to_fetch(repo_id, None, revision)
+        )
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns))
+    except Exception as exc:
+        raise WeightsError(
+            f"{what}: could not download {repo_id} ({type(exc).__name__}: {exc}); "
+            + _how_to_fetch(repo_id, None, revision)
+        ) from None
+
+
+def load_state_dict(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely: safetensors, or ``torch.load(weights_only=True)``.
+
+    :raises WeightsError: naming the file when it is missing, truncated or not a checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"checkpoint {str(p)!r} does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p), device=str(map_location))
+        obj = torch.load(str(p), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"checkpoint {str(p)!r} is corrupt or not a tensor checkpoint ({type(exc).__name__}: {exc}); "
+            "delete it and fetch it again"
+        ) from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"checkpoint {str(p)!r} holds a {type(obj).__name__}, not a state dict")
+    return obj
