@@ -1,0 +1,798 @@
+"""Diffusion models: loading, prompt conditioning and the differentiable sampling math.
+
+This is the one home of the diffusers-specific code. The test-time generators
+(``latent``, ``noise``) and the trainable K-step generator of R0 are all built
+on it, so loading, conditioning, the parameterization change and the sampler
+step are written once.
+
+Conventions
+-----------
+Latents live in the *variance-preserving* space of DDPM-family schedulers:
+``x_t = α_t x₀ + σ_t ε`` with ``α_t = √ᾱ_t`` and ``σ_t = √(1 − ᾱ_t)``, where
+``ᾱ_t`` is the scheduler's ``alphas_cumprod``. The network sees ``x_t`` and
+``t`` exactly as a DDIM pipeline feeds it; an Euler-type scheduler's
+sigma-space scaling is the same map, so any scheduler with ``alphas_cumprod``
+(DDIM, DDPM, Euler, Euler-ancestral, LCM, DPM-Solver, ...) supplies timesteps
+and noise levels, and one deterministic step rule is applied on top:
+
+``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)``     (:func:`eta_step`)
+
+with ``η = 0`` for the frozen few-step pipelines (DDIM) and a random ``η`` per
+sample and step for R0. The last step lands on ``t' = 0`` (``α' = 1``,
+``σ' = 0``), so it returns ``x̂₀``.
+
+Importing this module imports no diffusers or transformers; :func:`load` does.
+
+Example::
+
+    model = load("stabilityai/sd-turbo", dtype="float16", device="cuda")
+    cond = model.encode_prompts(["a cat"])
+    ts = model.timesteps(1)
+    noise = model.initial_noise(1, 512, 512, seed=0)
+    images = model.decode(model.unroll(noise, cond, ts).latents)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+
+from r0kit.errors import InputError, OptionError, WeightsError
+
+log = logging.getLogger(__name__)
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+#: Short names for ``scheduler=``; any diffusers scheduler class name works too.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "lcm": "LCMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "tcd": "TCDScheduler",
+}
+
+_UNET_CLASSES = ("UNet2DConditionModel",)
+
+
+class PromptTruncationWarning(UserWarning):
+    """A prompt was longer than the text encoder takes and was cut."""
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float16"`` / ``"fp16"`` / ``torch.float16`` ... -> a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise OptionError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` or ``None`` -> CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _import_diffusers():
+    try:
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise OptionError(
+            f"diffusion models need diffusers and transformers ({exc}); install them with pip install 'r0kit[diffusers]'"
+        ) from None
+    import diffusers
+
+    return diffusers
+
+
+def read_model_index(folder: str | Path) -> dict[str, Any]:
+    """The ``model_index.json`` of a diffusers pipeline folder.
+
+    :raises WeightsError: when the folder is not a diffusers pipeline, saying what it holds instead.
+    """
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        held = sorted(p.name for p in folder.iterdir())[:12] if folder.is_dir() else []
+        hint = ""
+        if any(n.endswith((".safetensors", ".ckpt")) for n in held):
+            hint = (
+                "; it looks like a single-file checkpoint: convert it with "
+                "diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder)"
+            )
+        raise WeightsError(
+            f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json "
+            f"(it holds: {', '.join(held) or 'nothing'}){hint}. Pass a hub id such as 'stabilityai/sd-turbo', "
+            "or a folder written by DiffusionPipeline.save_pretrained"
+        )
+    try:
+        return json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{str(index)!r} cannot be read as JSON ({exc}); fetch the model again") from None
+
+
+# ---------------------------------------------------------------------------
+# conditioning
+# ---------------------------------------------------------------------------
+@dataclass
+class Conditioning:
+    """The network's text conditioning for a batch.
+
+    :ivar embeds: ``[B, L, D]`` encoder hidden states.
+    :ivar pooled: ``[B, D']`` pooled text embeddings (SDXL), else ``None``.
+    :ivar time_ids: ``[B, 6]`` SDXL micro-conditioning, else ``None``.
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.embeds.shape[0]
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"encoder_hidden_states": self.embeds}
+        if self.pooled is not None:
+            kw["added_cond_kwargs"] = {"text_embeds": self.pooled, "time_ids": self.time_ids}
+        return kw
+
+    def cat(self, other: Conditioning) -> Conditioning:
+        def c(a, b):
+            return None if a is None else torch.cat([a, b.to(a)])
+
+        return Conditioning(torch.cat([self.embeds, other.embeds.to(self.embeds)]), c(self.pooled, other.pooled), c(self.time_ids, other.time_ids))
+
+    def expand(self, batch: int) -> Conditioning:
+        """A batch-1 conditioning repeated ``batch`` times."""
+
+        def e(a):
+            return None if a is None else a.expand(batch, *a.shape[1:])
+
+        return Conditioning(e(self.embeds), e(self.pooled), e(self.time_ids))
+
+
+# ---------------------------------------------------------------------------
+# the math, as plain functions (shared by every generator)
+# ---------------------------------------------------------------------------
+def alphas_sigmas(scheduler: Any, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(α_t, σ_t) = (√ᾱ_t, √(1 − ᾱ_t))`` in float32 from the scheduler's ``alphas_cumprod``.
+
+    Fractional timesteps (Karras-type sigma schedules) are interpolated linearly in ``ᾱ``.
+    """
+    ac = getattr(scheduler, "alphas_cumprod", None)
+    if ac is None:
+        raise OptionError(
+            f"{type(scheduler).__name__} has no alphas_cumprod (a flow-matching scheduler?); "
+            "r0kit's diffusion sampling needs a DDPM-family scheduler such as DDIM, Euler or LCM"
+        )
+    ac = torch.as_tensor(ac, dtype=torch.float32)
+    t = torch.as_tensor(timesteps, dtype=torch.float32).cpu().clamp(0, len(ac) - 1)
+    lo = t.floor().long()
+    hi = t.ceil().long()
+    frac = t - lo.float()
+    abar = ac[lo] * (1 - frac) + ac[hi] * frac
+    return abar.sqrt(), (1 - abar).clamp_min(0).sqrt()
+
+
+def predict_x0_eps(
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    alpha: torch.Tensor | float,
+    sigma: torch.Tensor | float,
+    prediction_type: PredictionType,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert a network output to ``(x̂₀, ε̂)`` at noise level ``(α, σ)``.
+
+    ``epsilon``: ``x̂₀ = (x − σ ε̂)/α``; ``v_prediction``: ``x̂₀ = α x − σ v``,
+    ``ε̂ = σ x + α v``; ``sample``: ``ε̂ = (x − α x̂₀)/σ``.
+    """
+    a = _as_scalar(alpha, x_t)
+    s = _as_scalar(sigma, x_t)
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = (x_t - s * eps) / a
+    elif prediction_type == "v_prediction":
+        x0 = a * x_t - s * model_output
+        eps = s * x_t + a * model_output
+    elif prediction_type == "sample":
+        x0 = model_output
+        eps = (x_t - a * x0) / s
+    else:
+        raise OptionError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
+    return x0, eps
+
+
+def eta_step(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_next: torch.Tensor | float,
+    sigma_next: torch.Tensor | float,
+    eta: torch.Tensor | float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The sampler step ``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)``.
+
+    :param eta: a float, or a tensor broadcastable to ``x0`` (e.g. ``[B,1,1,1]``
+        for a per-sample ``η``); values must lie in [0, 1].
+    :param noise: ``ξ``, same shape as ``x0``; required when any ``η > 0``.
+
+    This is the single implementation every sampler in r0kit calls, so a fused
+    kernel can replace it in one place.
+    """
+    a = _as_scalar(alpha_next, x0)
+    s = _as_scalar(sigma_next, x0)
+    if isinstance(eta, (int, float)) and eta == 0:
+        return a * x0 + s * eps
+    eta_t = torch.as_tensor(eta, dtype=torch.float32, device=x0.device)
+    if bool(((eta_t < 0) | (eta_t > 1)).any()):
+        raise InputError(f"eta must lie in [0, 1], got values in [{float(eta_t.min())}, {float(eta_t.max())}]")
+    if noise is None:
+        raise InputError("eta_step: eta > 0 needs the fresh noise xi (noise=...)")
+    eta_t = eta_t.to(x0.dtype)
+    return a * x0 + s * (torch.sqrt(1 - eta_t * eta_t) * eps + eta_t * noise)
+
+
+def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+    if isinstance(v, torch.Tensor):
+        v = v.to(device=like.device, dtype=like.dtype)
+        if v.dim() == 1 and v.numel() == like.shape[0] and like.dim() > 1:
+            v = v.view(-1, *([1] * (like.dim() - 1)))
+    return v
+
+
+def chi_noise_norm(z: torch.Tensor) -> torch.Tensor:
+    """ReNO's noise regularizer per sample: ``½‖z‖² − (d − 1)·log‖z‖``, ``d`` = elements per sample.
+
+    It is the negative log-density (up to a constant) of ``‖z‖`` under the chi
+    distribution with ``d`` degrees of freedom, minimized at ``‖z‖ = √(d−1)``:
+    it keeps an optimized noise on the shell where Gaussian noise lives.
+    """
+    flat = z.float().flatten(1)
+    d = flat.shape[1]
+    sq = (flat * flat).sum(1)
+    return 0.5 * sq - (d - 1) * 0.5 * torch.log(sq.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+# ---------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------
+@dataclass
+class Unrolled:
+    """What :meth:`DiffusionModel.unroll` returns.
+
+    :ivar latents: the final ``x̂₀`` (VP latent space, unscaled by the VAE factor).
+    :ivar x0s: ``x̂₀`` predicted at every step (when ``return_x0s=True``).
+    :ivar etas: the ``η`` used at every step, ``[K, B]``.
+    """
+
+    latents: torch.Tensor
+    x0s: list[torch.Tensor] = field(default_factory=list)
+    etas: torch.Tensor | None = None
+
+
+class DiffusionModel:
+    """A loaded diffusion model: backbone, VAE, text encoder(s), tokenizer(s) and scheduler.
+
+    Build it with :func:`load`. Every component is frozen (``requires_grad_(False)``,
+    ``eval()``); a trainer that fine-tunes the backbone turns its parameters on
+    itself. Components that were not asked for are ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        unet: Any,
+        vae: Any,
+        text_encoders: list[Any],
+        tokenizers: list[Any],
+        scheduler: Any,
+        kind: Literal["sd", "sdxl"],
+        dtype: torch.dtype,
+        device: torch.device,
+        source: str = "",
+        force_zeros_for_empty_prompt: bool = False,
+    ):
+        self.unet, self.vae, self.scheduler = unet, vae, scheduler
+        self.text_encoders, self.tokenizers = text_encoders, tokenizers
+        self.kind, self.dtype, self.device, self.source = kind, dtype, device, source
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.vae_checkpointing = False
+        self._cache: dict[str, Conditioning] = {}
+        self.truncated: set[str] = set()
+
+    # -- properties ------------------------------------------------------------
+    @property
+    def prediction_type(self) -> PredictionType:
+        return getattr(self.scheduler.config, "prediction_type", "epsilon")
+
+    @property
+    def vae_scale_factor(self) -> int:
+        self._need("vae")
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        if self.unet is not None:
+            return int(self.unet.config.in_channels)
+        self._need("vae")
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the latent of a ``height × width`` image; both must divide by the VAE factor."""
+        f = self.vae_scale_factor
+        for label, v in (("height", height), ("width", width)):
+            if not isinstance(v, int) or v <= 0 or v % f:
+                raise OptionError(f"{label} must be a positive multiple of {f} (the VAE downsampling factor), got {v!r}")
+        return (self.latent_channels, height // f, width // f)
+
+    def _need(self, *names: str) -> None:
+        missing = [n for n in names if (getattr(self, n) is None if n != "text_encoders" else not self.text_encoders)]
+        if missing:
+            raise OptionError(f"this model was loaded without {', '.join(missing)}; load it with those components")
+
+    # -- memory options ----------------------------------------------------------
+    def set_memory_options(
+        self,
+        *,
+        gradient_checkpointing: bool | None = None,
+        vae_checkpointing: bool | None = None,
+        vae_slicing: bool | None = None,
+        vae_tiling: bool | None = None,
+    ) -> None:
+        """UNet and VAE-decode gradient checkpointing, VAE slicing (one image at a time) and tiling."""
+        if gradient_checkpointing is not None and self.unet is not None:
+            if gradient_checkpointing:
+                self.unet.enable_gradient_checkpointing()
+            else:
+                self.unet.disable_gradient_checkpointing()
+        if vae_checkpointing is not None:
+            self.vae_checkpointing = bool(vae_checkpointing)
+        if self.vae is not None:
+            if vae_slicing is not None:
+                (self.vae.enable_slicing if vae_slicing else self.vae.disable_slicing)()
+            if vae_tiling is not None:
+                (self.vae.enable_tiling if vae_tiling else self.vae.disable_tiling)()
+
+    # -- prompts -------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str], *, height: int | None = None, width: int | None = None) -> Conditioning:
+        """Text conditioning for ``prompts``, one row each, cached per prompt (no autograd graph).
+
+        A prompt longer than the text encoder takes is truncated, with a
+        :class:`PromptTruncationWarning` that says so and what was dropped.
+        ``height``/``width`` set SDXL's size conditioning (default: the UNet's native size).
+        """
+        self._need("text_encoders", "tokenizers")
+        rows = [self._encode_one(p) for p in prompts]
+        cond = Conditioning(
+            torch.cat([r.embeds for r in rows]),
+            None if rows[0].pooled is None else torch.cat([r.pooled for r in rows]),  # type: ignore[misc]
+        )
+        if self.kind == "sdxl":
+            cond.time_ids = self.time_ids(len(prompts), height, width)
+        return cond
+
+    def encode_negative(self, batch: int, negative: str = "", **size: int | None) -> Conditioning:
+        """The unconditional (or negative-prompt) conditioning for classifier-free guidance."""
+        if negative == "" and self.force_zeros_for_empty_prompt:
+            c = self.encode_prompts([""], **size)
+            c = Conditioning(torch.zeros_like(c.embeds), None if c.pooled is None else torch.zeros_like(c.pooled), c.time_ids)
+            return c.expand(batch)
+        return self.encode_prompts([negative], **size).expand(batch)
+
+    def time_ids(self, batch: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """SDXL's ``(original_size, crop_top_left, target_size)`` ids, ``[B, 6]``."""
+        f = self.vae_scale_factor if self.vae is not None else 8
+        native = int(self.unet.config.sample_size) * f if self.unet is not None else 1024
+        h, w = height or native, width or native
+        ids = torch.tensor([h, w, 0, 0, h, w], dtype=self.dtype, device=self.device)
+        return ids.expand(batch, 6)
+
+    def clear_prompt_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def _encode_one(self, prompt: str) -> Conditioning:
+        hit = self._cache.get(prompt)
+        if hit is not None:
+            return hit
+        embeds, pooled = [], None
+        for i, (tok, enc) in enumerate(zip(self.tokenizers, self.text_encoders)):
+            max_len = int(tok.model_max_length)
+            ids = tok(prompt, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
+            if i == 0:
+                self._warn_truncation(tok, prompt, max_len)
+            out = enc(ids.to(enc.device), output_hidden_states=self.kind == "sdxl")
+            if self.kind == "sdxl":
+                embeds.append(out.hidden_states[-2])
+                if hasattr(out, "text_embeds"):
+                    pooled = out.text_embeds
+            else:
+                embeds.append(out.last_hidden_state)
+        cond = Conditioning(
+            torch.cat(embeds, dim=-1).to(self.device, self.dtype),
+            None if pooled is None else pooled.to(self.device, self.dtype),
+        )
+        if self.kind == "sdxl" and cond.pooled is None:
+            raise WeightsError(
+                f"{self.source}: an SDXL pipeline needs text_encoder_2 to be a CLIPTextModelWithProjection (pooled embeds)"
+            )
+        self._cache[prompt] = cond
+        return cond
+
+    def _warn_truncation(self, tok: Any, prompt: str, max_len: int) -> None:
+        full = tok(prompt, padding=False, truncation=False, verbose=False).input_ids
+        if len(full) <= max_len:
+            return
+        kept = tok.decode(full[1 : max_len - 1])
+        dropped = tok.decode(full[max_len - 1 : -1])
+        self.truncated.add(prompt)
+        msg = (
+            f"prompt truncated: it is {len(full)} tokens and the text encoder takes {max_len}; "
+            f"used {kept!r}, dropped {dropped!r}. Shorten the prompt to keep all of it"
+        )
+        log.warning(msg)
+        warnings.warn(msg, PromptTruncationWarning, stacklevel=2)
+
+    # -- schedule ------------------------------------------------------------------------
+    def timesteps(self, steps: int, timesteps: Sequence[int] | None = None) -> torch.Tensor:
+        """The scheduler's timesteps for ``steps`` sampling steps (or explicit ones), validated.
+
+        :raises OptionError: when the step count (or a timestep) is outside what the scheduler supports.
+        """
+        n = self.num_train_timesteps
+        name = type(self.scheduler).__name__
+        if timesteps is not None:
+            ts = [int(t) for t in timesteps]
+            if not ts or any(t < 0 or t >= n for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+                raise OptionError(f"timesteps must be strictly decreasing integers in [0, {n - 1}], got {ts}")
+            return torch.tensor(ts, dtype=torch.long)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or steps > n:
+            raise OptionError(f"{name} supports 1 to {n} sampling steps, got {steps!r}")
+        try:
+            self.scheduler.set_timesteps(steps, device="cpu")
+        except (ValueError, TypeError, AssertionError) as exc:
+            raise OptionError(f"{name} does not support {steps} sampling step(s): {exc}") from None
+        ts = torch.as_tensor(self.scheduler.timesteps).float().cpu()
+        if len(ts) != steps:
+            raise OptionError(
+                f"{name} produced {len(ts)} timesteps for {steps} step(s) (a multi-order solver?); "
+                "use a single-step scheduler such as ddim, euler or lcm"
+            )
+        return ts
+
+    def noise_levels(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(α, σ)`` for ``timesteps`` followed by the final clean level ``(1, 0)``: length ``K + 1``."""
+        a, s = alphas_sigmas(self.scheduler, timesteps)
+        return torch.cat([a, a.new_ones(1)]), torch.cat([s, s.new_zeros(1)])
+
+    # -- sampling ------------------------------------------------------------------------
+    def initial_noise(self, batch: int, height: int, width: int, *, seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[B, C, h, w]`` standard normal noise in float32 on the model's device, drawn on the CPU for reproducibility."""
+        shape = (batch, *self.latent_shape(height, width))
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(0 if seed is None else int(seed))
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+
+    def predict(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: Conditioning,
+        *,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+        guidance_scale: float = 1.0,
+        uncond: Conditioning | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network evaluation at ``x_t`` -> ``(x̂₀, ε̂)`` in ``x_t``'s dtype.
+
+        With ``guidance_scale > 1`` and ``uncond``, classifier-free guidance is
+        applied to the network output.
+        """
+        self._need("unet")
+        b = x_t.shape[0]
+        inp = x_t.to(self.dtype)
+        tt = torch.as_tensor(t, device=self.device).float().reshape(-1).expand(b)
+        if guidance_scale != 1.0:
+            if uncond is None:
+                raise OptionError("guidance_scale != 1 needs the unconditional conditioning (uncond=...)")
+            both = uncond.cat(cond)
+            out = self.unet(torch.cat([inp, inp]), torch.cat([tt, tt]), **both.unet_kwargs(), return_dict=False)[0]
+            out_u, out_c = out.float().chunk(2)
+            out = out_u + guidance_scale * (out_c - out_u)
+        else:
+            out = self.unet(inp, tt, **cond.unet_kwargs(), return_dict=False)[0].float()
+        x0, eps = predict_x0_eps(out, x_t.float(), alpha, sigma, self.prediction_type)
+        return x0.to(x_t.dtype), eps.to(x_t.dtype)
+
+    def unroll(
+        self,
+        noise: torch.Tensor,
+        cond: Conditioning,
+        timesteps: torch.Tensor,
+        *,
+        eta: float | torch.Tensor = 0.0,
+        generator: torch.Generator | None = None,
+        guidance_scale: float = 1.0,
+        uncond: Conditioning | None = None,
+        grad_from_step: int = 0,
+        return_x0s: bool = False,
+    ) -> Unrolled:
+        """Run the K-step sampler from ``noise`` (``x_T``), differentiably.
+
+        :param eta: a float, a ``[K]`` tensor (one per step), or ``[K, B]`` (per step and sample).
+        :param generator: draws ``ξ`` for steps with ``η > 0`` (on the CPU, for reproducibility).
+        :param grad_from_step: steps before this index run without autograd (stop-gradient on the
+            path before it: truncated backprop, and R0+ intermediate supervision).
+        :param return_x0s: also return ``x̂₀`` of every step.
+        """
+        k = len(timesteps)
+        b = noise.shape[0]
+        etas = _eta_table(eta, k, b)
+        if not 0 <= grad_from_step <= k:
+            raise OptionError(f"grad_from_step must lie in [0, {k}], got {grad_from_step}")
+        alphas, sigmas = self.noise_levels(timesteps)
+        x = noise
+        x0s: list[torch.Tensor] = []
+        x0 = noise
+        for i in range(k):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= grad_from_step):
+                if i == grad_from_step and i > 0:
+                    x = x.detach()
+                x0, eps = self.predict(
+                    x, timesteps[i], cond, alpha=alphas[i], sigma=sigmas[i], guidance_scale=guidance_scale, uncond=uncond
+                )
+                if return_x0s:
+                    x0s.append(x0)
+                if i + 1 < k:
+                    e = etas[i]
+                    xi = None
+                    if bool((e > 0).any()):
+                        xi = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+                    e_arg: torch.Tensor | float = 0.0 if not bool((e > 0).any()) else e.view(-1, *([1] * (x0.dim() - 1)))
+                    x = eta_step(x0, eps, alphas[i + 1], sigmas[i + 1], e_arg, xi)
+        return Unrolled(latents=x0, x0s=x0s, etas=etas)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE-decode VP-space latents to images in [0, 1], float32, ``[B, 3, H, W]``.
+
+        Honors VAE-decode gradient checkpointing and the VAE's slicing/tiling settings.
+        """
+        self._need("vae")
+        cfg = self.vae.config
+        z = latents.to(self.vae.dtype) / cfg.scaling_factor
+        if getattr(cfg, "shift_factor", None):
+            z = z + cfg.shift_factor
+
+        def run(zz: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(zz, return_dict=False)[0]
+
+        if self.vae_checkpointing and torch.is_grad_enabled() and z.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            img = checkpoint(run, z, use_reentrant=False)
+        else:
+            img = run(z)
+        return (img.float() * 0.5 + 0.5).clamp(0, 1)
+
+    def encode_images(self, images: torch.Tensor, *, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+        """VAE-encode ``[B, 3, H, W]`` images in [0, 1] to VP-space latents (the mean, or a sample)."""
+        self._need("vae")
+        cfg = self.vae.config
+        dist = self.vae.encode((images.to(self.device, self.vae.dtype) * 2 - 1), return_dict=False)[0]
+        z = dist.sample(generator) if sample else dist.mode()
+        if getattr(cfg, "shift_factor", None):
+            z = z - cfg.shift_factor
+        return (z * cfg.scaling_factor).float()
+
+    def __repr__(self) -> str:
+        parts = [n for n in ("unet", "vae") if getattr(self, n) is not None]
+        if self.text_encoders:
+            parts.append(f"{len(self.text_encoders)} text encoder(s)")
+        return (
+            f"DiffusionModel({self.source!r}, kind={self.kind}, {', '.join(parts)}, "
+            f"scheduler={type(self.scheduler).__name__}, {self.prediction_type}, {self.dtype}, {self.device})"
+        )
+
+
+def _eta_table(eta: float | torch.Tensor, k: int, b: int) -> torch.Tensor:
+    e = torch.as_tensor(eta, dtype=torch.float32)
+    if e.dim() == 0:
+        e = e.expand(k, b)
+    elif e.dim() == 1 and e.shape[0] == k:
+        e = e.view(k, 1).expand(k, b)
+    elif tuple(e.shape) != (k, b):
+        raise InputError(f"eta must be a float, [K={k}] or [K={k}, B={b}], got shape {tuple(e.shape)}")
+    if bool(((e < 0) | (e > 1)).any()):
+        raise InputError(f"eta must lie in [0, 1], got values in [{float(e.min())}, {float(e.max())}]")
+    return e.contiguous()
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+def make_scheduler(name: str, config: Any, **overrides: Any) -> Any:
+    """A diffusers scheduler ``name`` (short name or class name) built from another scheduler's config."""
+    diffusers = _import_diffusers()
+    cls_name = SCHEDULERS.get(name.lower(), name)
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise OptionError(
+            f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)} or a diffusers scheduler class name"
+        )
+    return cls.from_config(config, **overrides)
+
+
+def load(
+    model: str,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = "auto",
+    components: Sequence[str] = ("unet", "vae", "text"),
+    scheduler: str | None = None,
+    scheduler_options: dict[str, Any] | None = None,
+    revision: str | None = None,
+    vae_dtype: str | torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
+    vae_checkpointing: bool = False,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+) -> DiffusionModel:
+    """Load a diffusers pipeline's components from a hub id or a local folder.
+
+    :param model: a hub id (``"stabilityai/sd-turbo"``) or a pipeline folder, resolved by
+        :func:`r0kit.weights.resolve_repo` (local folder, Hugging Face cache, download).
+    :param components: any of ``"unet"``, ``"vae"``, ``"text"`` (text encoders and tokenizers).
+        The scheduler is always loaded.
+    :param scheduler: replace the pipeline's scheduler by this one (``"ddim"``, ``"euler"``,
+        ``"lcm"``, ... or a class name), built from the pipeline's scheduler config plus
+        ``scheduler_options``.
+    :param vae_dtype: the VAE's dtype when it differs (SDXL's VAE overflows in fp16).
+    :raises WeightsError: the folder is not a diffusers pipeline, or a component is missing or unreadable.
+    """
+    from r0kit.weights import resolve_repo
+
+    diffusers = _import_diffusers()
+    unknown = set(components) - {"unet", "vae", "text"}
+    if unknown:
+        raise OptionError(f"unknown component(s) {sorted(unknown)}; use unet, vae, text")
+    dt = resolve_dtype(dtype)
+    vdt = resolve_dtype(vae_dtype) if vae_dtype is not None else dt
+    dev = resolve_device(device)
+    if dev.type == "cpu" and dt == torch.float16:
+        log.warning("float16 on the CPU is slow and partly unsupported; use float32 or bfloat16 there")
+    folder = resolve_repo(model, revision=revision, what=f"diffusion model {model}")
+    index = read_model_index(folder)
+    cls_name = str(index.get("_class_name", ""))
+
+    def comp(key: str) -> tuple[str, str] | None:
+        v = index.get(key)
+        if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is not None and v[1] is not None:
+            return str(v[0]), str(v[1])
+        return None
+
+    backbone = comp("unet")
+    if backbone is None and "unet" in components:
+        other = comp("transformer")
+        what = f"a {other[1]} transformer" if other else "no unet"
+        raise WeightsError(
+            f"{str(folder)!r} ({cls_name or 'unknown pipeline'}) has {what}; r0kit's diffusion generators need a "
+            "UNet pipeline of the Stable Diffusion family (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo)"
+        )
+    kind: Literal["sd", "sdxl"] = "sdxl" if comp("text_encoder_2") is not None or "XL" in cls_name else "sd"
+
+    def from_pretrained(key: str, torch_dtype: torch.dtype | None):
+        spec = comp(key)
+        if spec is None:
+            raise WeightsError(f"{str(folder)!r} ({cls_name}) lists no {key!r} component in model_index.json")
+        library, cls = spec
+        mod = __import__(library, fromlist=[cls])
+        klass = getattr(mod, cls, None)
+        if klass is None:
+            raise WeightsError(f"{str(folder)!r}: component {key!r} has class {library}.{cls}, which this {library} lacks")
+        kw: dict[str, Any] = {"subfolder": key}
+        if torch_dtype is not None:
+            kw["torch_dtype" if library == "diffusers" else "dtype"] = torch_dtype
+        try:
+            return klass.from_pretrained(str(folder), **kw)
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise WeightsError(
+                f"{str(folder)!r}: cannot load component {key!r} ({cls}): {str(exc).splitlines()[0]}; "
+                "the download may be incomplete: fetch the model again"
+            ) from None
+
+    def frozen(m):
+        m.requires_grad_(False)
+        m.eval()
+        return m.to(dev)
+
+    sched_spec = comp("scheduler")
+    if sched_spec is None:
+        raise WeightsError(f"{str(folder)!r} ({cls_name}) has no scheduler in model_index.json")
+    try:
+        sched = getattr(diffusers, sched_spec[1]).from_pretrained(str(folder), subfolder="scheduler")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise WeightsError(f"{str(folder)!r}: cannot load the scheduler ({exc})") from None
+    if scheduler is not None or scheduler_options:
+        sched = make_scheduler(scheduler or type(sched).__name__, sched.config, **(scheduler_options or {}))
+    if getattr(sched, "alphas_cumprod", None) is None:
+        raise WeightsError(
+            f"{str(folder)!r}: its scheduler {type(sched).__name__} is not DDPM-family (no alphas_cumprod); "
+            "r0kit samples Stable Diffusion-family UNet pipelines"
+        )
+
+    unet = frozen(from_pretrained("unet", dt)) if "unet" in components else None
+    if unet is not None and type(unet).__name__ not in _UNET_CLASSES:
+        raise WeightsError(f"{str(folder)!r}: the unet is a {type(unet).__name__}; expected one of {_UNET_CLASSES}")
+    vae = frozen(from_pretrained("vae", vdt)) if "vae" in components else None
+    encoders, tokenizers = [], []
+    if "text" in components:
+        keys = [("text_encoder", "tokenizer")] + ([("text_encoder_2", "tokenizer_2")] if kind == "sdxl" else [])
+        for enc_key, tok_key in keys:
+            encoders.append(frozen(from_pretrained(enc_key, dt)))
+            tokenizers.append(from_pretrained(tok_key, None))
+    out = DiffusionModel(
+        unet=unet,
+        vae=vae,
+        text_encoders=encoders,
+        tokenizers=tokenizers,
+        scheduler=sched,
+        kind=kind,
+        dtype=dt,
+        device=dev,
+        source=str(model),
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
+    )
+    out.set_memory_options(
+        gradient_checkpointing=gradient_checkpointing or None,
+        vae_checkpointing=vae_checkpointing,
+        vae_slicing=vae_slicing or None,
+        vae_tiling=vae_tiling or None,
+    )
+    return out
+
+
+__all__ = [
+    "Conditioning",
+    "DiffusionModel",
+    "PromptTruncationWarning",
+    "SCHEDULERS",
+    "Unrolled",
+    "alphas_sigmas",
+    "chi_noise_norm",
+    "eta_step",
+    "load",
+    "make_scheduler",
+    "predict_x0_eps",
+    "read_model_index",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -1,0 +1,151 @@
+"""Tiny random-weight diffusers pipelines of the real architectures, written to disk.
+
+``build_tiny_pipeline(folder, kind="sd")`` writes a complete Stable Diffusion
+(or SDXL) pipeline folder with ``save_pretrained``: a tiny UNet2DConditionModel,
+AutoencoderKL, CLIP text encoder(s) and a CLIP tokenizer whose vocab.json and
+merges.txt are generated here (byte-level, no merges), so nothing is downloaded.
+Tests load it back by folder path through the same code a user's model goes through.
+
+Shared by the generator, optimization and training tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+#: Token budget of the tiny tokenizer, small so that truncation is easy to hit.
+MAX_TOKENS = 16
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_tiny_clip_tokenizer(folder: Path, max_length: int = MAX_TOKENS) -> Path:
+    """A CLIP BPE tokenizer with only byte tokens (each character is one token)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def build_components(kind: Literal["sd", "sdxl"] = "sd", *, prediction_type: str = "epsilon", seed: int = 0, tmp: Path):
+    """The tiny components as objects: ``dict(unet=, vae=, text_encoder=, tokenizer=, scheduler=, ...)``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tok_dir = write_tiny_clip_tokenizer(tmp / "_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    vocab = len(tokenizer.get_vocab())
+    text_cfg = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=32,
+    )
+    comps: dict = {"tokenizer": tokenizer, "text_encoder": CLIPTextModel(CLIPTextConfig(**text_cfg)).eval()}
+    unet_kw: dict = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=4,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+    )
+    if kind == "sdxl":
+        comps["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg)).eval()
+        comps["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(tok_dir))
+        unet_kw.update(
+            cross_attention_dim=64,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=32 + 6 * 8,
+            transformer_layers_per_block=1,
+        )
+    comps["unet"] = UNet2DConditionModel(**unet_kw).eval()
+    comps["vae"] = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+        scaling_factor=0.18215,
+    ).eval()
+    comps["scheduler"] = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=prediction_type,
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+    return comps
+
+
+def build_tiny_pipeline(
+    folder: str | Path,
+    kind: Literal["sd", "sdxl"] = "sd",
+    *,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny pipeline to ``folder`` with ``save_pretrained`` and return the folder.
+
+    The VAE downsamples by 2, so a 16x16 image has an 8x8x4 latent.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    folder = Path(folder)
+    comps = build_components(kind, prediction_type=prediction_type, seed=seed, tmp=folder.parent / f".{folder.name}-build")
+    if kind == "sdxl":
+        pipe = StableDiffusionXLPipeline(**comps, force_zeros_for_empty_prompt=True)
+    else:
+        pipe = StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+if __name__ == "__main__":  # build one by hand: python tests/tiny_diffusers.py /tmp/tiny-sd [sd|sdxl]
+    import sys
+
+    print(build_tiny_pipeline(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "sd"))
