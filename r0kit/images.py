@@ -138,11 +138,13 @@ def preprocess(images: torch.Tensor, contract: RewardContract) -> torch.Tensor:
 
 
 def preprocess_many(images: torch.Tensor, contracts: Sequence[RewardContract]) -> list[torch.Tensor]:
-    """Preprocess once per distinct contract and return one tensor per contract, in order."""
-    cache: dict[RewardContract, torch.Tensor] = {}
-    out = []
-    for c in contracts:
-        if c not in cache:
-            cache[c] = preprocess(images, c)
-        out.append(cache[c])
-    return out
+    """Preprocess once per distinct contract and return one tensor per contract, in order.
+
+    Runs through :func:`r0kit.kernels.preprocess_fused`: on CUDA with Triton, one fused
+    kernel serves every contract from one read of the image (and its backward sums into one
+    image gradient); elsewhere, or with ``R0KIT_KERNELS=torch``, :func:`preprocess` per
+    distinct contract, which stays the readable reference.
+    """
+    from r0kit.kernels.preprocess import preprocess_fused
+
+    return preprocess_fused(images, list(contracts))
