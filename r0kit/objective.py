@@ -121,16 +121,23 @@ class Objective:
     """A weighted sum of terms, with optional per-reward gradient normalization."""
 
     def __init__(self, terms: Iterable[Term] = (), *, normalize_gradients: bool = False, eps: float = 1e-8):
-        self.terms: list[Term] = list(terms)
         self.normalize_gradients = bool(normalize_gradients)
         self.eps = float(eps)
-        labels = [t.label for t in self.terms]
-        dup = {lab for lab in labels if labels.count(lab) > 1}
-        if dup:
-            raise OptionError(
-                f"the objective uses the label(s) {sorted(dup)} more than once; give one of them another "
-                "label with .named('other') (Python) or a different table key with name = '...' (TOML)"
-            )
+        # Like terms merge (a + a == 2*a); one label for two different terms is an error.
+        merged: dict[str, Term] = {}
+        for t in terms:
+            prev = merged.get(t.label)
+            if prev is None:
+                merged[t.label] = t
+            elif prev.spec()[:3] == t.spec()[:3] and prev.spec()[4:] == t.spec()[4:]:
+                merged[t.label] = replace(prev, weight=prev.weight + t.weight)
+            else:
+                raise OptionError(
+                    f"the objective uses the label {t.label!r} for two different terms ({prev!r} and {t!r}); "
+                    "give one of them another label with .named('other') (Python) or a different table key "
+                    "with name = '...' (TOML)"
+                )
+        self.terms: list[Term] = list(merged.values())
 
     # -- composition ----------------------------------------------------------
     def _join(self, other: Term | Objective, sign: float) -> Objective:
@@ -175,6 +182,8 @@ class Objective:
         }
 
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, Term):
+            other = Objective([other], normalize_gradients=self.normalize_gradients, eps=self.eps)
         return isinstance(other, Objective) and self.spec() == other.spec()
 
     def __hash__(self) -> int:

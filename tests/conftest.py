@@ -1,0 +1,34 @@
+"""Suite-wide settings: no entry-point autoload, no network, no display."""
+
+from __future__ import annotations
+
+import os
+
+# Before r0kit builds its plugin host: only the built-in plugins load in tests,
+# unless a test asks for autoload (see the ``autoload`` fixture).
+os.environ["R0KIT_DISABLE_AUTOLOAD"] = "1"
+os.environ.pop("R0KIT_LOAD_PLUGINS", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+from r0kit.plugins import reset_host  # noqa: E402
+
+
+@pytest.fixture
+def fresh_host():
+    """A plugin host rebuilt for this test from the current environment, and forgotten after it."""
+    from r0kit.plugins import get_host
+
+    reset_host()
+    yield get_host
+    reset_host()
+
+
+@pytest.fixture
+def autoload(monkeypatch, fresh_host):
+    """Turn entry-point autoload on for one test."""
+    monkeypatch.delenv("R0KIT_DISABLE_AUTOLOAD", raising=False)
+    reset_host()
+    return fresh_host

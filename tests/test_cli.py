@@ -1,0 +1,85 @@
+"""The ``r0kit`` command end to end: the offline default run and its error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from r0kit.cli import main
+from r0kit.outputs import read_png_metadata
+
+
+def _run_cli(*args, cwd):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "r0kit.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_offline_default_run_end_to_end(tmp_path):
+    proc = _run_cli("optimize", "--steps", "25", "--seed", "7", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "r0kit-out"
+    for name in ("image.png", "log.csv", "curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    meta = read_png_metadata(out / "image.png")
+    assert meta["prompt"] == "an orange, colourful, symmetric abstract pattern"
+    assert meta["seed"] == "7"
+    assert "colorfulness" in meta["objective"] and "total" in json.loads(meta["values"])
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(26))
+    assert float(rows[-1]["total"]) > float(rows[0]["total"])
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["objective_last"][0] > summary["objective_first"][0]
+    # No temporary files are left behind by the atomic writes.
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_several_prompts_write_a_contact_sheet(tmp_path):
+    assert main(["optimize", "a", "b", "c", "--steps", "3", "-o", str(tmp_path / "o"), "--no-progress"]) == 0
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert names == ["contact_sheet.png", "curves.png", "image_000.png", "image_001.png", "image_002.png", "log.csv"]
+    assert read_png_metadata(tmp_path / "o" / "image_002.png")["prompt"] == "c"
+
+
+def test_unknown_reward_exits_nonzero_without_traceback(tmp_path):
+    obj = tmp_path / "obj.toml"
+    obj.write_text("[objective.rewards.colourfulness]\nweight = 1\n")
+    proc = _run_cli("optimize", "--objective", str(obj), "--steps", "2", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "unknown reward 'colourfulness'" in proc.stderr and "did you mean 'colorfulness'" in proc.stderr
+    assert not (tmp_path / "r0kit-out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["optimize", "--preset", "nope"], "unknown preset 'nope'"),
+        (["optimize", "--config", "missing.toml"], "does not exist"),
+        (["optimize", "--generator", "pixels"], "did you mean 'pixel'"),
+        (["optimize", "--steps", "0"], "steps"),
+    ],
+)
+def test_bad_arguments_give_clear_errors(tmp_path, capsys, args, needle):
+    os.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", "--steps", "many"])
+    assert exc.value.code == 2
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_plugins_command_lists_builtins(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("colorfulness", "r0kit_analytic", "pixel", "tv", "ok"):
+        assert needle in out

@@ -1,0 +1,89 @@
+"""Config models and TOML files: errors name the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from r0kit.config import load_objective, load_run, parse_run, read_prompts
+from r0kit.errors import ConfigError, OptionError, UnknownNameError
+
+BASE = """
+prompts = ["a"]
+[objective.rewards.contrast]
+"""
+
+
+def _write(tmp_path, text, name="run.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_valid_run_config(tmp_path):
+    cfg = load_run(_write(tmp_path, BASE + "weight = 2\n"))
+    assert cfg.objective.rewards["contrast"].weight == 2.0
+    assert cfg.steps == 50 and cfg.generator.name == "pixel"
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        (BASE + "weight = 'heavy'\n", ["objective.rewards.contrast.weight", "'heavy'"]),
+        ("stpes = 3\n" + BASE, ["'stpes'", "did you mean 'steps'"]),
+        ("steps = 0\n" + BASE, ["steps", "greater than or equal to 1", "0"]),
+        (BASE + "[optimizer]\nname = 'lbfgs'\n", ["optimizer.name", "'adam' or 'sgd'", "'lbfgs'"]),
+        (BASE + "[optimizer]\nlr = -1\n", ["optimizer.lr", "greater than 0"]),
+        ('prompts = ["a"]\n[objective]\nnormalize_gradients = true\n', ["objective", "at least one"]),
+        (BASE + "[objective.extra]\n", ["'objective.extra'", "allowed keys here"]),
+        ('prompts = [""]\n' + BASE.split("\n", 2)[2], ["prompts", "empty"]),
+        (BASE + "weight = inf\n", ["weight", "finite"]),
+    ],
+)
+def test_errors_name_the_key(tmp_path, text, needles):
+    with pytest.raises(ConfigError) as exc:
+        load_run(_write(tmp_path, text))
+    msg = str(exc.value)
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_run(_write(tmp_path, "steps = = 3"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run(tmp_path / "nope.toml")
+
+
+def test_objective_unknown_reward_and_option(tmp_path):
+    with pytest.raises(UnknownNameError, match="contrast"):
+        load_objective(_write(tmp_path, "[objective.rewards.contrst]\n"))
+    with pytest.raises(OptionError, match="no option 'colour'"):
+        load_objective(_write(tmp_path, "[objective.rewards.target_color]\ncolour = '#000000'\n"))
+    with pytest.raises(ConfigError, match="no \\[objective\\] table"):
+        load_objective(_write(tmp_path, "steps = 3\n"))
+
+
+def test_label_with_explicit_name(tmp_path):
+    obj = load_objective(
+        _write(tmp_path, "[objective.rewards.warm]\nname='target_color'\ncolor='#ff0000'\n[objective.rewards.cool]\nname='target_color'\ncolor='#0000ff'\n")
+    )
+    assert [t.label for t in obj.terms] == ["warm", "cool"] and {t.name for t in obj.terms} == {"target_color"}
+
+
+def test_read_prompts(tmp_path):
+    assert read_prompts(_write(tmp_path, "# c\na cat\n\n a dog \n", "p.txt")) == ["a cat", "a dog"]
+    assert read_prompts(_write(tmp_path, '{"prompt": "x"}\n{"prompt": "y"}\n', "p.jsonl")) == ["x", "y"]
+    with pytest.raises(ConfigError, match="holds no prompts"):
+        read_prompts(_write(tmp_path, "\n# only a comment\n", "empty.txt"))
+    with pytest.raises(ConfigError, match="line 1"):
+        read_prompts(_write(tmp_path, '{"text": "x"}\n', "bad.jsonl"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_prompts(tmp_path / "missing.txt")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_prompts(tmp_path / "bin.txt")
+
+
+def test_parse_run_from_dict():
+    cfg = parse_run({"prompts": ["x"], "objective": {"rewards": {"contrast": {}}}, "generator": {"name": "pixel", "height": 8}})
+    assert cfg.generator.options == {"height": 8}
