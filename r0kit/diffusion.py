@@ -264,19 +264,6 @@ def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | fl
     return v
 
 
-def chi_noise_norm(z: torch.Tensor) -> torch.Tensor:
-    """ReNO's noise regularizer per sample: ``½‖z‖² − (d − 1)·log‖z‖``, ``d`` = elements per sample.
-
-    It is the negative log-density (up to a constant) of ``‖z‖`` under the chi
-    distribution with ``d`` degrees of freedom, minimized at ``‖z‖ = √(d−1)``:
-    it keeps an optimized noise on the shell where Gaussian noise lives.
-    """
-    flat = z.float().flatten(1)
-    d = flat.shape[1]
-    sq = (flat * flat).sum(1)
-    return 0.5 * sq - (d - 1) * 0.5 * torch.log(sq.clamp_min(torch.finfo(torch.float32).tiny))
-
-
 # ---------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------
@@ -787,7 +774,6 @@ __all__ = [
     "SCHEDULERS",
     "Unrolled",
     "alphas_sigmas",
-    "chi_noise_norm",
     "eta_step",
     "load",
     "make_scheduler",

@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "r0kit_analytic",
     "r0kit_regularizers",
     "r0kit_pixel",
+    "r0kit_diffusers",
 )
 
 _HOOKS: tuple[tuple[str, str], ...] = (

@@ -49,6 +49,50 @@ class L2ToInitial:
         return d.mean(1) if self.reduction == "mean" else d.sum(1)
 
 
+class NoiseNorm:
+    """ReNO's noise regularizer, per sample: ``½‖z‖² − (d − 1)·log‖z‖``, ``d`` = elements per sample.
+
+    It is the negative log-density, up to a constant, of ``‖z‖`` under the chi
+    distribution with ``d`` degrees of freedom: it is smallest at
+    ``‖z‖ = √(d − 1)``, the shell where ``d``-dimensional standard Gaussian noise
+    lives, and keeps an optimized noise there. Its gradient is
+    ``z − (d − 1) z / ‖z‖²``. Reads ``sample.state[key]`` (``"param"`` by
+    default: the optimized noise of the ``noise`` generator).
+    """
+
+    def __init__(self, key: str = "param"):
+        if not isinstance(key, str) or not key:
+            raise OptionError(f"noise_norm: key must be a sample.state key such as 'param' or 'noise', got {key!r}")
+        self.key = key
+
+    def __call__(self, sample: r0kit.Sample, generator=None) -> torch.Tensor:
+        flat = _state(sample, self.key).float().flatten(1)
+        d = flat.shape[1]
+        sq = (flat * flat).sum(1)
+        return 0.5 * sq - 0.5 * (d - 1) * torch.log(sq.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+class GaussianPrior:
+    """A standard Gaussian prior on the optimized variable (a latent or a noise), per sample.
+
+    ``reduction="mean"`` (default): ``½‖z‖² / d``, the negative log-likelihood per
+    element without its constant, so its scale does not depend on the resolution;
+    ``"sum"``: ``½‖z‖²``, the negative log-likelihood of the whole sample up to the
+    constant ``(d/2)·log 2π``. Unlike ``noise_norm`` it pulls ``z`` towards 0,
+    not onto the Gaussian shell: use it as a weak pull on a VAE latent.
+    """
+
+    def __init__(self, reduction: Literal["mean", "sum"] = "mean", key: str = "param"):
+        if reduction not in ("mean", "sum"):
+            raise OptionError(f"gaussian_prior: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction, self.key = reduction, key
+
+    def __call__(self, sample: r0kit.Sample, generator=None) -> torch.Tensor:
+        flat = _state(sample, self.key).float().flatten(1)
+        sq = 0.5 * (flat * flat).sum(1)
+        return sq / flat.shape[1] if self.reduction == "mean" else sq
+
+
 def _state(sample: r0kit.Sample, key: str) -> torch.Tensor:
     try:
         return sample.state[key]
@@ -63,3 +107,5 @@ def _state(sample: r0kit.Sample, key: str) -> torch.Tensor:
 def r0kit_register_regularizers(register):
     register("tv", TotalVariation, description="total variation of the images")
     register("l2_init", L2ToInitial, description="squared distance of the optimized variable to its initial value")
+    register("noise_norm", NoiseNorm, description="ReNO chi-distribution noise-norm penalty ½‖z‖² − (d−1)·log‖z‖")
+    register("gaussian_prior", GaussianPrior, description="standard Gaussian prior on the optimized variable, ½‖z‖²/d (or summed)")

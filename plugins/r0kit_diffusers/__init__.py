@@ -1,0 +1,263 @@
+"""Generators built on diffusers models: ``latent`` and ``noise``.
+
+``latent``
+    The VAE latent is the parameter; the image is its decode. The latent starts
+    as Gaussian noise, or (``init="pipeline"``) as the latent a few-step sampling
+    of the prompt produces, so the optimization refines an actual sample.
+``noise``
+    The initial noise ``x_T`` is the parameter, pushed through a frozen few-step
+    sampler (SD-Turbo, SDXL-Turbo, or any Stable Diffusion / SDXL pipeline with a
+    configurable scheduler and 1–4 steps). The image is differentiable with respect
+    to the noise; this is the ReNO parameterization.
+
+Both load through :func:`r0kit.diffusion.load` (a hub id or a pipeline folder,
+resolved by :mod:`r0kit.weights`) and accept an already loaded
+:class:`~r0kit.diffusion.DiffusionModel` as ``model=`` to share one between
+generators. Sample ``i`` of a batch prepared with ``seed`` is drawn with seed
+``seed + i``, so a prompt's result does not depend on how prompts are batched
+or sharded across processes.
+
+Both put ``"param"`` (the optimized tensor), ``"param_init"`` and ``"noise"``
+in :attr:`r0kit.Sample.state`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+import r0kit
+from r0kit.errors import InputError, OptionError
+
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+
+
+def _load(model: Any, components: tuple[str, ...], **kw: Any):
+    from r0kit.diffusion import DiffusionModel, load
+
+    if isinstance(model, DiffusionModel):
+        missing = [c for c in components if (c == "text" and not model.text_encoders) or (c != "text" and getattr(model, c) is None)]
+        if missing:
+            raise OptionError(f"the model passed in was loaded without {', '.join(missing)}, which this generator needs")
+        model.set_memory_options(
+            gradient_checkpointing=kw.get("gradient_checkpointing"),
+            vae_checkpointing=kw.get("vae_checkpointing"),
+            vae_slicing=kw.get("vae_slicing"),
+            vae_tiling=kw.get("vae_tiling"),
+        )
+        return model
+    if not isinstance(model, str) or not model:
+        raise OptionError(f"model must be a hub id, a pipeline folder or a loaded DiffusionModel, got {model!r}")
+    return load(model, components=components, **kw)
+
+
+def _per_sample_noise(m, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.cat([m.initial_noise(1, height, width, seed=int(seed) + i) for i in range(batch)])
+
+
+class _Base:
+    name = ""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+        self.prompts: list[str] | None = None
+        self.z: torch.Tensor | None = None
+        self.z_init: torch.Tensor | None = None
+        self.noise: torch.Tensor | None = None
+
+    def parameters(self) -> list[torch.Tensor]:
+        self._need_prepare()
+        return [self.z]  # type: ignore[list-item]
+
+    def _need_prepare(self, prompts: list[str] | None = None) -> None:
+        if self.z is None:
+            raise InputError(f"{self.name}: call prepare(prompts, seed) before sample()")
+        if prompts is not None and len(prompts) != self.z.shape[0]:
+            raise InputError(f"{self.name}: prepared for {self.z.shape[0]} prompt(s), got {len(prompts)}")
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"param": self.z, "param_init": self.z_init, "noise": self.noise}  # type: ignore[dict-item]
+
+
+def _check_size(name: str, height: Any, width: Any) -> None:
+    for label, v in (("height", height), ("width", width)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 8:
+            raise OptionError(f"{name}: {label} must be an int >= 8, got {v!r}")
+
+
+class NoiseGenerator(_Base):
+    """The initial noise of a frozen few-step sampler is the parameter.
+
+    :param model: hub id or pipeline folder (default ``stabilityai/sd-turbo``), or a loaded model.
+    :param steps: sampling steps, 1 to ``max_steps`` (each one is back-propagated through).
+    :param timesteps: explicit decreasing timesteps instead of the scheduler's for ``steps``.
+    :param scheduler: replace the pipeline's scheduler (``ddim``, ``euler``, ``lcm``, ...).
+    :param guidance: classifier-free guidance scale; ``1`` (turbo models) runs no unconditional pass.
+    :param negative_prompt: the unconditional prompt when ``guidance > 1``.
+    :param dtype: ``float32``, ``float16`` or ``bfloat16`` for the networks; the noise stays float32.
+    :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` the same for the decode.
+    """
+
+    name = "noise"
+
+    def __init__(
+        self,
+        model: Any = DEFAULT_MODEL,
+        steps: int = 1,
+        height: int = 512,
+        width: int = 512,
+        guidance: float = 1.0,
+        negative_prompt: str = "",
+        scheduler: str | None = None,
+        scheduler_options: dict[str, Any] | None = None,
+        timesteps: list[int] | None = None,
+        max_steps: int = 4,
+        dtype: str = "float32",
+        vae_dtype: str | None = None,
+        device: str = "auto",
+        gradient_checkpointing: bool = False,
+        vae_checkpointing: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        revision: str | None = None,
+    ):
+        _check_size("noise", height, width)
+        n = len(timesteps) if timesteps is not None else steps
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= max_steps:
+            raise OptionError(
+                f"noise: steps must be 1 to {max_steps} (the noise generator back-propagates through every step; "
+                f"use a few-step model, or raise max_steps if memory allows), got {n!r}"
+            )
+        if not isinstance(guidance, (int, float)) or guidance < 1:
+            raise OptionError(f"noise: guidance must be a number >= 1 (1 = no classifier-free guidance), got {guidance!r}")
+        super().__init__(height, width)
+        self.model = _load(
+            model,
+            ("unet", "vae", "text"),
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            device=device,
+            scheduler=scheduler,
+            scheduler_options=scheduler_options,
+            revision=revision,
+            gradient_checkpointing=gradient_checkpointing,
+            vae_checkpointing=vae_checkpointing,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+        )
+        self.model.latent_shape(height, width)  # validates the size against the VAE factor
+        self.timesteps = self.model.timesteps(steps, timesteps)
+        self.guidance = float(guidance)
+        self.negative_prompt = negative_prompt
+        self._cond = None
+        self._uncond = None
+
+    def prepare(self, prompts: list[str], seed: int) -> None:
+        m = self.model
+        self.prompts = list(prompts)
+        self.noise = _per_sample_noise(m, len(prompts), self.height, self.width, seed).requires_grad_(True)
+        self.z = self.noise
+        self.z_init = self.noise.detach().clone()
+        self._cond = m.encode_prompts(self.prompts, height=self.height, width=self.width)
+        self._uncond = (
+            m.encode_negative(len(prompts), self.negative_prompt, height=self.height, width=self.width)
+            if self.guidance != 1.0
+            else None
+        )
+
+    def sample(self, prompts: list[str], generator: torch.Generator | None = None) -> r0kit.Sample:
+        self._need_prepare(prompts)
+        if list(prompts) != self.prompts:
+            self.prompts = list(prompts)
+            self._cond = self.model.encode_prompts(self.prompts, height=self.height, width=self.width)
+        out = self.model.unroll(self.z, self._cond, self.timesteps, guidance_scale=self.guidance, uncond=self._uncond)  # type: ignore[arg-type]
+        images = self.model.decode(out.latents)
+        return r0kit.Sample(images=images, state=self._state())
+
+    def __repr__(self) -> str:
+        return f"NoiseGenerator({self.model.source!r}, timesteps={self.timesteps.tolist()}, {self.height}x{self.width}, guidance={self.guidance})"
+
+
+class LatentGenerator(_Base):
+    """The VAE latent is the parameter; the image is its decode.
+
+    :param init: ``"noise"``: a standard normal latent times ``init_scale`` (only the VAE is
+        loaded); ``"pipeline"``: the latent the model samples for the prompt in ``steps`` steps
+        from the seed's noise (loads the UNet and text encoders too).
+    """
+
+    name = "latent"
+
+    def __init__(
+        self,
+        model: Any = DEFAULT_MODEL,
+        height: int = 512,
+        width: int = 512,
+        init: Literal["noise", "pipeline"] = "noise",
+        init_scale: float = 1.0,
+        steps: int = 1,
+        guidance: float = 1.0,
+        scheduler: str | None = None,
+        dtype: str = "float32",
+        vae_dtype: str | None = None,
+        device: str = "auto",
+        vae_checkpointing: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        revision: str | None = None,
+    ):
+        _check_size("latent", height, width)
+        if init not in ("noise", "pipeline"):
+            raise OptionError(f"latent: init must be 'noise' or 'pipeline', got {init!r}")
+        if not isinstance(init_scale, (int, float)) or init_scale < 0:
+            raise OptionError(f"latent: init_scale must be a number >= 0, got {init_scale!r}")
+        super().__init__(height, width)
+        comps = ("unet", "vae", "text") if init == "pipeline" else ("vae",)
+        self.model = _load(
+            model,
+            comps,
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            device=device,
+            scheduler=scheduler,
+            revision=revision,
+            vae_checkpointing=vae_checkpointing,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+        )
+        self.model.latent_shape(height, width)
+        self.init, self.init_scale, self.guidance = init, float(init_scale), float(guidance)
+        self.timesteps = self.model.timesteps(steps) if init == "pipeline" else None
+
+    def prepare(self, prompts: list[str], seed: int) -> None:
+        m = self.model
+        self.prompts = list(prompts)
+        noise = _per_sample_noise(m, len(prompts), self.height, self.width, seed)
+        if self.init == "pipeline":
+            with torch.no_grad():
+                cond = m.encode_prompts(self.prompts, height=self.height, width=self.width)
+                uncond = m.encode_negative(len(prompts), height=self.height, width=self.width) if self.guidance != 1 else None
+                z = m.unroll(noise, cond, self.timesteps, guidance_scale=self.guidance, uncond=uncond).latents.float()  # type: ignore[arg-type]
+        else:
+            z = noise * self.init_scale
+        self.noise = noise
+        self.z = z.detach().clone().requires_grad_(True)
+        self.z_init = z.detach().clone()
+
+    def sample(self, prompts: list[str], generator: torch.Generator | None = None) -> r0kit.Sample:
+        self._need_prepare(prompts)
+        return r0kit.Sample(images=self.model.decode(self.z), state=self._state())  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"LatentGenerator({self.model.source!r}, init={self.init}, {self.height}x{self.width})"
+
+
+@r0kit.hookimpl
+def r0kit_register_generators(register):
+    register(
+        "noise",
+        NoiseGenerator,
+        description="initial noise of a frozen few-step diffusers pipeline (ReNO; SD-Turbo, SDXL-Turbo, SD/SDXL 1-4 steps)",
+    )
+    register("latent", LatentGenerator, description="VAE latent of a diffusers pipeline; the image is its decode")
