@@ -233,27 +233,46 @@ def eta_step(
     sigma_next: torch.Tensor | float,
     eta: torch.Tensor | float = 0.0,
     noise: torch.Tensor | None = None,
+    *,
+    seed: int = 0,
+    offset: int = 0,
 ) -> torch.Tensor:
     """The sampler step ``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)``.
 
-    :param eta: a float, or a tensor broadcastable to ``x0`` (e.g. ``[B,1,1,1]``
-        for a per-sample ``η``); values must lie in [0, 1].
-    :param noise: ``ξ``, same shape as ``x0``; required when any ``η > 0``.
+    :param alpha_next, sigma_next: floats (or 0-d tensors): the noise level stepped to.
+    :param eta: a float, or a per-sample ``[B]`` tensor, in [0, 1].
+    :param noise: an explicit ``ξ`` (same shape as ``x0``); otherwise ``ξ`` is drawn
+        reproducibly from ``(seed, offset)`` by :func:`r0kit.kernels.eta_step`, which
+        runs the fused Triton kernel on CUDA (ξ never touches memory) and the torch
+        reference elsewhere.
 
-    This is the single implementation every sampler in r0kit calls, so a fused
-    kernel can replace it in one place.
+    With ``η = 0`` everywhere it is the deterministic DDIM step and draws nothing.
+    Every sampler in r0kit steps through this function.
     """
-    a = _as_scalar(alpha_next, x0)
-    s = _as_scalar(sigma_next, x0)
-    if isinstance(eta, (int, float)) and eta == 0:
+    a = float(alpha_next)
+    s = float(sigma_next)
+    if isinstance(eta, torch.Tensor):
+        eta = eta.reshape(-1) if eta.numel() > 1 else float(eta)
+    if isinstance(eta, torch.Tensor):
+        if eta.numel() != x0.shape[0]:
+            raise InputError(f"eta must be a float or one value per sample ([{x0.shape[0]}]), got {eta.numel()} values")
+        if bool(((eta < 0) | (eta > 1)).any()):
+            raise InputError(f"eta must lie in [0, 1], got values in [{float(eta.min())}, {float(eta.max())}]")
+        if not bool((eta > 0).any()):
+            eta = 0.0
+        else:
+            eta = eta.to(device=x0.device, dtype=torch.float32)
+    elif not 0.0 <= float(eta) <= 1.0:
+        raise InputError(f"eta must lie in [0, 1], got {eta}")
+    if isinstance(eta, float) and eta == 0.0:
         return a * x0 + s * eps
-    eta_t = torch.as_tensor(eta, dtype=torch.float32, device=x0.device)
-    if bool(((eta_t < 0) | (eta_t > 1)).any()):
-        raise InputError(f"eta must lie in [0, 1], got values in [{float(eta_t.min())}, {float(eta_t.max())}]")
-    if noise is None:
-        raise InputError("eta_step: eta > 0 needs the fresh noise xi (noise=...)")
-    eta_t = eta_t.to(x0.dtype)
-    return a * x0 + s * (torch.sqrt(1 - eta_t * eta_t) * eps + eta_t * noise)
+    from r0kit import kernels
+
+    if noise is not None:
+        if noise.shape != x0.shape:
+            raise InputError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        return kernels.eta_step_reference(x0, eps, a, s, eta, noise=noise)
+    return kernels.eta_step(x0, eps, a, s, eta, seed=int(seed), offset=int(offset))
 
 
 def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
@@ -527,7 +546,7 @@ class DiffusionModel:
         timesteps: torch.Tensor,
         *,
         eta: float | torch.Tensor = 0.0,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
         guidance_scale: float = 1.0,
         uncond: Conditioning | None = None,
         grad_from_step: int = 0,
@@ -536,7 +555,8 @@ class DiffusionModel:
         """Run the K-step sampler from ``noise`` (``x_T``), differentiably.
 
         :param eta: a float, a ``[K]`` tensor (one per step), or ``[K, B]`` (per step and sample).
-        :param generator: draws ``ξ`` for steps with ``η > 0`` (on the CPU, for reproducibility).
+        :param seed: ``ξ`` of step ``i`` is drawn from ``(seed, offset = i·numel)`` (see :func:`eta_step`);
+            vary it between calls (e.g. per training step) for fresh noise.
         :param grad_from_step: steps before this index run without autograd (stop-gradient on the
             path before it: truncated backprop, and R0+ intermediate supervision).
         :param return_x0s: also return ``x̂₀`` of every step.
@@ -560,12 +580,7 @@ class DiffusionModel:
                 if return_x0s:
                     x0s.append(x0)
                 if i + 1 < k:
-                    e = etas[i]
-                    xi = None
-                    if bool((e > 0).any()):
-                        xi = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-                    e_arg: torch.Tensor | float = 0.0 if not bool((e > 0).any()) else e.view(-1, *([1] * (x0.dim() - 1)))
-                    x = eta_step(x0, eps, alphas[i + 1], sigmas[i + 1], e_arg, xi)
+                    x = eta_step(x0, eps, alphas[i + 1], sigmas[i + 1], etas[i], seed=seed, offset=i * x0.numel())
         return Unrolled(latents=x0, x0s=x0s, etas=etas)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
