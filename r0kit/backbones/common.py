@@ -1,0 +1,167 @@
+"""Pieces every model-backed reward needs: lazy imports, dtype/device, freezing, caches."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections import OrderedDict
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from r0kit.errors import OptionError, PluginError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class MissingDependencyError(PluginError, ImportError):
+    """An optional package a reward needs is not installed; the message names the extra."""
+
+
+def require(module: str, *, extra: str, what: str):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming ``pip install 'r0kit[extra]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{what} needs the package {module.split('.')[0]!r}, which failed to import ({exc}); "
+            f"install it with `pip install 'r0kit[{extra}]'`"
+        ) from exc
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``, ``"float16"``, ``"bfloat16"`` (or short forms, or a ``torch.dtype``)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.float16, torch.bfloat16):
+            return dtype
+    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise OptionError(f"dtype must be one of float32, float16, bfloat16; got {dtype!r}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise OptionError(f"device {device!r} is not a torch device ({exc}); use 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device {device!r} asks for CUDA, which this machine does not have; use device='cpu'")
+    return dev
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, and no parameter requires a gradient. Returns ``module``."""
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def enable_layer_checkpointing(layers: Iterable[torch.nn.Module]) -> None:
+    """Recompute each layer's activations in the backward pass instead of storing them.
+
+    Wraps the forward of each given layer instance (not its class) in
+    :func:`torch.utils.checkpoint.checkpoint`, active whenever autograd
+    records, also in eval mode (frozen rewards run in eval mode, which is
+    where the checkpointing of transformers and timm switches itself off).
+    Parameter names and state dicts are unchanged.
+    """
+    for layer in layers:
+        if getattr(layer, "_r0kit_checkpointed", False):
+            continue
+        inner = layer.forward
+
+        def forward(*args, __inner=inner, **kwargs):
+            if torch.is_grad_enabled():
+                return torch.utils.checkpoint.checkpoint(__inner, *args, use_reentrant=False, **kwargs)
+            return __inner(*args, **kwargs)
+
+        functools.update_wrapper(forward, inner)
+        layer.forward = forward  # type: ignore[method-assign]
+        layer._r0kit_checkpointed = True  # type: ignore[attr-defined]
+
+
+class PromptCache:
+    """Per-prompt cache of text-side tensors, least recently used first out.
+
+    ``get(prompts, encode)`` calls ``encode(missing_prompts) -> Tensor[N, ...]``
+    once for the prompts not cached yet (each distinct prompt once) under
+    ``torch.no_grad()``, and returns the stacked ``[len(prompts), ...]`` tensor.
+    The cached tensors are detached: the reward's weights are frozen.
+    """
+
+    def __init__(self, max_size: int = 4096) -> None:
+        self.max_size = int(max_size)
+        self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, prompt: str) -> bool:
+        return prompt in self._store
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def get(self, prompts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise OptionError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._store))
+        if missing:
+            with torch.no_grad():
+                encoded = encode(missing)
+            self.misses += len(missing)
+            for p, t in zip(missing, encoded):
+                self._store[p] = t.detach()
+        out = []
+        for p in prompts:
+            self._store.move_to_end(p)
+            out.append(self._store[p])
+        while len(self._store) > self.max_size:
+            self._store.popitem(last=False)
+        return torch.stack(out)
+
+
+def model_input(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` on the model's device and dtype (differentiable)."""
+    return x.to(device=device, dtype=dtype)
+
+
+def resolve_first(repo_id: str, filenames: Sequence[str], *, what: str, revision: str | None = None):
+    """The first of ``filenames`` found in ``repo_id``: the cache is searched for all before any download.
+
+    :raises WeightsError: the error for the first filename, when none resolves.
+    """
+    from pathlib import Path
+
+    from r0kit.errors import WeightsError
+    from r0kit.weights import resolve_file
+
+    local = Path(repo_id).expanduser()
+    if not local.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in filenames:
+            cached = try_to_load_from_cache(repo_id, name, revision=revision)
+            if isinstance(cached, str) and Path(cached).is_file():
+                return Path(cached)
+    first: WeightsError | None = None
+    for name in filenames:
+        try:
+            return resolve_file(repo_id, name, revision=revision, what=what)
+        except WeightsError as exc:
+            first = first or exc
+    assert first is not None
+    raise first

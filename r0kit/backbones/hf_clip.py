@@ -1,0 +1,137 @@
+"""transformers CLIP towers: PickScore and the image embeddings of the aesthetic predictor.
+
+Models load from a Hugging Face repository or a local folder in the
+``save_pretrained`` layout, through :func:`r0kit.weights.resolve_repo`
+(cache, then download, ``HF_HUB_OFFLINE`` respected); transformers reads the
+weights with safetensors, or ``torch.load(weights_only=True)`` for ``.bin``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from r0kit.backbones.common import (
+    PromptCache,
+    enable_layer_checkpointing,
+    freeze,
+    model_input,
+    require,
+    resolve_device,
+    resolve_dtype,
+)
+from r0kit.errors import InputError, WeightsError
+from r0kit.weights import resolve_file, resolve_repo
+
+TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"]
+
+
+def model_folder(repo: str | os.PathLike, *, what: str) -> Path:
+    """A local folder holding ``config.json`` and the weights (safetensors preferred, else ``pytorch_model.bin``)."""
+    folder = resolve_repo(str(repo), allow_patterns=["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"], what=what)
+    has_weights = any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    if not (folder / "config.json").is_file():
+        raise WeightsError(f"{what}: {str(repo)!r} has no config.json; it must be a transformers CLIP model folder or repository")
+    if not has_weights:
+        if Path(str(repo)).expanduser().is_dir():
+            raise WeightsError(f"{what}: the folder {str(repo)!r} has no model.safetensors or pytorch_model.bin")
+        resolve_file(str(repo), "pytorch_model.bin", what=what)  # legacy repositories without safetensors
+    return folder
+
+
+def load_clip(repo: str | os.PathLike, *, vision_only: bool, extra: str, what: str) -> torch.nn.Module:
+    """``CLIPModel`` (or ``CLIPVisionModelWithProjection`` when ``vision_only``) in float32."""
+    transformers = require("transformers", extra=extra, what=what)
+    folder = model_folder(repo, what=what)
+    cls = transformers.CLIPVisionModelWithProjection if vision_only else transformers.CLIPModel
+    try:
+        return cls.from_pretrained(str(folder), dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{what}: could not load a CLIP model from {str(folder)!r} ({type(exc).__name__}: {exc})") from None
+
+
+def load_clip_tokenizer(repo: str | os.PathLike, *, extra: str, what: str):
+    transformers = require("transformers", extra=extra, what=what)
+    folder = resolve_repo(str(repo), allow_patterns=TOKENIZER_FILES, what=f"{what} tokenizer")
+    try:
+        return transformers.CLIPTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as exc:
+        raise WeightsError(
+            f"{what}: could not read a CLIP tokenizer (vocab.json, merges.txt) from {str(folder)!r} ({exc})"
+        ) from None
+
+
+def _features(out: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor in transformers 4 and may return an output object in 5."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("image_embeds", "text_embeds", "pooler_output"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
+
+
+class HFClipScore(torch.nn.Module):
+    """PickScore: ``logit_scale.exp() · cos(image, prompt)`` on a frozen transformers ``CLIPModel``."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device | None = None,
+        gradient_checkpointing: bool = False,
+        cache_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.dtype = resolve_dtype(dtype)
+        self.device = resolve_device(device)
+        self.model = freeze(model.to(device=self.device, dtype=self.dtype))
+        self.tokenizer = tokenizer
+        self.text_cache = PromptCache(cache_size)
+        if gradient_checkpointing:
+            enable_layer_checkpointing(self.model.vision_model.encoder.layers)
+
+    def train(self, mode: bool = True) -> HFClipScore:
+        return super().train(False)
+
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
+        feats = _features(self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+        return F.normalize(feats.float(), dim=-1)
+
+    def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        if len(prompts) != x.shape[0]:
+            raise InputError(f"got {len(prompts)} prompt(s) for {x.shape[0]} image(s); pass one prompt per image")
+        img = F.normalize(_features(self.model.get_image_features(pixel_values=model_input(x, self.device, self.dtype))).float(), dim=-1)
+        txt = self.text_cache.get(prompts, self._encode_text)
+        scale = self.model.logit_scale.float().exp()
+        return (scale * (img * txt).sum(dim=-1)).to(x.device)
+
+
+class ClipImageEmbedding(torch.nn.Module):
+    """Normalized CLIP image embeddings (``visual_projection`` of the pooled token), differentiable."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dtype, self.device = dtype, device
+        self.model = freeze(model.to(device=device, dtype=dtype))
+        if gradient_checkpointing:
+            enable_layer_checkpointing(self.model.vision_model.encoder.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=model_input(x, self.device, self.dtype))
+        return F.normalize(out.image_embeds.float(), dim=-1)

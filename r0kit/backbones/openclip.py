@@ -1,0 +1,238 @@
+"""open_clip models as differentiable image-text scores: CLIP score and HPS v2/v2.1.
+
+Both rewards are ``scale · cos(f_img(x), f_txt(prompt))`` on an open_clip
+model; they differ in the weights and the scale (CLIP score: 100 by
+convention; HPS: 1, exactly as ``hpsv2``'s scorer computes
+``image_features @ text_features.T`` on normalized features).
+
+Weights resolve through :mod:`r0kit.weights`: an explicit ``checkpoint``
+path, else the open_clip pretrained tag's Hugging Face repository (cache, then
+download). The architecture is built from open_clip's config with no
+download, then the state dict is loaded strictly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from r0kit.backbones.common import (
+    PromptCache,
+    freeze,
+    model_input,
+    require,
+    resolve_device,
+    resolve_dtype,
+    resolve_first,
+)
+from r0kit.errors import OptionError, WeightsError
+from r0kit.images import RewardContract
+from r0kit.weights import load_state_dict
+
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def import_open_clip(extra: str, what: str):
+    return require("open_clip", extra=extra, what=what)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs a warning when a model is built without pretrained weights; we load them next."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def build_open_clip(model_name: str, *, extra: str, what: str, quick_gelu: bool = False) -> torch.nn.Module:
+    """An open_clip architecture with random weights, built from its config (no download)."""
+    open_clip = import_open_clip(extra, what)
+    if open_clip.get_model_config(model_name) is None:
+        known = open_clip.list_models()
+        close = difflib.get_close_matches(model_name, known, n=3)
+        raise OptionError(
+            f"{what}: open_clip has no model config {model_name!r}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+            + " (open_clip.list_models() lists them; open_clip.add_model_config(path) adds one)"
+        )
+    with _quiet_open_clip():
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu, output_dict=False)
+    return model
+
+
+def pretrained_checkpoint(model_name: str, pretrained: str, *, extra: str, what: str) -> tuple[os.PathLike, bool]:
+    """Resolve an open_clip pretrained tag to a local file. Returns ``(path, quick_gelu)``."""
+    open_clip = import_open_clip(extra, what)
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return os.path.expanduser(pretrained), False
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise OptionError(
+            f"{what}: open_clip has no pretrained weights {pretrained!r} for {model_name!r}; "
+            f"known tags: {', '.join(tags) or 'none'}; or pass checkpoint='/path/to/weights'"
+        )
+    hub = (cfg.get("hf_hub") or "").strip("/")
+    if not hub:
+        raise OptionError(
+            f"{what}: the open_clip weights {model_name}/{pretrained} are not on the Hugging Face hub "
+            f"({cfg.get('url') or 'no url'}); download them and pass checkpoint='/path/to/file'"
+        )
+    parts = hub.split("/")
+    repo, folder = "/".join(parts[:2]), "/".join(parts[2:])  # "org/name[/subfolder]"
+    files = tuple(f"{folder}/{f}" if folder else f for f in OPEN_CLIP_FILES)
+    path = resolve_first(repo, files, what=f"{what} ({model_name}/{pretrained})")
+    return path, bool(cfg.get("quick_gelu", False))
+
+
+def load_open_clip_weights(
+    model: torch.nn.Module, path: os.PathLike | str, *, state_dict_key: str | None, what: str
+) -> None:
+    """Load a checkpoint strictly into an open_clip model, converting old open_clip layouts."""
+    import open_clip.model as oc_model
+
+    obj: Any = load_state_dict(path)
+    if state_dict_key is not None:
+        if state_dict_key not in obj:
+            raise WeightsError(
+                f"{what}: checkpoint {str(path)!r} has no {state_dict_key!r} entry (keys: {', '.join(list(obj)[:8])}); "
+                "is it the right file?"
+            )
+        obj = obj[state_dict_key]
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = oc_model.convert_to_custom_text_state_dict(sd)
+    oc_model.resize_pos_embed(sd, model)
+    result = model.load_state_dict(sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"{what}: checkpoint {str(path)!r} does not match the architecture; "
+            f"missing {result.missing_keys[:6]}{'...' if len(result.missing_keys) > 6 else ''}, "
+            f"unexpected {result.unexpected_keys[:6]}{'...' if len(result.unexpected_keys) > 6 else ''}. "
+            "Check the model option (the open_clip architecture name) against the checkpoint."
+        )
+
+
+def check_contract(model: torch.nn.Module, contract: RewardContract, *, what: str, model_name: str) -> None:
+    """Refuse an open_clip model whose own preprocessing differs from the reward's declared contract."""
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+    size = cfg.get("size", contract.size)
+    size = size[0] if isinstance(size, (tuple, list)) and len(set(size)) == 1 else size
+    problems = []
+    if size != contract.size:
+        problems.append(f"input size {size} (the contract declares {contract.size})")
+    for key in ("mean", "std"):
+        if key in cfg and any(abs(a - b) > 1e-6 for a, b in zip(cfg[key], getattr(contract, key))):
+            problems.append(f"{key} {tuple(cfg[key])} (the contract declares {getattr(contract, key)})")
+    if problems:
+        raise OptionError(
+            f"{what}: open_clip model {model_name!r} expects {'; '.join(problems)}; pick a 224-px model with "
+            "the OpenAI CLIP mean/std, or register a reward with its own contract"
+        )
+
+
+class OpenClipScore(torch.nn.Module):
+    """``scale · cos(image, prompt)`` on a frozen open_clip model, per sample.
+
+    :param model: an open_clip ``CLIP`` model with its weights loaded.
+    :param tokenizer: open_clip's tokenizer for it.
+    :param scale: the multiplier of the cosine similarity.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        scale: float,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device | None = None,
+        gradient_checkpointing: bool = False,
+        cache_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.dtype = resolve_dtype(dtype)
+        self.device = resolve_device(device)
+        self.model = freeze(model.to(device=self.device, dtype=self.dtype))
+        self.tokenizer = tokenizer
+        self.scale = float(scale)
+        self.text_cache = PromptCache(cache_size)
+        if gradient_checkpointing:
+            self.model.visual.set_grad_checkpointing(True)
+
+    def train(self, mode: bool = True) -> OpenClipScore:
+        # A frozen reward stays in eval mode (dropout, drop-path off) whatever its parent does.
+        return super().train(False)
+
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    def text_features(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Normalized text features ``[B, D]`` in float32, cached per prompt."""
+        return self.text_cache.get(prompts, self._encode_text)
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized image features ``[B, D]`` in float32, differentiable."""
+        feats = self.model.encode_image(model_input(x, self.device, self.dtype))
+        return F.normalize(feats.float(), dim=-1)
+
+    def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        if len(prompts) != x.shape[0]:
+            from r0kit.errors import InputError
+
+            raise InputError(f"got {len(prompts)} prompt(s) for {x.shape[0]} image(s); pass one prompt per image")
+        img = self.image_features(x)
+        txt = self.text_features(prompts).to(img.device)
+        return (self.scale * (img * txt).sum(dim=-1)).to(x.device)
+
+
+def open_clip_score(
+    *,
+    model_name: str,
+    checkpoint: str | os.PathLike | None,
+    pretrained: str | None,
+    state_dict_key: str | None,
+    scale: float,
+    contract: RewardContract,
+    extra: str,
+    what: str,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    gradient_checkpointing: bool = False,
+    resolve_checkpoint=None,
+) -> OpenClipScore:
+    """Build, load and freeze an :class:`OpenClipScore`.
+
+    ``checkpoint`` (a local file or folder) wins over ``pretrained`` (an
+    open_clip tag); ``resolve_checkpoint()``, when given, resolves the default
+    weights lazily (HPS's hub files).
+    """
+    open_clip = import_open_clip(extra, what)
+    dt, dev = resolve_dtype(dtype), resolve_device(device)  # validate options before any loading
+    quick_gelu = False
+    if checkpoint is not None:
+        path = checkpoint
+    elif resolve_checkpoint is not None:
+        path = resolve_checkpoint()
+    elif pretrained:
+        path, quick_gelu = pretrained_checkpoint(model_name, pretrained, extra=extra, what=what)
+    else:
+        raise OptionError(f"{what}: pass pretrained='<open_clip tag>' or checkpoint='/path/to/weights'")
+    model = build_open_clip(model_name, extra=extra, what=what, quick_gelu=quick_gelu)
+    check_contract(model, contract, what=what, model_name=model_name)
+    if os.path.isdir(os.path.expanduser(str(path))):
+        path = resolve_first(os.path.expanduser(str(path)), OPEN_CLIP_FILES, what=what)
+    load_open_clip_weights(model, path, state_dict_key=state_dict_key, what=what)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
