@@ -262,6 +262,8 @@ def weight_l2(
     ``accumulate_grad=False``: returns the loss connected to autograd, for use inside a
     larger loss; ``loss.backward()`` then produces the same gradients.
     """
+    if isinstance(params, torch.Tensor) or isinstance(refs, torch.Tensor):
+        _check(params, refs, lam)
     params, refs = list(params), list(refs)
     _check(params, refs, lam)
     backend = select_backend("weight_l2", params + refs)

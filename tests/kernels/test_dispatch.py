@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from r0kit.kernels import KernelBackendError, select_backend
+
+from kt_helpers import ON_GPU
+
+
+def test_torch_mode_always_picks_the_reference(monkeypatch):
+    monkeypatch.setenv("R0KIT_KERNELS", "torch")
+    assert select_backend("op", [torch.zeros(2)]) == "torch"
+
+
+def test_auto_on_cpu_picks_the_reference(monkeypatch):
+    monkeypatch.delenv("R0KIT_KERNELS", raising=False)
+    assert select_backend("op", [torch.zeros(2)]) == "torch"
+    monkeypatch.setenv("R0KIT_KERNELS", "auto")
+    assert select_backend("op", [torch.zeros(2)]) == "torch"
+
+
+def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("R0KIT_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert select_backend("op", [torch.zeros(2)]) == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(KernelBackendError, match="TRITON_INTERPRET=1"):
+        select_backend("op", [torch.zeros(2)])
+
+
+def test_forced_triton_rejects_float64(monkeypatch):
+    monkeypatch.setenv("R0KIT_KERNELS", "triton")
+    with pytest.raises(KernelBackendError, match="float64"):
+        select_backend("op", [torch.zeros(2, dtype=torch.float64)])
+
+
+def test_unknown_mode_names_the_choices(monkeypatch):
+    monkeypatch.setenv("R0KIT_KERNELS", "cuda")
+    with pytest.raises(KernelBackendError, match="auto, triton, torch"):
+        select_backend("op", [torch.zeros(2)])
+
+
+def test_public_ops_follow_the_switch(monkeypatch):
+    """With R0KIT_KERNELS=torch the public op returns exactly the reference; forced triton runs the kernel."""
+    from r0kit.kernels import cosine_head, cosine_head_reference
+    ch = importlib.import_module("r0kit.kernels.cosine_head")  # the package attribute is the function
+
+    a, t = torch.randn(3, 8), torch.randn(3, 8)
+    monkeypatch.setenv("R0KIT_KERNELS", "torch")
+    assert torch.equal(cosine_head(a, t, 2.0), cosine_head_reference(a, t, 2.0))
+    calls = []
+    monkeypatch.setattr(ch, "cosine_head_triton_forward", lambda *args: calls.append(1) or (torch.zeros(3), torch.zeros(3, 3)))
+    monkeypatch.setenv("R0KIT_KERNELS", "triton")
+    cosine_head(a, t, 2.0)
+    assert calls == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+def test_auto_on_cuda_picks_triton(monkeypatch):
+    monkeypatch.setenv("R0KIT_KERNELS", "auto")
+    assert select_backend("op", [torch.zeros(2, device="cuda")]) == "triton"
+    assert select_backend("op", [torch.zeros(2, device="cuda", dtype=torch.float64)]) == "torch"
+
+
+def test_importing_kernels_needs_no_pydantic_or_models():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pydantic'] = None; sys.modules['diffusers'] = None; sys.modules['transformers'] = None\n"
+        "import r0kit.kernels\n"
+        "bad = [m for m in ('open_clip', 'diffusers', 'transformers') if m in sys.modules and sys.modules[m] is not None]\n"
+        "assert not bad, bad"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]

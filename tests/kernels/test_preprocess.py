@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from r0kit.errors import InputError
+from r0kit.images import IMAGENET_MEAN, IMAGENET_STD, RewardContract, preprocess, preprocess_many
+from r0kit.kernels import preprocess_fused
+from r0kit.kernels.preprocess import axis_matrix, contract_matrices
+
+from kt_helpers import DTYPES, close
+
+CLIP = RewardContract(size=24)  # bicubic + antialias, center crop, CLIP mean/std
+BILINEAR_NONE = RewardContract(size=16, resize="bilinear", antialias=False, crop="none", mean=(0.5,) * 3, std=(0.5,) * 3)
+BILINEAR_AA = RewardContract(size=20, resize="bilinear", antialias=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+UPSAMPLE = RewardContract(size=72, resize="bicubic", antialias=True)
+NEAREST = RewardContract(size=18, resize="nearest", crop="none")
+AREA = RewardContract(size=12, resize="area")
+NATIVE = RewardContract(size=None, mean=(0.1, 0.2, 0.3), std=(0.9, 0.8, 0.7))
+
+CASES = [
+    ((2, 3, 37, 53), [CLIP, BILINEAR_NONE]),
+    ((1, 3, 64, 64), [CLIP, BILINEAR_AA, NEAREST, AREA, CLIP]),  # power of two; a repeated contract
+    ((2, 3, 50, 31), [UPSAMPLE, NATIVE]),  # portrait; upsampling; no resize at all
+]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest", "area"])
+@pytest.mark.parametrize("aa", [False, True])
+@pytest.mark.parametrize("hw", [(37, 53, 11, 16), (16, 16, 40, 40), (64, 48, 24, 18)], ids=str)
+def test_axis_matrices_reproduce_interpolate(mode, aa, hw):
+    if aa and mode in ("nearest", "area"):
+        pytest.skip("antialias applies to bilinear/bicubic only")
+    H, W, h, w = hw
+    x = torch.rand(2, 3, H, W, dtype=torch.float64)
+    kw = {"align_corners": False, "antialias": aa} if mode in ("bilinear", "bicubic") else {}
+    expected = F.interpolate(x, size=(h, w), mode=mode, **kw)
+    got = axis_matrix(H, h, mode, aa) @ x @ axis_matrix(W, w, mode, aa).T
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("contract", [CLIP, BILINEAR_NONE, UPSAMPLE, NEAREST, AREA, NATIVE], ids=lambda c: c.describe()[:40])
+def test_contract_matrices_reproduce_preprocess(contract):
+    x = torch.rand(2, 3, 45, 29, dtype=torch.float64)
+    a_h, a_w = contract_matrices(45, 29, contract)
+    mean = torch.tensor(contract.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(contract.std, dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close((a_h @ x @ a_w.T - mean) / std, preprocess(x, contract), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, contracts", CASES, ids=["odd", "pow2_five", "portrait_up_native"])
+def test_forward_and_backward_match_reference(triton_backend, device, dtype, shape, contracts):
+    gen = torch.Generator().manual_seed(shape[2])
+    base = torch.rand(shape, generator=gen) * 1.2 - 0.1  # some pixels outside [0, 1] exercise the clamp
+    x = base.to(device=device, dtype=dtype).requires_grad_(True)
+    rx = base.to(device).requires_grad_(True)
+
+    outs = preprocess_fused(x, contracts)
+    refs = [preprocess(rx, c) for c in contracts]
+    assert len(outs) == len(contracts)
+    for c, o, r in zip(contracts, outs, refs):
+        assert o.shape == r.shape and o.dtype == dtype, c
+        close(o, r, "preprocess", dtype, msg=f"forward {c.describe()}")
+
+    ups = [(torch.randn(r.shape, generator=gen) * 2.0).to(device) for r in refs]
+    torch.autograd.backward(list(outs), [u.to(dtype) for u in ups])
+    torch.autograd.backward(refs, ups)
+    close(x.grad, rx.grad, "preprocess", dtype, scale=10.0, msg="d images")
+
+
+def test_backward_through_one_of_several_outputs(triton_backend, device):
+    x = torch.rand(1, 3, 40, 40, device=device, requires_grad=True)
+    rx = x.detach().clone().requires_grad_(True)
+    y = preprocess_fused(x, [CLIP, BILINEAR_NONE])[1]
+    r = preprocess(rx, BILINEAR_NONE)
+    y.sum().backward()
+    r.sum().backward()
+    close(x.grad, rx.grad, "preprocess", torch.float32)
+
+
+def test_preprocess_many_reference_path_is_unchanged(torch_backend):
+    x = torch.rand(2, 3, 30, 44)
+    outs = preprocess_many(x, [CLIP, BILINEAR_NONE, CLIP])
+    assert outs[0] is outs[2]
+    torch.testing.assert_close(outs[0], preprocess(x, CLIP), atol=0, rtol=0)
+    torch.testing.assert_close(outs[1], preprocess(x, BILINEAR_NONE), atol=0, rtol=0)
+    assert preprocess_many(x, []) == []
+
+
+def test_preprocess_many_uses_the_kernel_when_forced(triton_backend, device):
+    x = torch.rand(1, 3, 33, 41, device=device)
+    outs = preprocess_many(x, [CLIP, CLIP])
+    assert outs[0] is outs[1]
+    close(outs[0], preprocess(x, CLIP), "preprocess", torch.float32)
+
+
+def test_bad_input_errors():
+    with pytest.raises(InputError, match=r"\[B, 3, H, W\]"):
+        preprocess_fused(torch.rand(3, 8, 8), [CLIP])
+    with pytest.raises(InputError, match="255"):
+        preprocess_fused(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), [CLIP])
+    with pytest.raises(InputError, match="wrap"):
+        preprocess_fused(torch.rand(1, 3, 8, 8), CLIP)
+    with pytest.raises(InputError, match="not a RewardContract"):
+        preprocess_fused(torch.rand(1, 3, 8, 8), ["clip"])
