@@ -25,7 +25,7 @@ import torch
 
 from r0kit.errors import NonFiniteError, OptionError
 from r0kit.generator import Generator
-from r0kit.objective import Objective, ObjectiveResult
+from r0kit.objective import Objective, ObjectiveResult, Term
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ def optimize(
     """
     if not prompts:
         raise OptionError("optimize needs at least one prompt")
+    if isinstance(objective, Term):
+        objective = Objective([objective])
     if steps < 0:
         raise OptionError(f"steps must be >= 0, got {steps}")
     torch.manual_seed(seed)
@@ -352,7 +354,15 @@ def shard_prompts(prompts: list[str], state: Any = None) -> Shard:
                 "running under a multi-process launcher needs accelerate to shard the prompts; "
                 "pip install 'r0kit[diffusers]'"
             ) from None
-        state = PartialState()
+        # without a GPU, accelerate forms a multi-process CPU group (gloo) only when asked for the CPU
+        state = PartialState(cpu=not torch.cuda.is_available())
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if int(state.num_processes) != world:
+            raise OptionError(
+                f"launched as {world} processes but accelerate formed a group of {state.num_processes}; "
+                "every process would optimize every prompt. Launch with `accelerate launch --multi_gpu "
+                "--num_processes N` (on a machine without GPUs this uses gloo on the CPU)"
+            )
     with state.split_between_processes(list(range(len(prompts)))) as idx:
         idx = list(idx)
     return Shard(idx, [prompts[i] for i in idx], int(state.process_index), int(state.num_processes), state.device)
