@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 
 # Triton on CUDA when there is one (and the interpreter was not asked for), else the CPU interpreter.
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+# Triton fixes interpret-or-compile when it is imported; too late if something imported it already.
+INTERPRETER_UNAVAILABLE = (
+    not ON_GPU and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+)
 if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
