@@ -34,6 +34,7 @@ class AestheticScore(torch.nn.Module):
         super().__init__()
         self.embed = embed
         self.head = freeze(head.to(embed.device).float())
+        self.eval()
 
     def train(self, mode: bool = True) -> AestheticScore:
         return super().train(False)
@@ -63,7 +64,7 @@ def aesthetic_reward(
     what = "the aesthetic reward"
     path = resolve_file(HEAD_REPO, HEAD_FILE, path=checkpoint, what=f"{what} MLP weights")
     head = ScoreMLP.from_state_dict(load_state_dict(path), what=what, source=str(path))
-    vision = load_clip(clip_model, vision_only=True, extra="aesthetic", what=what)
+    vision = load_clip(clip_model, extra="aesthetic", what=what)
     embed = ClipImageEmbedding(vision, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
     return AestheticScore(embed, head)
 

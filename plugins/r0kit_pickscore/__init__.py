@@ -37,7 +37,7 @@ def pickscore_reward(
 
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     what = "the pickscore reward"
-    clip = load_clip(model, vision_only=False, extra="pickscore", what=what)
+    clip = load_clip(model, extra="pickscore", what=what)
     tokenizer = load_clip_tokenizer(processor, extra="pickscore", what=what)
     return HFClipScore(clip, tokenizer, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
 

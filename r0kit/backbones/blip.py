@@ -371,6 +371,7 @@ class ImageRewardScore(nn.Module):
         self.embed_cache = PromptCache(cache_size)
         if gradient_checkpointing:
             enable_layer_checkpointing(self.model.blip.visual_encoder.blocks)
+        self.eval()
 
     def train(self, mode: bool = True) -> ImageRewardScore:
         return super().train(False)

@@ -43,15 +43,18 @@ def model_folder(repo: str | os.PathLike, *, what: str) -> Path:
     return folder
 
 
-def load_clip(repo: str | os.PathLike, *, vision_only: bool, extra: str, what: str) -> torch.nn.Module:
-    """``CLIPModel`` (or ``CLIPVisionModelWithProjection`` when ``vision_only``) in float32."""
+def load_clip(repo: str | os.PathLike, *, extra: str, what: str) -> torch.nn.Module:
+    """A transformers ``CLIPModel`` in float32; a weight missing from the checkpoint is an error."""
     transformers = require("transformers", extra=extra, what=what)
     folder = model_folder(repo, what=what)
-    cls = transformers.CLIPVisionModelWithProjection if vision_only else transformers.CLIPModel
     try:
-        return cls.from_pretrained(str(folder), dtype=torch.float32)
+        model, info = transformers.CLIPModel.from_pretrained(str(folder), dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{what}: could not load a CLIP model from {str(folder)!r} ({type(exc).__name__}: {exc})") from None
+    bad = list(info.get("missing_keys") or []) + [str(m[0] if isinstance(m, tuple) else m) for m in info.get("mismatched_keys") or []]
+    if bad:
+        raise WeightsError(f"{what}: the checkpoint in {str(folder)!r} does not fill the CLIP model: {sorted(bad)[:6]}")
+    return model
 
 
 def load_clip_tokenizer(repo: str | os.PathLike, *, extra: str, what: str):
@@ -97,6 +100,7 @@ class HFClipScore(torch.nn.Module):
         self.text_cache = PromptCache(cache_size)
         if gradient_checkpointing:
             enable_layer_checkpointing(self.model.vision_model.encoder.layers)
+        self.eval()
 
     def train(self, mode: bool = True) -> HFClipScore:
         return super().train(False)
@@ -116,7 +120,10 @@ class HFClipScore(torch.nn.Module):
 
 
 class ClipImageEmbedding(torch.nn.Module):
-    """Normalized CLIP image embeddings (``visual_projection`` of the pooled token), differentiable."""
+    """Normalized CLIP image embeddings (``visual_projection`` of the pooled token), differentiable.
+
+    Keeps only the image tower and projection of a ``CLIPModel``.
+    """
 
     def __init__(
         self,
@@ -128,10 +135,15 @@ class ClipImageEmbedding(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.dtype, self.device = dtype, device
-        self.model = freeze(model.to(device=device, dtype=dtype))
+        self.vision_model = freeze(model.vision_model.to(device=device, dtype=dtype))
+        self.visual_projection = freeze(model.visual_projection.to(device=device, dtype=dtype))
         if gradient_checkpointing:
-            enable_layer_checkpointing(self.model.vision_model.encoder.layers)
+            enable_layer_checkpointing(self.vision_model.encoder.layers)
+        self.eval()
+
+    def train(self, mode: bool = True) -> ClipImageEmbedding:
+        return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=model_input(x, self.device, self.dtype))
-        return F.normalize(out.image_embeds.float(), dim=-1)
+        pooled = self.vision_model(pixel_values=model_input(x, self.device, self.dtype)).pooler_output
+        return F.normalize(self.visual_projection(pooled).float(), dim=-1)

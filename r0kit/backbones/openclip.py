@@ -113,7 +113,13 @@ def load_open_clip_weights(
     if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
         sd = oc_model.convert_to_custom_text_state_dict(sd)
     oc_model.resize_pos_embed(sd, model)
-    result = model.load_state_dict(sd, strict=False)
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsError(
+            f"{what}: checkpoint {str(path)!r} does not match the architecture ({str(exc).splitlines()[-1].strip()}); "
+            "check the model option (the open_clip architecture name) against the checkpoint"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
             f"{what}: checkpoint {str(path)!r} does not match the architecture; "
@@ -123,17 +129,25 @@ def load_open_clip_weights(
         )
 
 
-def check_contract(model: torch.nn.Module, contract: RewardContract, *, what: str, model_name: str) -> None:
-    """Refuse an open_clip model whose own preprocessing differs from the reward's declared contract."""
-    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
-    size = cfg.get("size", contract.size)
+def check_contract(
+    model_name: str, pretrained: str | None, contract: RewardContract, *, extra: str, what: str
+) -> None:
+    """Refuse an open_clip model whose own preprocessing differs from the reward's declared contract.
+
+    Read from open_clip's configs (the architecture's image size, the
+    pretrained tag's mean/std), so it fails before anything is built or fetched.
+    """
+    open_clip = import_open_clip(extra, what)
+    cfg = open_clip.get_model_config(model_name) or {}
+    pre = {**(cfg.get("preprocess_cfg") or {}), **(open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {})}
+    size = (cfg.get("vision_cfg") or {}).get("image_size", contract.size)
     size = size[0] if isinstance(size, (tuple, list)) and len(set(size)) == 1 else size
     problems = []
     if size != contract.size:
         problems.append(f"input size {size} (the contract declares {contract.size})")
     for key in ("mean", "std"):
-        if key in cfg and any(abs(a - b) > 1e-6 for a, b in zip(cfg[key], getattr(contract, key))):
-            problems.append(f"{key} {tuple(cfg[key])} (the contract declares {getattr(contract, key)})")
+        if key in pre and any(abs(a - b) > 1e-6 for a, b in zip(pre[key], getattr(contract, key))):
+            problems.append(f"{key} {tuple(pre[key])} (the contract declares {getattr(contract, key)})")
     if problems:
         raise OptionError(
             f"{what}: open_clip model {model_name!r} expects {'; '.join(problems)}; pick a 224-px model with "
@@ -169,6 +183,7 @@ class OpenClipScore(torch.nn.Module):
         self.text_cache = PromptCache(cache_size)
         if gradient_checkpointing:
             self.model.visual.set_grad_checkpointing(True)
+        self.eval()
 
     def train(self, mode: bool = True) -> OpenClipScore:
         # A frozen reward stays in eval mode (dropout, drop-path off) whatever its parent does.
@@ -220,19 +235,22 @@ def open_clip_score(
     """
     open_clip = import_open_clip(extra, what)
     dt, dev = resolve_dtype(dtype), resolve_device(device)  # validate options before any loading
+    if checkpoint is None and resolve_checkpoint is None and not pretrained:
+        raise OptionError(f"{what}: pass pretrained='<open_clip tag>' or checkpoint='/path/to/weights'")
+    if open_clip.get_model_config(model_name) is None:
+        build_open_clip(model_name, extra=extra, what=what)  # raises, naming close matches
+    # Check the contract, then resolve the weights, then build: a bad option or a missing file fails fast.
+    check_contract(model_name, pretrained if checkpoint is None and resolve_checkpoint is None else None, contract, extra=extra, what=what)
     quick_gelu = False
     if checkpoint is not None:
         path = checkpoint
     elif resolve_checkpoint is not None:
         path = resolve_checkpoint()
-    elif pretrained:
-        path, quick_gelu = pretrained_checkpoint(model_name, pretrained, extra=extra, what=what)
     else:
-        raise OptionError(f"{what}: pass pretrained='<open_clip tag>' or checkpoint='/path/to/weights'")
-    model = build_open_clip(model_name, extra=extra, what=what, quick_gelu=quick_gelu)
-    check_contract(model, contract, what=what, model_name=model_name)
+        path, quick_gelu = pretrained_checkpoint(model_name, pretrained, extra=extra, what=what)
     if os.path.isdir(os.path.expanduser(str(path))):
         path = resolve_first(os.path.expanduser(str(path)), OPEN_CLIP_FILES, what=what)
+    model = build_open_clip(model_name, extra=extra, what=what, quick_gelu=quick_gelu)
     load_open_clip_weights(model, path, state_dict_key=state_dict_key, what=what)
     tokenizer = open_clip.get_tokenizer(model_name)
     return OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
