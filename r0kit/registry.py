@@ -60,12 +60,27 @@ class Entry:
     def create(self, **options: Any) -> Any:
         self.check_options(options)
         try:
-            return self.factory(**options)
+            obj = self.factory(**options)
         except (TypeError, ValueError) as exc:
             # A factory's own validation of option values.
             if isinstance(exc, OptionError) or type(exc).__module__.startswith("r0kit"):
                 raise
             raise OptionError(f"{self.kind} {self.name!r} rejected its options {options}: {exc}") from exc
+        self._check_product(obj)
+        return obj
+
+    def _check_product(self, obj: Any) -> None:
+        """Refuse, naming the plugin, a factory result that cannot work as its kind."""
+        if self.kind == "generator":
+            missing = [m for m in ("prepare", "parameters", "sample") if not callable(getattr(obj, m, None))]
+            what = f"has no {', '.join(missing)} method{'s' if len(missing) > 1 else ''}" if missing else ""
+        else:
+            what = "is not callable" if not callable(obj) else ""
+        if what:
+            raise PluginError(
+                f"plugin {self.plugin!r}: the factory of {self.kind} {self.name!r} returned a "
+                f"{type(obj).__name__}, which {what}; see the r0kit_register_{self.kind}s hook for what it must return"
+            )
 
 
 @dataclass

@@ -1,42 +1,105 @@
-"""``r0kit plugins``: what is registered, by which plugin, and what failed to load."""
+"""``r0kit plugins``: what is registered, by which plugin, and what failed to load.
+
+``r0kit plugins`` prints one table row per reward, regularizer and
+generator, and one per plugin that failed. ``--verbose`` prints, as plain
+text that never wraps or truncates: every plugin with its source, version,
+status and what it registered (or, for a failed one, the full reason), then
+every reward with its full input contract, then the regularizers and
+generators with their descriptions and factory options.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list rewards, regularizers and generators, and plugin status")
-    p.add_argument("--verbose", "-v", action="store_true", help="show reward contracts and plugin load errors in full")
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show every plugin's version, each reward's contract, and load errors in full",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from r0kit.plugins import get_host
 
     host = get_host()
-    console = Console(width=200 if args.verbose else None)
+    if args.verbose:
+        print(render_verbose(host), end="")
+    else:
+        _print_table(host)
+    return 0
+
+
+def _print_table(host: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
     table = Table(title="r0kit plugins")
     for col in ("name", "kind", "plugin", "version", "status"):
-        table.add_column(col)
-    if args.verbose:
-        table.add_column("contract / description")
+        table.add_column(col, overflow="fold")
     for registry in host.registries.values():
         for e in registry:
             st = host.statuses.get(e.plugin)
-            row = [e.name, e.kind, e.plugin, st.version if st else "?", "ok"]
-            if args.verbose:
-                row.append((e.contract.describe() + " | " if e.contract is not None else "") + e.description)
-            table.add_row(*row)
+            table.add_row(e.name, e.kind, e.plugin, st.version if st else "?", "ok")
     for st in host.statuses.values():
         if not st.ok:
-            reason = st.error if args.verbose else st.error.splitlines()[0][:120]
-            row = ["-", "-", st.name, st.version, f"[red]failed: {reason}"]
-            if args.verbose:
-                row.append("")
-            table.add_row(*row)
+            reason = (st.error.splitlines() or [""])[0][:120]
+            table.add_row("-", "-", st.name, st.version, f"failed: {reason}", style="red")
     console.print(table)
-    return 0
+    if any(not st.ok for st in host.statuses.values()):
+        console.print("r0kit plugins --verbose shows the full reasons.")
+
+
+def _contract_lines(contract: Any) -> list[str]:
+    if contract.size is None:
+        size = "native (the generator's resolution, no resize, no crop)"
+    else:
+        aa = ", antialiased" if contract.antialias and contract.resize in ("bilinear", "bicubic") else ""
+        crop = "center crop" if contract.crop == "center" else "no crop (aspect not kept)"
+        size = f"{contract.size}x{contract.size}, {contract.resize} resize{aa}, {crop}"
+    fmt = lambda vals: "(" + ", ".join(f"{v:g}" for v in vals) + ")"  # noqa: E731
+    return [
+        f"input: {size}",
+        f"mean: {fmt(contract.mean)}  std: {fmt(contract.std)}",
+        f"needs prompt: {'yes' if contract.needs_prompt else 'no'}  differentiable: {'yes' if contract.differentiable else 'no'}",
+    ]
+
+
+def render_verbose(host: Any) -> str:
+    """The ``--verbose`` report as text."""
+    lines: list[str] = ["Plugins:"]
+    counts: dict[str, dict[str, int]] = {}
+    for registry in host.registries.values():
+        for e in registry:
+            counts.setdefault(e.plugin, {}).setdefault(e.kind, 0)
+            counts[e.plugin][e.kind] += 1
+    for st in sorted(host.statuses.values(), key=lambda s: (not s.ok, s.name)):
+        if st.ok:
+            made = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in counts.get(st.name, {}).items()) or "nothing"
+            lines.append(f"  {st.name} {st.version} ({st.source}): ok, registered {made}")
+        else:
+            lines.append(f"  {st.name} {st.version} ({st.source}): FAILED to load")
+            lines += [f"      {line}" for line in st.error.splitlines() or ["(no reason recorded)"]]
+    if not host.statuses:
+        lines.append("  none")
+    for kind, registry in host.registries.items():
+        lines += ["", f"{kind.capitalize()}s:"]
+        if not len(registry):
+            lines.append("  none")
+        for e in registry:
+            st = host.statuses.get(e.plugin)
+            lines.append(f"  {e.name}  (plugin {e.plugin} {st.version if st else '?'})")
+            if e.description:
+                lines.append(f"      {e.description}")
+            if e.contract is not None:
+                lines += [f"      {line}" for line in _contract_lines(e.contract)]
+            opts = e.accepted_options()
+            lines.append(f"      options: {', '.join(opts) if opts else 'none'}")
+    return "\n".join(lines) + "\n"

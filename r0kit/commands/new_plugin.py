@@ -1,0 +1,39 @@
+"""``r0kit new-plugin NAME --kind reward``: scaffold a plugin package that works as generated.
+
+It writes ``pyproject.toml`` (with the ``r0kit`` entry point), the plugin
+module ``r0kit_<NAME>.py``, a ``conftest.py`` and ``tests/test_<NAME>.py``,
+whose conformance test passes before any edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("new-plugin", help="scaffold a plugin package (pyproject, module, test)")
+    p.add_argument("name", help="the name it registers; a Python identifier such as 'sharpness'")
+    p.add_argument("--kind", choices=("reward", "regularizer", "generator"), default="reward")
+    p.add_argument("--dir", type=Path, default=None, help="the folder to create (default ./r0kit-NAME); must not exist")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from r0kit.errors import ConfigError
+    from r0kit.plugins import get_host
+    from r0kit.scaffold import check_name, write
+
+    check_name(args.name)
+    registry = get_host().registries[args.kind]
+    if args.name in registry:
+        raise ConfigError(
+            f"a {args.kind} named {args.name!r} is already registered by plugin "
+            f"{registry.get(args.name).plugin!r}; pick another name"
+        )
+    target, files = write(args.name, args.kind, args.dir)
+    print(f"created the {args.kind} plugin r0kit_{args.name} in {target}:")
+    for f in files:
+        print(f"  {f.relative_to(target)}")
+    print(f"next: cd {target} && pip install -e '.[test]' && pytest && r0kit plugins --verbose")
+    return 0
