@@ -1,0 +1,495 @@
+"""R0: a trainable K-step generator (``kstep``) and the ``weight_l2`` regularizer.
+
+``kstep``
+    A pretrained diffusers UNet model (SD 1.x/2.x, SD-Turbo, SDXL) unrolled for
+    K steps (4 by default) from pure noise. Each step predicts ``x̂₀`` and moves
+    to the next noise level with
+
+    ``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)``
+
+    where ``η`` is drawn per sample and per step from ``U[eta_min, eta_max]``
+    while training (R0's random-η regularization) and is 0 when evaluating.
+    The UNet is trained by LoRA (peft, on the attention projections) or in full.
+    Options select truncated back-propagation through the last ``backprop_steps``
+    steps and R0+ intermediate supervision: a random step ``j`` is picked, the
+    path before it runs without autograd (stop-gradient), and the image is the
+    decode of ``x̂₀`` predicted at step ``j``.
+
+``weight_l2``
+    ``‖θ − θ₀‖²`` over the generator's trainable tensors against their values at
+    construction (the pretrained weights, or the LoRA initialization); with the
+    term weight ``λ`` the objective subtracts ``λ‖θ − θ₀‖²``. It is zero at the
+    start and its gradient is ``2λ(θ − θ₀)``.
+
+The sampling math (conditioning, noise levels, ``x̂₀``/``ε̂`` conversion, the
+η step, decoding) is :mod:`r0kit.diffusion`'s; this plugin only decides which
+steps run with autograd, draws the randomness and owns the trainable weights.
+
+:attr:`r0kit.Sample.state` of a ``kstep`` sample holds ``"noise"`` (``x_T``),
+``"etas"`` (``[K, B]``), ``"timesteps"`` (``[K]``), ``"supervised_step"``
+(the index whose ``x̂₀`` was decoded), ``"grad_from_step"`` (the first step run
+with autograd), ``"latents"`` (the decoded ``x̂₀``) and ``"xi_seed"`` (the seed of
+the ξ draws, see :func:`r0kit.kernels.eta_step`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+import r0kit
+from r0kit.errors import InputError, OptionError, WeightsError
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: The UNet attention projections LoRA adapts by default.
+LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+#: Written beside an exported generator; describes how to sample it.
+EXPORT_META = "kstep.json"
+
+
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """The "trailing" spacing of K steps (SD-Turbo's): ``999, 749, 499, 249`` for K=4 of 1000.
+
+    It equals what diffusers' Euler and DDIM schedulers produce with
+    ``timestep_spacing="trailing"``, so an exported generator samples with
+    ``num_inference_steps=K`` in plain diffusers.
+    """
+    n = int(num_train_timesteps)
+    return [int(t) for t in (np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1)]
+
+
+def check_eta_range(eta: Any) -> tuple[float, float]:
+    """``(lo, hi)`` with ``0 <= lo <= hi <= 1``, or :class:`OptionError`."""
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        eta = (eta, eta)
+    try:
+        lo, hi = (float(v) for v in eta)
+    except (TypeError, ValueError):
+        raise OptionError(f"kstep: eta must be a range [min, max] inside [0, 1], got {eta!r}") from None
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise OptionError(f"kstep: eta range must satisfy 0 <= min <= max <= 1, got [{lo}, {hi}]")
+    return lo, hi
+
+
+class KStepGenerator:
+    """A K-step generator initialized from a pretrained diffusion model, trainable by LoRA or in full.
+
+    :param model: hub id or pipeline folder, or a loaded :class:`~r0kit.diffusion.DiffusionModel`.
+    :param steps: K, the number of network evaluations per image.
+    :param timesteps: explicit strictly decreasing timesteps (length K); default the trailing spacing.
+    :param eta: ``[min, max]`` of the per-sample, per-step ``η`` drawn while training.
+    :param train: ``"lora"``, ``"full"``, or ``"none"`` (frozen: evaluation and baselines).
+    :param lora_rank: LoRA rank; ``lora_alpha`` defaults to the rank (scale 1).
+    :param lora_targets: module-name suffixes LoRA adapts (the attention projections).
+    :param lora_weights: a folder or ``.safetensors`` file of LoRA weights to load (an export).
+    :param backprop_steps: back-propagate through the last this-many steps only (truncated backprop).
+    :param intermediate_supervision: R0+: decode ``x̂₀`` of a random step, no gradient before it.
+    :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` for the decode.
+    :param init_seed: seeds the LoRA initialization, so a rebuilt generator starts identical.
+    """
+
+    name = "kstep"
+
+    def __init__(
+        self,
+        model: Any = DEFAULT_MODEL,
+        steps: int = 4,
+        timesteps: Sequence[int] | None = None,
+        height: int = 512,
+        width: int = 512,
+        eta: Sequence[float] | float = (0.0, 1.0),
+        train: Literal["lora", "full", "none"] = "lora",
+        lora_rank: int = 16,
+        lora_alpha: float | None = None,
+        lora_targets: Sequence[str] = LORA_TARGETS,
+        lora_weights: str | None = None,
+        backprop_steps: int | None = None,
+        intermediate_supervision: bool = False,
+        gradient_checkpointing: bool = False,
+        vae_checkpointing: bool = False,
+        dtype: str = "float32",
+        vae_dtype: str | None = None,
+        device: str = "auto",
+        init_seed: int = 0,
+        revision: str | None = None,
+    ):
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise OptionError(f"kstep: steps (K) must be an int >= 1, got {steps!r}")
+        for label, v in (("height", height), ("width", width)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 8:
+                raise OptionError(f"kstep: {label} must be an int >= 8, got {v!r}")
+        if train not in ("lora", "full", "none"):
+            raise OptionError(f"kstep: train must be 'lora', 'full' or 'none', got {train!r}")
+        if backprop_steps is not None and (not isinstance(backprop_steps, int) or not 1 <= backprop_steps <= steps):
+            raise OptionError(f"kstep: backprop_steps must be an int in [1, {steps}] (or unset for all), got {backprop_steps!r}")
+        if not isinstance(lora_rank, int) or lora_rank < 1:
+            raise OptionError(f"kstep: lora_rank must be an int >= 1, got {lora_rank!r}")
+        self.eta_range = check_eta_range(eta)
+        self.steps, self.height, self.width = steps, height, width
+        self.train_mode, self.backprop_steps = train, backprop_steps
+        self.intermediate_supervision = bool(intermediate_supervision)
+        self.lora_rank = lora_rank
+        self.lora_alpha = float(lora_alpha if lora_alpha is not None else lora_rank)
+        self.lora_targets = tuple(lora_targets)
+        self.init_seed = int(init_seed)
+        self.model = _load(
+            model,
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            device=device,
+            revision=revision,
+            gradient_checkpointing=gradient_checkpointing,
+            vae_checkpointing=vae_checkpointing,
+        )
+        self.source = self.model.source
+        self.unet = self.model.unet  # the unwrapped module (config, names, export)
+        self.latent_shape = self.model.latent_shape(height, width)
+        if timesteps is not None and len(timesteps) != steps:
+            raise OptionError(f"kstep: {len(timesteps)} timesteps given for steps={steps}; give exactly K of them")
+        ts = list(timesteps) if timesteps is not None else trailing_timesteps(self.model.num_train_timesteps, steps)
+        self.timesteps = self.model.timesteps(steps, ts)
+        self.training = train != "none"
+
+        if lora_weights is not None:
+            self._load_lora(lora_weights)
+            if train == "lora":  # continue training the loaded adapter
+                for n, p in self.unet.named_parameters():
+                    p.requires_grad_("lora_" in n)
+        elif train == "lora":
+            self._add_lora()
+        elif train == "full":
+            self.unet.requires_grad_(True)
+        self._trainable = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
+        if train != "none" and not self._trainable:
+            raise OptionError(f"kstep: train={train!r} left no trainable parameter; check lora_targets {self.lora_targets}")
+        # θ₀ for weight_l2: the trainable tensors as built (deterministic given init_seed).
+        self._reference = [p.detach().clone() for _, p in self._trainable]
+        self.prompts: list[str] | None = None
+        self._rng: torch.Generator | None = None
+
+    # -- weights ------------------------------------------------------------------
+    def _add_lora(self) -> None:
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise OptionError("kstep: train='lora' needs peft; install it with pip install 'r0kit[diffusers]'") from None
+        config = LoraConfig(
+            r=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(self.lora_targets),
+            lora_dropout=0.0,
+        )
+        devices = [self.unet.device] if self.unet.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.init_seed)
+            try:
+                self.unet.add_adapter(config)
+            except ValueError as exc:
+                raise OptionError(f"kstep: cannot add LoRA to the UNet ({exc}); check lora_targets") from None
+
+    def _load_lora(self, path: str) -> None:
+        p = Path(path)
+        if not p.exists():
+            raise WeightsError(f"kstep: lora_weights {str(p)!r} does not exist; pass an exported folder or its .safetensors file")
+        try:
+            self.unet.load_lora_adapter(str(p), prefix="unet", adapter_name="default")
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise WeightsError(f"kstep: cannot load the LoRA weights in {str(p)!r}: {str(exc).splitlines()[0]}") from None
+        self.unet.requires_grad_(False)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for _, p in self._trainable]
+
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """The trainable tensors with their UNet parameter names (checkpoint keys)."""
+        return list(self._trainable)
+
+    def weight_reference(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(θ, θ₀)``: the trainable tensors and their values when the generator was built."""
+        if not self._trainable:
+            raise OptionError("weight_l2: the kstep generator has no trainable weights (train='none')")
+        return self.parameters(), self._reference
+
+    def set_forward_module(self, module: torch.nn.Module) -> None:
+        """Run the UNet through ``module`` (a DDP/FSDP wrapper of it from ``accelerator.prepare``)."""
+        self.model.unet = module
+
+    def train(self, mode: bool = True) -> KStepGenerator:
+        """Training mode draws random η (and the R0+ step); evaluation mode uses η = 0 and all K steps."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> KStepGenerator:
+        return self.train(False)
+
+    def options(self) -> dict[str, Any]:
+        """What defines this generator's trainable shape and sampling, for checkpoints and exports."""
+        return {
+            "model": self.source,
+            "kind": self.model.kind,
+            "steps": self.steps,
+            "timesteps": [int(t) for t in self.timesteps.tolist()],
+            "height": self.height,
+            "width": self.width,
+            "eta": list(self.eta_range),
+            "train": self.train_mode,
+            "lora_rank": self.lora_rank if self.train_mode == "lora" else None,
+            "lora_alpha": self.lora_alpha if self.train_mode == "lora" else None,
+            "lora_targets": list(self.lora_targets) if self.train_mode == "lora" else None,
+            "backprop_steps": self.backprop_steps,
+            "intermediate_supervision": self.intermediate_supervision,
+            "prediction_type": self.model.prediction_type,
+        }
+
+    # -- sampling -----------------------------------------------------------------
+    def prepare(self, prompts: list[str], seed: int) -> None:
+        """Remember the prompts and seed the sampler's random generator (noise, η, ξ, R0+ step)."""
+        self.prompts = list(prompts)
+        self._rng = torch.Generator("cpu").manual_seed(int(seed))
+
+    def draw_etas(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``[K, B]`` η, uniform in the configured range (the last row is never used: the last step lands on x̂₀)."""
+        lo, hi = self.eta_range
+        u = torch.rand(self.steps, batch, generator=generator, dtype=torch.float32)
+        return (lo + (hi - lo) * u).clamp_(lo, hi)
+
+    def draw_noise(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``[B, C, h, w]`` float32 standard normal ``x_T``, drawn on the CPU."""
+        return torch.randn((batch, *self.latent_shape), generator=generator, dtype=torch.float32).to(self.model.device)
+
+    def noise_for_seeds(self, seeds: Sequence[int]) -> torch.Tensor:
+        """One ``x_T`` per seed, independent of batching (for evaluation and sample grids)."""
+        return torch.cat([self.draw_noise(1, torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+
+    def sample(
+        self,
+        prompts: list[str],
+        generator: torch.Generator | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        eta: torch.Tensor | float | None = None,
+    ) -> r0kit.Sample:
+        """Unroll K steps for ``prompts``; differentiable with respect to :meth:`parameters`.
+
+        :param generator: draws ``x_T``, η, ξ and the R0+ step (default: the one seeded by :meth:`prepare`).
+        :param noise: an explicit ``x_T`` instead of drawing one.
+        :param eta: explicit η (float, ``[K]`` or ``[K, B]``) instead of drawing it.
+        """
+        if not prompts:
+            raise InputError("kstep: sample() needs at least one prompt")
+        gen = generator if generator is not None else self._rng
+        b = len(prompts)
+        m = self.model
+        k = self.steps
+        if noise is None:
+            noise = self.draw_noise(b, gen)
+        elif noise.shape[0] != b:
+            raise InputError(f"kstep: noise has batch {noise.shape[0]} for {b} prompt(s)")
+        if eta is None:
+            etas = self.draw_etas(b, gen) if self.training else torch.zeros(k, b)
+        else:
+            etas = torch.as_tensor(eta, dtype=torch.float32)
+            etas = etas.expand(k, b).clone() if etas.dim() == 0 else (etas.view(k, 1).expand(k, b).clone() if etas.dim() == 1 else etas)
+        last = k - 1
+        grad_from = 0
+        if self.training and self.intermediate_supervision:
+            last = int(torch.randint(0, k, (1,), generator=gen))
+            grad_from = last
+        elif self.training and self.backprop_steps is not None:
+            grad_from = k - self.backprop_steps
+        # ξ of every step comes from one seed drawn here, so the sampler's generator is the only state.
+        xi_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        cond = m.encode_prompts(list(prompts), height=self.height, width=self.width)
+        out = m.unroll(noise, cond, self.timesteps[: last + 1], eta=etas[: last + 1], seed=xi_seed, grad_from_step=grad_from)
+        images = m.decode(out.latents)
+        state = {
+            "noise": noise,
+            "etas": etas,
+            "timesteps": self.timesteps,
+            "supervised_step": torch.tensor(last),
+            "grad_from_step": torch.tensor(grad_from),
+            "latents": out.latents,
+            "xi_seed": torch.tensor(xi_seed),
+        }
+        return r0kit.Sample(images=images, state=state)
+
+    # -- export ---------------------------------------------------------------------
+    def export(self, folder: str | Path, *, weights: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write a generator plain diffusers loads and samples in K steps.
+
+        LoRA: ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(folder)``;
+        full: a whole pipeline for ``DiffusionPipeline.from_pretrained(folder)``. Both get
+        ``scheduler/`` (Euler, trailing spacing: ``num_inference_steps=K`` gives the training
+        timesteps, and Euler equals the η = 0 step) and :data:`EXPORT_META`.
+
+        :param weights: trainable tensors by name to export instead of the current ones (EMA).
+        """
+        return export_generator(self, Path(folder), weights=weights)
+
+    def __repr__(self) -> str:
+        return (
+            f"KStepGenerator({self.source!r}, K={self.steps}, timesteps={self.timesteps.tolist()}, "
+            f"eta={list(self.eta_range)}, train={self.train_mode}, {self.height}x{self.width})"
+        )
+
+
+def _load(model: Any, **kw: Any):
+    from r0kit.diffusion import DiffusionModel, load
+
+    if isinstance(model, DiffusionModel):
+        if model.unet is None or model.vae is None or not model.text_encoders:
+            raise OptionError("kstep: the model passed in must be loaded with unet, vae and text")
+        model.set_memory_options(gradient_checkpointing=kw["gradient_checkpointing"], vae_checkpointing=kw["vae_checkpointing"])
+        return model
+    if not isinstance(model, str) or not model:
+        raise OptionError(f"kstep: model must be a hub id, a pipeline folder or a loaded DiffusionModel, got {model!r}")
+    return load(model, components=("unet", "vae", "text"), **kw)
+
+
+def export_scheduler(gen: KStepGenerator):
+    """An Euler scheduler whose ``num_inference_steps=K`` reproduces the generator's η = 0 sampler."""
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler.from_config(
+        gen.model.scheduler.config,
+        timestep_spacing="trailing",
+        use_karras_sigmas=False,
+        use_exponential_sigmas=False,
+        use_beta_sigmas=False,
+        interpolation_type="linear",
+        final_sigmas_type="zero",
+    )
+
+
+def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    from r0kit.io import write_json
+
+    if gen.train_mode == "none":
+        raise OptionError("kstep: nothing to export from an untrained generator (train='none')")
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = None
+    if weights is not None:
+        saved = {n: p.detach().clone() for n, p in gen.named_parameters()}
+        _assign(gen, weights)
+    try:
+        m = gen.model
+        sched = export_scheduler(gen)
+        if gen.train_mode == "lora":
+            from peft.utils import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(gen.unet)
+            state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+            pipe_cls = _pipeline_class(m.kind)
+            meta = gen.unet.peft_config["default"].to_dict()
+            meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
+                pipe_cls.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=meta)
+                os.replace(Path(tmp) / "pytorch_lora_weights.safetensors", folder / "pytorch_lora_weights.safetensors")
+        else:
+            pipe = _full_pipeline(gen, sched)
+            pipe.save_pretrained(str(folder), safe_serialization=True)
+        sched.save_pretrained(str(folder / "scheduler"))
+        info = gen.options()
+        info.update(
+            base_model=gen.source,
+            format="lora" if gen.train_mode == "lora" else "pipeline",
+            guidance_scale=1.0,
+            usage=(
+                "pipe = AutoPipelineForText2Image.from_pretrained(base_model); pipe.load_lora_weights(folder); "
+                "pipe.scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder='scheduler'); "
+                "pipe(prompt, num_inference_steps=steps, timesteps=timesteps, guidance_scale=0)"
+                if gen.train_mode == "lora"
+                else "pipe = AutoPipelineForText2Image.from_pretrained(folder); pipe(prompt, num_inference_steps=steps, "
+                "timesteps=timesteps, guidance_scale=0)"
+            ),
+        )
+        write_json(folder / EXPORT_META, info)
+    finally:
+        if saved is not None:
+            _assign(gen, saved)
+    return folder
+
+
+def _assign(gen: KStepGenerator, weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, p in gen.named_parameters():
+            p.copy_(weights[n])
+
+
+def _pipeline_class(kind: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+
+
+def _full_pipeline(gen: KStepGenerator, sched):
+    m = gen.model
+    comps: dict[str, Any] = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], unet=gen.unet, scheduler=sched)
+    if m.kind == "sdxl":
+        comps.update(text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
+        return _pipeline_class("sdxl")(**comps, force_zeros_for_empty_prompt=m.force_zeros_for_empty_prompt)
+    return _pipeline_class("sd")(**comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def read_export(folder: str | Path) -> dict[str, Any]:
+    """The :data:`EXPORT_META` of an exported generator, or :class:`WeightsError` saying what is missing."""
+    p = Path(folder) / EXPORT_META
+    if not p.is_file():
+        raise WeightsError(f"{str(folder)!r} is not an exported kstep generator: it has no {EXPORT_META}")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{str(p)!r} cannot be read ({exc}); export the generator again") from None
+
+
+def load_export(folder: str | Path, **overrides: Any) -> KStepGenerator:
+    """A frozen :class:`KStepGenerator` from an export folder (LoRA on its base model, or a full pipeline)."""
+    info = read_export(folder)
+    kw: dict[str, Any] = dict(steps=info["steps"], timesteps=info["timesteps"], height=info["height"], width=info["width"], train="none")
+    if info.get("format") == "lora":
+        kw.update(model=info["base_model"], lora_weights=str(folder))
+    else:
+        kw.update(model=str(folder))
+    kw.update(overrides)
+    return KStepGenerator(**kw).eval()
+
+
+# ---------------------------------------------------------------------------
+# weight_l2
+# ---------------------------------------------------------------------------
+class WeightL2:
+    """``‖θ − θ₀‖²`` over the generator's trainable tensors (a scalar); subtract it with weight ``λ``.
+
+    Reads ``generator.weight_reference()`` (the ``kstep`` generator provides it). The
+    loss goes through :func:`r0kit.kernels.weight_l2` (fused on CUDA), connected to
+    autograd, so its gradient ``2λ(θ − θ₀)`` arrives with the rewards' in one backward.
+    """
+
+    def __call__(self, sample: r0kit.Sample, generator: Any = None) -> torch.Tensor:
+        from r0kit.kernels import weight_l2
+
+        ref = getattr(generator, "weight_reference", None)
+        if ref is None:
+            raise OptionError(
+                f"weight_l2 needs a generator with trainable weights and a reference (such as 'kstep'), "
+                f"got {type(generator).__name__}"
+            )
+        params, refs = ref()
+        return weight_l2(params, refs, 1.0, accumulate_grad=False)
+
+
+@r0kit.hookimpl
+def r0kit_register_generators(register):
+    register("kstep", KStepGenerator, description="K-step generator from a diffusers UNet model, trainable by LoRA or in full (R0)")
+
+
+@r0kit.hookimpl
+def r0kit_register_regularizers(register):
+    register("weight_l2", WeightL2, description="‖θ − θ₀‖² of a trainable generator's weights to their initial values (R0)")
