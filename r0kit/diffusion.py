@@ -336,6 +336,15 @@ class DiffusionModel:
         return getattr(self.scheduler.config, "prediction_type", "epsilon")
 
     @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's dtype (looked up once: diffusers walks the parameters for ``.dtype``)."""
+        self._need("vae")
+        cached = getattr(self, "_vae_dtype", None)
+        if cached is None or cached[0] is not self.vae:
+            self._vae_dtype = (self.vae, self.vae.dtype)
+        return self._vae_dtype[1]
+
+    @property
     def vae_scale_factor(self) -> int:
         self._need("vae")
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -564,6 +573,7 @@ class DiffusionModel:
         k = len(timesteps)
         b = noise.shape[0]
         etas = _eta_table(eta, k, b)
+        deterministic = isinstance(eta, (int, float)) and eta == 0
         if not 0 <= grad_from_step <= k:
             raise OptionError(f"grad_from_step must lie in [0, {k}], got {grad_from_step}")
         alphas, sigmas = self.noise_levels(timesteps)
@@ -580,7 +590,8 @@ class DiffusionModel:
                 if return_x0s:
                     x0s.append(x0)
                 if i + 1 < k:
-                    x = eta_step(x0, eps, alphas[i + 1], sigmas[i + 1], etas[i], seed=seed, offset=i * x0.numel())
+                    e = 0.0 if deterministic else etas[i]
+                    x = eta_step(x0, eps, alphas[i + 1], sigmas[i + 1], e, seed=seed, offset=i * x0.numel())
         return Unrolled(latents=x0, x0s=x0s, etas=etas)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -590,7 +601,7 @@ class DiffusionModel:
         """
         self._need("vae")
         cfg = self.vae.config
-        z = latents.to(self.vae.dtype) / cfg.scaling_factor
+        z = latents.to(self.vae_dtype) / cfg.scaling_factor
         if getattr(cfg, "shift_factor", None):
             z = z + cfg.shift_factor
 
@@ -609,7 +620,7 @@ class DiffusionModel:
         """VAE-encode ``[B, 3, H, W]`` images in [0, 1] to VP-space latents (the mean, or a sample)."""
         self._need("vae")
         cfg = self.vae.config
-        dist = self.vae.encode((images.to(self.device, self.vae.dtype) * 2 - 1), return_dict=False)[0]
+        dist = self.vae.encode((images.to(self.device, self.vae_dtype) * 2 - 1), return_dict=False)[0]
         z = dist.sample(generator) if sample else dist.mode()
         if getattr(cfg, "shift_factor", None):
             z = z - cfg.shift_factor
