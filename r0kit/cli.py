@@ -17,6 +17,7 @@ from r0kit.errors import R0kitError
 COMMANDS: tuple[str, ...] = (
     "r0kit.commands.plugins",
     "r0kit.commands.optimize",
+    "r0kit.commands.score",
     "r0kit.commands.new_plugin",
     "r0kit.commands.bench",
 )
