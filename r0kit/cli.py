@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "r0kit.commands.score",
     "r0kit.commands.new_plugin",
     "r0kit.commands.bench",
+    "r0kit.commands.train",
 )
 
 

@@ -1,0 +1,753 @@
+"""The R0 training loop: a K-step generator trained by regularized reward maximization.
+
+There is no diffusion or distillation loss: each step samples images from the
+generator (random η per sample and step), evaluates the objective (rewards,
+optionally with per-reward gradient normalization, minus regularizers such as
+``weight_l2``), back-propagates it into the trainable weights and steps the
+optimizer. It runs on accelerate: ``accelerate launch -m r0kit.cli train ...``
+gives DDP (each rank draws its own prompts and noise), ``mixed_precision``
+autocasts the networks, and the trackers log the values.
+
+A training config (TOML)::
+
+    steps = 2000
+    batch_size = 4
+    prompts_file = "prompts.txt"
+    [generator]            # the kstep generator's options
+    model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    steps = 4
+    eta = [0.0, 1.0]
+    [optimizer]
+    lr = 1e-4
+    [objective]
+    normalize_gradients = true
+    [objective.rewards.hpsv2]
+    [objective.regularizers.weight_l2]
+    weight = 1e-3
+
+Checkpoints (``<output>/checkpoints/step-NNNNNNN/``) hold safetensors files
+for the trainable weights, the optimizer, the EMA and every RNG (torch, CUDA,
+numpy, python and the sampler's generator), plus ``state.json`` with the step,
+a fingerprint of what must not change across a resume, and the sha256 of every
+file. They are written into a temporary folder and renamed, so a crash leaves
+either the previous checkpoint or the new one. Resuming continues bit-exactly:
+N steps, stop, resume, M steps gives the same weights as N + M steps in one run
+(CPU, fp32), because the prompts of a step depend only on (seed, step, rank)
+and every random draw of the sampler comes from the saved generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import difflib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from r0kit.config import ObjectiveConfig, load_toml, read_prompts
+from r0kit.errors import ConfigError, NonFiniteError, OptionError, WeightsError
+
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
+# ---------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KStepConfig(BaseModel):
+    """The ``[generator]`` table. The named keys are validated here; any other key is passed to the factory."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "kstep"
+    model: str
+    steps: int = 4
+    eta: tuple[float, float] = (0.0, 1.0)
+    train: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(16, ge=1)
+    height: int = Field(512, ge=8)
+    width: int = Field(512, ge=8)
+    backprop_steps: int | None = None
+    intermediate_supervision: bool = False
+
+    @field_validator("steps")
+    @classmethod
+    def _k(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"K (the number of sampling steps) must be at least 1, got {v}")
+        return v
+
+    @field_validator("eta", mode="before")
+    @classmethod
+    def _eta(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = (v, v)
+        try:
+            lo, hi = (float(x) for x in v)
+        except (TypeError, ValueError):
+            raise ValueError(f"eta must be a range [min, max] inside [0, 1], got {v!r}") from None
+        if not (0.0 <= lo <= hi <= 1.0):
+            raise ValueError(f"the eta range must satisfy 0 <= min <= max <= 1, got [{lo}, {hi}]")
+        return (lo, hi)
+
+    @model_validator(mode="after")
+    def _backprop(self) -> KStepConfig:
+        if self.backprop_steps is not None and not 1 <= self.backprop_steps <= self.steps:
+            raise ValueError(f"backprop_steps must lie in [1, steps={self.steps}], got {self.backprop_steps}")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        out = self.model_dump(exclude={"name"})
+        out["eta"] = list(self.eta)
+        out.update(self.model_extra or {})
+        return out
+
+
+class TrainOptimizerConfig(_Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class EMAConfig(_Strict):
+    enabled: bool = False
+    decay: float = Field(0.999, gt=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """A training run (``r0kit train``)."""
+
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: Path | None = None
+    sample_prompts: list[str] = Field(default_factory=list)
+    seed: int = 0
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    output: Path = Path("r0kit-train")
+    log_every: int = Field(1, ge=1)
+    sample_every: int = Field(0, ge=0)
+    checkpoint_every: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    trackers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"])
+    export: bool = True
+    generator: KStepConfig
+    optimizer: TrainOptimizerConfig = TrainOptimizerConfig()
+    ema: EMAConfig = EMAConfig()
+    objective: ObjectiveConfig
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _mp(cls, v: Any) -> Any:
+        if v == "fp16":
+            raise ValueError(
+                "fp16 is not supported: the objective back-propagates its own (normalized) image gradient, "
+                "which fp16 loss scaling cannot wrap; use 'bf16' or 'no'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _prompts(self) -> TrainConfig:
+        if not self.prompts and self.prompts_file is None:
+            raise ValueError("give prompts = [...] or prompts_file = 'prompts.txt' (one prompt a line, or JSONL)")
+        for i, p in enumerate(self.prompts):
+            if not p.strip():
+                raise ValueError(f"prompts[{i}] is empty")
+        return self
+
+
+def _format_error(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            model: Any = TrainConfig
+            for part in err["loc"][:-1]:
+                f = model.model_fields.get(str(part)) if model else None
+                ann = f.annotation if f else None
+                model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            allowed = sorted(model.model_fields) if model else []
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            lines.append(
+                f"unknown key {loc!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
+            )
+        elif err["type"] == "missing":
+            lines.append(f"missing key {loc!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc or '<top>'}: {msg} (got {err.get('input')!r})")
+    return ConfigError(f"invalid training config {source}:\n  " + "\n  ".join(lines))
+
+
+def parse_train(data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_error(exc, source) from None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training TOML; relative paths resolve against its folder."""
+    cfg = parse_train(load_toml(path), str(path))
+    base = Path(path).parent
+    if cfg.prompts_file is not None and not cfg.prompts_file.is_absolute():
+        cfg.prompts_file = base / cfg.prompts_file
+    model = Path(cfg.generator.model)
+    if not model.is_absolute() and (base / model).exists():
+        cfg.generator.model = str(base / model)
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# trackers
+# ---------------------------------------------------------------------------
+def _csv_tracker_class():
+    from accelerate.tracking import GeneralTracker, on_main_process
+
+    class CSVTracker(GeneralTracker):
+        """Appends one row per ``log`` call to ``<logging_dir>/<run_name>/metrics.csv``; new keys widen the header."""
+
+        name = "csv"
+        requires_logging_directory = True
+
+        def __init__(self, run_name: str, logging_dir: str | os.PathLike, resume_step: int | None = None):
+            super().__init__()
+            self.run_name = run_name
+            self.path = Path(logging_dir) / run_name / "metrics.csv"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.columns: list[str] = ["step"]
+            rows: list[dict[str, str]] = []
+            if resume_step is not None and self.path.is_file():  # keep the rows up to the resumed step
+                with self.path.open(newline="") as f:
+                    reader = csv.DictReader(f)
+                    self.columns = list(reader.fieldnames or ["step"])
+                    rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+            self._rewrite(rows)
+
+        @property
+        def tracker(self):
+            return self.path
+
+        def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+            from r0kit.io import atomic_path
+
+            with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.columns, restval="")
+                w.writeheader()
+                w.writerows(rows)
+
+        @on_main_process
+        def store_init_configuration(self, values: dict) -> None:
+            from r0kit.io import write_json
+
+            write_json(self.path.parent / "config.json", values)
+
+        @on_main_process
+        def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+            row = {"step": step, **{k: v for k, v in values.items() if isinstance(v, (int, float, str))}}
+            new = [k for k in row if k not in self.columns]
+            if new:
+                with self.path.open(newline="") as f:
+                    rows = list(csv.DictReader(f))
+                self.columns += new
+                self._rewrite(rows)
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
+
+    return CSVTracker
+
+
+def tensorboard_available() -> bool:
+    from accelerate.utils import is_tensorboard_available
+
+    return bool(is_tensorboard_available())
+
+
+# ---------------------------------------------------------------------------
+# small pieces
+# ---------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of the trainable tensors: ``ē ← d·ē + (1 − d)·θ``."""
+
+    def __init__(self, named: list[tuple[str, torch.Tensor]], decay: float):
+        self.decay = float(decay)
+        self.shadow = {n: p.detach().clone().float() for n, p in named}
+
+    @torch.no_grad()
+    def update(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        for n, p in named:
+            self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+
+
+def batch_prompts(prompts: list[str], seed: int, step: int, micro: int, batch: int, rank: int, world: int, accum: int) -> list[str]:
+    """The prompts of (step, micro-batch, rank): a fresh permutation of the set per epoch, from (seed, epoch) only."""
+    n = len(prompts)
+    start = ((step * accum + micro) * world + rank) * batch
+    out = []
+    perms: dict[int, list[int]] = {}
+    for i in range(start, start + batch):
+        epoch, pos = divmod(i, n)
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator("cpu").manual_seed(seed * 1_000_003 + epoch)).tolist()
+        out.append(prompts[perms[epoch][pos]])
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _lr_at(cfg: TrainOptimizerConfig, step: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def make_optimizer(cfg: TrainOptimizerConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def fingerprint(cfg: TrainConfig, gen: Any, objective: Any, prompts: list[str], world: int) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint to continue exactly."""
+    opt = cfg.optimizer.model_dump()
+    opt.pop("warmup_steps", None)
+    return {
+        "generator": {k: v for k, v in gen.options().items()},
+        "trainable": {n: list(p.shape) for n, p in gen.named_parameters()},
+        "objective": json.loads(json.dumps(objective.spec(), default=str)),
+        "optimizer": json.loads(json.dumps(opt)),
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "num_processes": world,
+        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "ema": cfg.ema.model_dump(),
+    }
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for k in sorted(set(saved) | set(current), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in saved:
+                out.append(f"{key}: not in the checkpoint, {current[k]!r} now")
+            elif k not in current:
+                out.append(f"{key}: {saved[k]!r} in the checkpoint, absent now")
+            else:
+                out.extend(_differences(saved[k], current[k], key))
+        return out
+    if saved != current:
+        s, c = repr(saved), repr(current)
+        return [f"{prefix}: checkpoint {s[:200]}, config {c[:200]}"]
+    return []
+
+
+# ---------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------
+def _rng_state(sampler: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = {"torch_cpu": torch.get_rng_state(), "sampler": sampler.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    meta = {
+        "numpy": json.dumps([kind, int(pos), int(has_gauss), float(cached)]),
+        "python": json.dumps(random.getstate()),
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str], sampler: torch.Generator) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    sampler.set_state(tensors["sampler"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda_")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, cached = json.loads(meta["numpy"])
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = json.loads(meta["python"])
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in json.loads(meta["scalars"]).items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    step: int,
+    gen: Any,
+    optimizer: torch.optim.Optimizer,
+    sampler: torch.Generator,
+    ema: EMA | None,
+    fp: dict[str, Any],
+) -> Path:
+    """Write ``folder`` atomically (a temporary sibling renamed into place)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file({n: p.detach().cpu().contiguous() for n, p in gen.named_parameters()}, str(tmp / "trainable.safetensors"))
+        t, meta = _optimizer_tensors(optimizer)
+        save_file(t, str(tmp / "optimizer.safetensors"), metadata=meta)
+        t, meta = _rng_state(sampler)
+        save_file(t, str(tmp / "rng.safetensors"), metadata=meta)
+        files = list(CHECKPOINT_FILES)
+        if ema is not None:
+            save_file({n: v.contiguous() for n, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+            files.append("ema.safetensors")
+        state = {"step": step, "fingerprint": fp, "files": {f: _sha256(tmp / f) for f in files}, "time": time.time()}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_checkpoint_state(folder: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint, after verifying every file's checksum.
+
+    :raises WeightsError: naming the missing, unreadable or corrupt file.
+    """
+    folder = Path(folder)
+    sj = folder / "state.json"
+    if not folder.is_dir():
+        raise WeightsError(f"checkpoint {str(folder)!r} does not exist")
+    if not sj.is_file():
+        raise WeightsError(f"checkpoint {str(folder)!r} is incomplete: {str(sj)!r} is missing; resume from another checkpoint")
+    try:
+        state = json.loads(sj.read_text())
+        files = dict(state["files"])
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"checkpoint file {str(sj)!r} is corrupt ({exc}); resume from another checkpoint") from None
+    for name, digest in files.items():
+        p = folder / name
+        if not p.is_file():
+            raise WeightsError(f"checkpoint file {str(p)!r} is missing; resume from another checkpoint")
+        if _sha256(p) != digest:
+            raise WeightsError(
+                f"checkpoint file {str(p)!r} is corrupt (its sha256 does not match state.json); "
+                "resume from another checkpoint"
+            )
+    return state
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types
+        raise WeightsError(f"checkpoint file {str(path)!r} cannot be read ({exc}); resume from another checkpoint") from None
+
+
+def find_checkpoints(output: Path) -> list[Path]:
+    root = Path(output) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), key=lambda p: p.name)
+
+
+def resolve_resume(resume: str | Path | None, output: Path) -> Path | None:
+    if resume is None:
+        return None
+    if str(resume) == "latest":
+        found = [p for p in find_checkpoints(output) if (p / "state.json").is_file()]
+        return found[-1] if found else None
+    return Path(resume)
+
+
+# ---------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    step: int
+    output: Path
+    checkpoint: Path | None
+    export: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _line(step: int, total: int, values: dict[str, float], labels: list[str], rate: float) -> str:
+    parts = [f"step {step}/{total}", f"loss {values.get('loss', float('nan')):+.4f}"]
+    parts += [f"{k} {values[k]:.4g}" for k in labels if k in values]
+    if "grad_norm" in values:
+        parts.append(f"|g| {values['grad_norm']:.3g}")
+    parts.append(f"lr {values.get('lr', 0):.2g}")
+    parts.append(f"{rate:.2f} step/s")
+    return "  ".join(parts)
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+    generator: Any = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``cfg.generator`` on ``cfg.objective``; returns where things were written.
+
+    :param resume: a checkpoint folder, or ``"latest"`` (the newest under ``output``; none = fresh start).
+    :param max_steps: stop (with a checkpoint) once this global step is reached, before ``cfg.steps``.
+    :param generator: an already built generator to train instead of building ``cfg.generator``.
+    :param callback: called with ``(step, logged values)`` after each optimizer step.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    from r0kit.config import build_objective
+    from r0kit.objective import generator as build_generator
+
+    prompts = list(cfg.prompts) if cfg.prompts else read_prompts(cfg.prompts_file)  # type: ignore[arg-type]
+    output = Path(cfg.output)
+    ckpt_path = resolve_resume(resume, output)
+    resume_state = read_checkpoint_state(ckpt_path) if ckpt_path is not None else None
+    start_step = int(resume_state["step"]) if resume_state else 0
+
+    trackers: list[Any] = []
+    if "csv" in cfg.trackers:
+        trackers.append(_csv_tracker_class()("train", output / "logs", resume_step=start_step if resume_state else None))
+    if "tensorboard" in cfg.trackers and tensorboard_available():
+        trackers.append("tensorboard")
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    gen_opts = cfg.generator.options()
+    if cfg.gradient_checkpointing:
+        gen_opts["gradient_checkpointing"] = True
+    gen_opts.setdefault("device", str(accelerator.device))
+    if generator is None:
+        generator = build_generator(cfg.generator.name, **gen_opts)
+    gen = generator
+    gen.train(True)
+    objective = build_objective(cfg.objective)
+    named = gen.named_parameters()
+    params = [p for _, p in named]
+    if not params:
+        raise OptionError("the generator has no trainable parameters; set generator.train to 'lora' or 'full'")
+    optimizer = make_optimizer(cfg.optimizer, params)
+    unet = gen.unet
+    wrapped, optimizer = accelerator.prepare(unet, optimizer)
+    gen.set_forward_module(wrapped)
+    ema = EMA(named, cfg.ema.decay) if cfg.ema.enabled else None
+    sampler = torch.Generator("cpu").manual_seed(cfg.seed * 7919 + rank)
+    fp = fingerprint(cfg, gen, objective, prompts, world)
+
+    if resume_state is not None:
+        diffs = _differences(resume_state["fingerprint"], fp)
+        if diffs:
+            raise ConfigError(
+                f"cannot resume from {str(ckpt_path)!r}: it was written by another model or config:\n  "
+                + "\n  ".join(diffs)
+                + "\nresume with the checkpoint's config, or start a new run in another output folder"
+            )
+        weights, _ = _read_safetensors(ckpt_path / "trainable.safetensors")  # type: ignore[operator]
+        missing = [n for n, _ in named if n not in weights]
+        if missing:
+            raise WeightsError(f"checkpoint file {str(ckpt_path / 'trainable.safetensors')!r} lacks {missing[:3]}")  # type: ignore[operator]
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(weights[n].to(p.device, p.dtype))
+        t, meta = _read_safetensors(ckpt_path / "optimizer.safetensors")  # type: ignore[operator]
+        try:
+            _load_optimizer(optimizer, t, meta)
+        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise WeightsError(f"checkpoint file {str(ckpt_path / 'optimizer.safetensors')!r} is corrupt ({exc})") from None  # type: ignore[operator]
+        if ema is not None:
+            t, _ = _read_safetensors(ckpt_path / "ema.safetensors")  # type: ignore[operator]
+            ema.shadow = {n: v.float().to(p.device) for (n, p), v in zip(named, (t[n] for n, _ in named))}
+        t, meta = _read_safetensors(ckpt_path / "rng.safetensors")  # type: ignore[operator]
+        try:
+            _set_rng_state(t, meta, sampler)
+        except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+            raise WeightsError(f"checkpoint file {str(ckpt_path / 'rng.safetensors')!r} is corrupt ({exc})") from None  # type: ignore[operator]
+    else:
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % (2**32))
+        random.seed(cfg.seed)
+
+    accelerator.init_trackers("train", config=json.loads(json.dumps(cfg.model_dump(mode="json"), default=str)))
+    labels = [t.label for t in objective.terms]
+    sample_prompts = list(cfg.sample_prompts) or prompts[: min(4, len(prompts))]
+    end = min(cfg.steps, max_steps) if max_steps is not None else cfg.steps
+    step = start_step
+    history: list[dict[str, float]] = []
+    last_ckpt: Path | None = ckpt_path
+    interrupted = False
+    console = None
+    if progress and accelerator.is_main_process:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    t0 = time.perf_counter()
+    sampler_state = sampler.get_state()
+
+    def checkpoint() -> Path:
+        path = output / "checkpoints" / f"step-{step:07d}"
+        if accelerator.is_main_process:
+            save_checkpoint(path, step=step, gen=gen, optimizer=optimizer, sampler=sampler, ema=ema, fp=fp)
+            old = find_checkpoints(output)
+            for p in old[: max(0, len(old) - cfg.keep_checkpoints)]:
+                if p != path:
+                    shutil.rmtree(p, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return path
+
+    try:
+        while step < end:
+            sampler_state = sampler.get_state()
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(cfg.optimizer, step)
+            sums: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                bp = batch_prompts(prompts, cfg.seed, step, micro, cfg.batch_size, rank, world, cfg.grad_accum)
+                sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(wrapped)
+                with sync, accelerator.autocast():
+                    sample = gen.sample(bp, generator=sampler)
+                    result = objective.backward(sample, bp, gen, reduction="mean")
+                for k, v in result.mean().items():
+                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+            if cfg.grad_accum > 1:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.div_(cfg.grad_accum)
+            if cfg.optimizer.grad_clip is not None:
+                gnorm = float(accelerator.clip_grad_norm_(params, cfg.optimizer.grad_clip))
+            else:
+                gs = [p.grad.norm() for p in params if p.grad is not None]
+                gnorm = float(torch.linalg.vector_norm(torch.stack(gs))) if gs else 0.0
+            if not math.isfinite(gnorm):
+                raise NonFiniteError(
+                    f"the gradient went NaN or Inf at step {step + 1}; lower optimizer.lr or raise a regularizer's weight "
+                    f"(the last checkpoint is {str(last_ckpt) if last_ckpt else 'none'})"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(named)
+            step += 1
+            sampler_state = sampler.get_state()  # a Ctrl-C from here on keeps this completed step
+            values = {"loss": -sums.pop("total"), **sums, "grad_norm": gnorm, "lr": optimizer.param_groups[0]["lr"]}
+            history.append({"step": step, **values})
+            if step % cfg.log_every == 0 or step == end:
+                accelerator.log(values, step=step)
+                if console is not None:
+                    rate = (step - start_step) / max(time.perf_counter() - t0, 1e-9)
+                    console.print(_line(step, cfg.steps, values, labels, rate), highlight=False)
+            if callback is not None:
+                callback(step, values)
+            if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
+                sample_grid(gen, sample_prompts, output / "samples" / f"step-{step:07d}.png", seed=cfg.seed, ema=ema)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:
+                last_ckpt = checkpoint()
+    except KeyboardInterrupt:
+        interrupted = True
+        sampler.set_state(sampler_state)  # the interrupted step is redone on resume
+        if console is not None:
+            console.print(f"interrupted: writing a checkpoint at step {step}", highlight=False)
+    for p in params:  # a partial step's gradients must not leak into the checkpoint's next step
+        p.grad = None
+    if step > start_step or resume_state is None:
+        last_ckpt = checkpoint()
+    export_path = None
+    if not interrupted and step >= cfg.steps and cfg.export and accelerator.is_main_process:
+        export_path = gen.export(output / "export", weights=ema.shadow if ema is not None else None)
+        if cfg.sample_every:
+            sample_grid(gen, sample_prompts, output / "samples" / "final.png", seed=cfg.seed, ema=ema)
+    accelerator.end_training()
+    gen.set_forward_module(unet)
+    return TrainResult(step=step, output=output, checkpoint=last_ckpt, export=export_path, history=history, interrupted=interrupted)
+
+
+@torch.no_grad()
+def sample_grid(gen: Any, prompts: list[str], path: Path, *, seed: int = 0, ema: EMA | None = None) -> Path:
+    """A contact sheet of ``prompts`` sampled with η = 0 from fixed noise (EMA weights when given)."""
+    from r0kit.outputs import contact_sheet
+
+    saved = None
+    if ema is not None:
+        saved = {n: p.detach().clone() for n, p in gen.named_parameters()}
+        for n, p in gen.named_parameters():
+            p.copy_(ema.shadow[n].to(p.dtype))
+    was = gen.training
+    gen.eval()
+    try:
+        images = gen.sample(prompts, noise=gen.noise_for_seeds([seed + i for i in range(len(prompts))])).images
+    finally:
+        gen.train(was)
+        if saved is not None:
+            for n, p in gen.named_parameters():
+                p.copy_(saved[n])
+    return contact_sheet(path, images)

@@ -1,0 +1,190 @@
+"""The R0 training loop: reward goes up, exact resume, checkpoints, logs, export, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import r0kit
+from r0kit.train import TrainConfig, load_train_config, parse_train, train
+
+from .conftest import SIZE, train_config
+
+
+def _weights(folder):
+    return load_file(str(folder / "trainable.safetensors"))
+
+
+def _eval_reward(gen, prompts):
+    gen.eval()
+    with torch.no_grad():
+        imgs = gen.sample(prompts, noise=gen.noise_for_seeds(range(len(prompts)))).images
+    gen.train(True)
+    return float(r0kit.reward("colorfulness").module(imgs, prompts).mean())
+
+
+def test_a_few_steps_raise_the_training_reward(tiny_sd, tmp_path):
+    from r0kit_r0 import KStepGenerator
+
+    # full fine-tuning: the tiny UNet's attention layers (LoRA's targets) carry little of its output
+    cfg = train_config(tiny_sd, tmp_path / "run", steps=6, optimizer={"lr": 1e-3}, sample_every=3,
+                       generator={"train": "full"}, ema={"enabled": True, "decay": 0.5},
+                       objective={"normalize_gradients": True, "rewards": {"colorfulness": {"weight": 1.0}}, "regularizers": {}})
+    gen = KStepGenerator(**{**cfg.generator.options()})
+    prompts = list(cfg.prompts)
+    before = _eval_reward(gen, prompts)
+    res = train(cfg, generator=gen)
+    after = _eval_reward(gen, prompts)
+    assert res.step == 6 and not res.interrupted
+    assert after > before + 0.01, (before, after)
+    # logs: one CSV row per step with the loss, every reward and regularizer
+    rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "train" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert {"loss", "colorfulness", "grad_norm", "lr"} <= set(rows[0])
+    assert (tmp_path / "run" / "samples" / "step-0000003.png").is_file()
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()
+    assert (tmp_path / "run" / "export" / "model_index.json").is_file()  # a full pipeline
+
+
+def test_resume_is_exact_through_ctrl_c_and_max_steps(tiny_sd, tmp_path):
+    over = dict(steps=4, grad_accum=2, ema={"enabled": True, "decay": 0.9}, export=False)
+    straight = train(train_config(tiny_sd, tmp_path / "a", **over))
+
+    cfg_b = train_config(tiny_sd, tmp_path / "b", **over)
+
+    def interrupt(step, values):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    first = train(cfg_b, callback=interrupt)
+    assert first.interrupted and first.step == 2
+    assert (tmp_path / "b" / "checkpoints" / "step-0000002" / "state.json").is_file()
+    second = train(cfg_b, resume="latest", max_steps=3)
+    assert second.step == 3
+    third = train(cfg_b, resume="latest")
+    assert third.step == 4
+
+    a, b = straight.checkpoint, third.checkpoint
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    for name in ("optimizer.safetensors", "ema.safetensors", "rng.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        assert ta.keys() == tb.keys()
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), name
+    # the weights did move, so equality is not trivial
+    start = train_config(tiny_sd, tmp_path / "c", **{**over, "steps": 1})
+    w1 = _weights(train(start).checkpoint)
+    assert any(not torch.equal(w1[k], wa[k]) for k in wa)
+    # the log of the resumed run has each step once
+    rows = list(csv.DictReader(open(tmp_path / "b" / "logs" / "train" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_resume_from_another_model_or_config_says_what_differs(tiny_sd, tiny_sd_other, tmp_path):
+    train(train_config(tiny_sd, tmp_path / "run", steps=1, export=False))
+    with pytest.raises(r0kit.ConfigError, match=r"generator\.model"):
+        train(train_config(tiny_sd_other, tmp_path / "run", steps=2, export=False), resume="latest")
+    with pytest.raises(r0kit.ConfigError, match=r"generator\.steps: checkpoint 3, config 2"):
+        train(train_config(tiny_sd, tmp_path / "run", steps=2, export=False,
+                           generator={"steps": 2}), resume="latest")
+    with pytest.raises(r0kit.ConfigError, match=r"objective"):
+        train(train_config(tiny_sd, tmp_path / "run", steps=2, export=False,
+                           objective={"normalize_gradients": False}), resume="latest")
+
+
+def test_corrupt_checkpoint_names_the_file(tiny_sd, tmp_path):
+    res = train(train_config(tiny_sd, tmp_path / "run", steps=1, export=False))
+    f = res.checkpoint / "optimizer.safetensors"
+    original = f.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(r0kit.WeightsError, match="optimizer.safetensors"):
+        train(train_config(tiny_sd, tmp_path / "run", steps=2, export=False), resume=res.checkpoint)
+    f.write_bytes(original)
+    (res.checkpoint / "rng.safetensors").unlink()
+    with pytest.raises(r0kit.WeightsError, match="rng.safetensors"):
+        train(train_config(tiny_sd, tmp_path / "run", steps=2, export=False), resume=res.checkpoint)
+
+
+@pytest.mark.parametrize(
+    "over,key",
+    [
+        ({"generator": {"steps": 0}}, "generator.steps"),
+        ({"generator": {"eta": [0.0, 1.5]}}, "generator.eta"),
+        ({"generator": {"eta": [-0.2, 0.5]}}, "generator.eta"),
+        ({"mixed_precision": "fp16"}, "mixed_precision"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"generator": {"backprop_steps": 9}}, "backprop_steps"),
+        ({"stepz": 3}, "stepz"),
+    ],
+)
+def test_bad_config_names_the_key(tiny_sd, tmp_path, over, key):
+    with pytest.raises(r0kit.ConfigError, match=key.replace(".", r"\.")):
+        train_config(tiny_sd, tmp_path, **over)
+
+
+def test_empty_or_unreadable_prompt_file(tiny_sd, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    with pytest.raises(r0kit.ConfigError, match="holds no prompts"):
+        train(train_config(tiny_sd, tmp_path / "run", prompts=[], prompts_file=str(empty)))
+    with pytest.raises(r0kit.ConfigError, match="does not exist"):
+        train(train_config(tiny_sd, tmp_path / "run", prompts=[], prompts_file=str(tmp_path / "nope.txt")))
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(r0kit.ConfigError, match="cannot be read"):
+        train(train_config(tiny_sd, tmp_path / "run", prompts=[], prompts_file=str(binary)))
+
+
+def test_presets_validate():
+    from r0kit.commands.optimize import preset_path
+
+    for name in ("train_r0", "train_r0plus"):
+        cfg = load_train_config(preset_path(name))
+        assert isinstance(cfg, TrainConfig) and cfg.generator.steps == 4
+        assert cfg.objective.normalize_gradients
+    assert load_train_config(preset_path("train_r0plus")).generator.intermediate_supervision
+
+
+def test_cli_train_with_progress_line_and_max_steps(tiny_sd, tmp_path, capsys):
+    from r0kit.cli import main
+
+    toml = tmp_path / "train.toml"
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a red apple"}\n{"prompt": "a blue car"}\n')
+    toml.write_text(f"""
+prompts_file = "prompts.jsonl"
+steps = 3
+batch_size = 2
+output = "{tmp_path / 'out'}"
+[generator]
+model = "{tiny_sd}"
+steps = 2
+height = {SIZE}
+width = {SIZE}
+lora_rank = 2
+device = "cpu"
+[objective]
+normalize_gradients = true
+[objective.rewards.colorfulness]
+[objective.rewards.contrast]
+weight = 0.5
+[objective.regularizers.weight_l2]
+weight = 0.01
+""")
+    assert main(["train", "--config", str(toml), "--max-steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "step 2/3" in err and "colorfulness" in err and "contrast" in err and "weight_l2" in err and "loss" in err
+    assert main(["train", "--config", str(toml), "--resume", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "trained to step 3" in out and (tmp_path / "out" / "export" / "kstep.json").is_file()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml.read_text().replace("steps = 2\n", "steps = 0\n"))
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "generator.steps" in capsys.readouterr().err
