@@ -55,13 +55,14 @@ def aesthetic_reward(
     :param clip_model: a repository or local folder with the CLIP ViT-L/14 (transformers layout).
     :param checkpoint: the predictor's MLP weights (a ``.pth``/``.safetensors`` file or a folder holding ``aesthetic-model.pth``).
     """
-    from r0kit.backbones.common import resolve_device, resolve_dtype
+    from r0kit.backbones.common import require, resolve_device, resolve_dtype
     from r0kit.backbones.heads import ScoreMLP
     from r0kit.backbones.hf_clip import ClipImageEmbedding, load_clip
     from r0kit.weights import load_state_dict, resolve_file
 
-    dt, dev = resolve_dtype(dtype), resolve_device(device)
     what = "the aesthetic reward"
+    require("transformers", extra="aesthetic", what=what)
+    dt, dev = resolve_dtype(dtype), resolve_device(device)
     path = resolve_file(HEAD_REPO, HEAD_FILE, path=checkpoint, what=f"{what} MLP weights")
     head = ScoreMLP.from_state_dict(load_state_dict(path), what=what, source=str(path))
     vision = load_clip(clip_model, extra="aesthetic", what=what)
