@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "r0kit.commands.new_plugin",
     "r0kit.commands.bench",
     "r0kit.commands.train",
+    "r0kit.commands.evaluate",
 )
 
 

@@ -199,7 +199,8 @@ class KStepGenerator:
         if not p.exists():
             raise WeightsError(f"kstep: lora_weights {str(p)!r} does not exist; pass an exported folder or its .safetensors file")
         try:
-            self.unet.load_lora_adapter(str(p), prefix="unet", adapter_name="default")
+            folder, name = (p, "pytorch_lora_weights.safetensors") if p.is_dir() else (p.parent, p.name)
+            self.unet.load_lora_adapter(str(folder), weight_name=name, prefix="unet", adapter_name="default", use_safetensors=True)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise WeightsError(f"kstep: cannot load the LoRA weights in {str(p)!r}: {str(exc).splitlines()[0]}") from None
         self.unet.requires_grad_(False)
