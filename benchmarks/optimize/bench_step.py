@@ -162,7 +162,9 @@ class ProxyTower(torch.nn.Module):
             hidden_size=dims[0], num_hidden_layers=dims[1], num_attention_heads=dims[2], intermediate_size=dims[3],
             projection_dim=dims[4], image_size=224, patch_size=14, hidden_act="gelu",
         )
-        self.tower = CLIPVisionModelWithProjection(cfg).requires_grad_(False).eval().to(device, dtype)
+        with torch.device(device):  # initialize on the device: billions of CPU inits are slow
+            tower = CLIPVisionModelWithProjection(cfg)
+        self.tower = tower.requires_grad_(False).eval().to(device, dtype)
         self.text = torch.nn.functional.normalize(torch.randn(dims[4], device=device), dim=0)
 
     def forward(self, x, prompts):
