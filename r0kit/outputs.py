@@ -109,7 +109,8 @@ def save_optimize_outputs(
     for i in range(n):
         meta = {
             "prompt": result.prompts[i],
-            "seed": str(result.seed),
+            # The seed that reproduces this image alone: sample i of a run draws from seed + its index.
+            "seed": str(result.seed + (result.indices[i] if result.indices else i)),
             "objective": objective,
             "best_step": str(result.best_step[i]),
             "values": {k: v[i] for k, v in result.best_values.items()},

@@ -42,7 +42,16 @@ def test_several_prompts_write_a_contact_sheet(tmp_path):
     assert main(["optimize", "a", "b", "c", "--steps", "3", "-o", str(tmp_path / "o"), "--no-progress"]) == 0
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert names == ["contact_sheet.png", "curves.png", "image_000.png", "image_001.png", "image_002.png", "log.csv"]
-    assert read_png_metadata(tmp_path / "o" / "image_002.png")["prompt"] == "c"
+    meta = read_png_metadata(tmp_path / "o" / "image_002.png")
+    assert meta["prompt"] == "c" and meta["seed"] == "2"
+    # The recorded seed reproduces that image alone: samples are independent problems.
+    assert main(["optimize", "c", "--steps", "3", "--seed", "2", "-o", str(tmp_path / "alone"), "--no-progress"]) == 0
+    import numpy as np
+    from PIL import Image
+
+    batched = np.asarray(Image.open(tmp_path / "o" / "image_002.png"))
+    alone = np.asarray(Image.open(tmp_path / "alone" / "image.png"))
+    assert np.abs(batched.astype(int) - alone.astype(int)).max() <= 1
 
 
 def test_unknown_reward_exits_nonzero_without_traceback(tmp_path):

@@ -42,10 +42,12 @@ class PixelGenerator:
         self.logits_init: torch.Tensor | None = None
 
     def prepare(self, prompts: list[str], seed: int) -> None:
-        g = torch.Generator(device="cpu").manual_seed(int(seed))
+        # Sample i draws from seed + i, so a prompt's start does not depend on its batch.
         shape = (len(prompts),) + self.param_shape
         if self.init == "noise":
-            z = torch.randn(shape, generator=g) * self.init_scale
+            z = torch.stack(
+                [torch.randn(self.param_shape, generator=torch.Generator().manual_seed(int(seed) + i)) for i in range(len(prompts))]
+            ) * self.init_scale
         else:
             z = torch.zeros(shape)
         self.logits = z.to(self.device).requires_grad_(True)
