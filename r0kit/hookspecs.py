@@ -48,7 +48,7 @@ def r0kit_register_rewards(register: RegisterReward) -> None:
     factory does not accept are rejected before it is called, naming the option.
 
     :param register: the callback that records one reward; it raises
-        :class:`r0kit.registry.RegistrationError` on a duplicate name or a
+        :class:`r0kit.errors.PluginError` on a duplicate name or a
         non-callable factory.
     :returns: nothing; the return value is ignored.
 

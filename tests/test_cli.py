@@ -73,8 +73,8 @@ def test_unknown_reward_exits_nonzero_without_traceback(tmp_path):
         (["optimize", "--steps", "0"], "steps"),
     ],
 )
-def test_bad_arguments_give_clear_errors(tmp_path, capsys, args, needle):
-    os.chdir(tmp_path)
+def test_bad_arguments_give_clear_errors(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
