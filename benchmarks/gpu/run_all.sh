@@ -30,17 +30,17 @@ STATUS=()
 phase() {  # phase NAME SECONDS CMD...
   local name=$1 limit=$2; shift 2
   echo "=== [$(date +%T)] $name (limit ${limit}s): $*"
-  timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
+  timeout -k 5 "$limit" "$@" > "$WORK/$name.log" 2>&1
   local rc=$?
   tail -n 30 "$WORK/$name.log"
   STATUS+=("$name=rc$rc")
 }
-KERNEL_TEST_TIMEOUT=100 BENCH_MINUTES=2.0 BENCH_TIMEOUT=150 OUT="$WORK/kernels" \
-  phase kernels 290 bash benchmarks/gpu/run_kernels.sh
-phase rewards 70 "$PY" benchmarks/rewards/bench_rewards.py --device cuda --dtype bfloat16 --reps 10
-phase optimize 80 "$PY" benchmarks/optimize/bench_step.py --mode gpu
+KERNEL_TEST_TIMEOUT=90 BENCH_MINUTES=1.9 BENCH_TIMEOUT=140 OUT="$WORK/kernels" \
+  phase kernels 270 bash benchmarks/gpu/run_kernels.sh
+phase rewards 80 "$PY" benchmarks/rewards/bench_rewards.py --device cuda --dtype float32 --reps 10
+phase optimize 75 "$PY" benchmarks/optimize/bench_step.py --mode gpu
 if [ -f benchmarks/train/bench_train_step.py ]; then
-  phase train 80 "$PY" benchmarks/train/bench_train_step.py --mode gpu
+  phase train 75 "$PY" benchmarks/train/bench_train_step.py --device cuda
 fi
 cp -r benchmarks/results "$WORK/results"
 tar czf "$OUT/results.tar.gz" -C "$WORK" .
