@@ -182,7 +182,7 @@ def measure(name: str, args) -> dict:
         times.append((time.perf_counter() - t0) * 1e3)
         assert torch.isfinite(grad).all(), f"{name}: non-finite image gradient"
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mb()
-    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) >= 2 else [times[0]] * 4
     return {
         "reward": name, "architecture": arch, "params_M": f"{params:.1f}", "batch": args.batch, "size": args.size,
         "dtype": args.dtype, "gradient_checkpointing": args.ckpt, "reps": args.reps,
