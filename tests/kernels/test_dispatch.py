@@ -48,11 +48,13 @@ def test_public_ops_follow_the_switch(monkeypatch):
     from r0kit.kernels import cosine_head, cosine_head_reference
     ch = importlib.import_module("r0kit.kernels.cosine_head")  # the package attribute is the function
 
-    a, t = torch.randn(3, 8), torch.randn(3, 8)
+    # Forced triton needs CUDA tensors, or CPU tensors under the interpreter.
+    dev = "cuda" if ON_GPU else "cpu"
+    a, t = torch.randn(3, 8, device=dev), torch.randn(3, 8, device=dev)
     monkeypatch.setenv("R0KIT_KERNELS", "torch")
     assert torch.equal(cosine_head(a, t, 2.0), cosine_head_reference(a, t, 2.0))
     calls = []
-    monkeypatch.setattr(ch, "cosine_head_triton_forward", lambda *args: calls.append(1) or (torch.zeros(3), torch.zeros(3, 3)))
+    monkeypatch.setattr(ch, "cosine_head_triton_forward", lambda *args: calls.append(1) or (torch.zeros(3, device=dev), torch.zeros(3, 3, device=dev)))
     monkeypatch.setenv("R0KIT_KERNELS", "triton")
     cosine_head(a, t, 2.0)
     assert calls == [1]
