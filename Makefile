@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
+# One test worker per core (pytest-xdist); each pins torch to one thread (tests/conftest.py).
+JOBS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: demo test install install-dev bench-kernels clean
@@ -22,8 +24,8 @@ $(VENV)/.installed-all: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 # hpsv2 and image-reward are installed without their dependencies: they hard-pin
 # pytest==7.2.0 and timm==0.6.13, which conflict with current open_clip and pytest.
 # r0kit does not import them; the parity tests compare against them.
-$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) requirements/upstream.txt | $(BIN)/python
-	$(PIP) install -c $(CONSTRAINTS) -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) requirements/upstream.txt requirements/upstream-deps.txt | $(BIN)/python
+	$(PIP) install -c $(CONSTRAINTS) -e '.[dev]' -r requirements/upstream-deps.txt
 	$(PIP) install -c $(CONSTRAINTS) --no-deps -r requirements/upstream.txt
 	touch $@ $(VENV)/.installed-all
 
@@ -34,7 +36,7 @@ demo: install
 	$(BIN)/r0kit optimize
 
 test: install-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 bench-kernels: install
 	$(BIN)/r0kit bench kernels
