@@ -1,9 +1,10 @@
 """Tiny random-weight diffusers pipelines of the real architectures, written to disk.
 
 ``build_tiny_pipeline(folder, kind="sd")`` writes a complete Stable Diffusion
-(or SDXL) pipeline folder with ``save_pretrained``: a tiny UNet2DConditionModel,
-AutoencoderKL, CLIP text encoder(s) and a CLIP tokenizer whose vocab.json and
-merges.txt are generated here (byte-level, no merges), so nothing is downloaded.
+(or SDXL) pipeline folder with ``save_pretrained``: the tiny UNet2DConditionModel
+and AutoencoderKL of r0kit.testing.models, CLIP text encoder(s) and a CLIP
+tokenizer whose vocab.json and merges.txt are generated here (byte-level, no
+merges), so nothing is downloaded.
 Tests load it back by folder path through the same code a user's model goes through.
 
 Shared by the generator, optimization and training tests.
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
+from r0kit.testing.models import tiny_unet, tiny_vae
 
 #: Token budget of the tiny tokenizer, small so that truncation is easy to hit.
 MAX_TOKENS = 16
@@ -55,7 +58,7 @@ def write_tiny_clip_tokenizer(folder: Path, max_length: int = MAX_TOKENS) -> Pat
 
 def build_components(kind: Literal["sd", "sdxl"] = "sd", *, prediction_type: str = "epsilon", seed: int = 0, tmp: Path):
     """The tiny components as objects: ``dict(unet=, vae=, text_encoder=, tokenizer=, scheduler=, ...)``."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -75,41 +78,20 @@ def build_components(kind: Literal["sd", "sdxl"] = "sd", *, prediction_type: str
         projection_dim=32,
     )
     comps: dict = {"tokenizer": tokenizer, "text_encoder": CLIPTextModel(CLIPTextConfig(**text_cfg)).eval()}
-    unet_kw: dict = dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=4,
-        norm_num_groups=8,
-        cross_attention_dim=32,
-    )
+    unet_overrides: dict = {}
     if kind == "sdxl":
         comps["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg)).eval()
         comps["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(tok_dir))
-        unet_kw.update(
+        unet_overrides = dict(
             cross_attention_dim=64,
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=32 + 6 * 8,
             transformer_layers_per_block=1,
         )
-    comps["unet"] = UNet2DConditionModel(**unet_kw).eval()
-    comps["vae"] = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-        scaling_factor=0.18215,
-    ).eval()
+    # r0kit.testing's tiny UNet and VAE, drawn from the one stream seeded above.
+    comps["unet"] = tiny_unet(seed=None, **unet_overrides)
+    comps["vae"] = tiny_vae(seed=None)
     comps["scheduler"] = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

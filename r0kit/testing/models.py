@@ -2,7 +2,9 @@
 
 Each builder makes the upstream architecture (an open_clip ``CLIP``, a
 diffusers ``UNet2DConditionModel`` or ``AutoencoderKL``) at a toy size, seeded
-so two calls give the same weights, in eval mode. The ``save_*`` helpers write
+so two calls give the same weights, in eval mode. ``seed=None`` draws the
+weights from torch's global generator instead, for a caller that seeds one
+stream for several models (a whole pipeline). The ``save_*`` helpers write
 it in the upstream on-disk format, so a test can load it back through the
 same code path a user's real checkpoint takes.
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -71,6 +73,15 @@ def _require(module: str, extra: str) -> Any:
         ) from exc
 
 
+def _seeded(seed: int | None, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` in eval mode: under ``seed`` without touching the global generator, or from it when ``None``."""
+    if seed is None:
+        return build().eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(base))  # deep copy; tuples become lists, which the configs accept
     for k, v in overrides.items():
@@ -86,7 +97,7 @@ def tiny_open_clip_config(**overrides: Any) -> dict[str, Any]:
     return _merge(TINY_OPEN_CLIP_CONFIG, overrides)
 
 
-def tiny_open_clip(*, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+def tiny_open_clip(*, seed: int | None = 0, **overrides: Any) -> torch.nn.Module:
     """A random-weight open_clip ``CLIP`` of :func:`tiny_open_clip_config`, in eval mode.
 
     Its tokenizer is ``open_clip.get_tokenizer("ViT-B-32")`` (bundled, no download).
@@ -95,10 +106,7 @@ def tiny_open_clip(*, seed: int = 0, **overrides: Any) -> torch.nn.Module:
     from open_clip.model import CLIP
 
     cfg = tiny_open_clip_config(**overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIP(**cfg)
-    return model.eval()
+    return _seeded(seed, lambda: CLIP(**cfg))
 
 
 def register_tiny_open_clip(folder: str | Path, *, name: str = TINY_OPEN_CLIP_NAME, **overrides: Any) -> str:
@@ -143,25 +151,19 @@ def save_tiny_open_clip(folder: str | Path, *, seed: int = 0, **overrides: Any) 
     return folder
 
 
-def tiny_unet(*, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+def tiny_unet(*, seed: int | None = 0, **overrides: Any) -> torch.nn.Module:
     """A random-weight diffusers ``UNet2DConditionModel`` of :data:`TINY_UNET_CONFIG`, in eval mode.
 
     Save it with its own ``save_pretrained(folder)``.
     """
     diffusers = _require("diffusers", "diffusers")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = diffusers.UNet2DConditionModel(**{**TINY_UNET_CONFIG, **overrides})
-    return model.eval()
+    return _seeded(seed, lambda: diffusers.UNet2DConditionModel(**{**TINY_UNET_CONFIG, **overrides}))
 
 
-def tiny_vae(*, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+def tiny_vae(*, seed: int | None = 0, **overrides: Any) -> torch.nn.Module:
     """A random-weight diffusers ``AutoencoderKL`` of :data:`TINY_VAE_CONFIG`, in eval mode.
 
     Save it with its own ``save_pretrained(folder)``.
     """
     diffusers = _require("diffusers", "diffusers")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = diffusers.AutoencoderKL(**{**TINY_VAE_CONFIG, **overrides})
-    return model.eval()
+    return _seeded(seed, lambda: diffusers.AutoencoderKL(**{**TINY_VAE_CONFIG, **overrides}))

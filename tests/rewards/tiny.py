@@ -14,14 +14,11 @@ from pathlib import Path
 
 import torch
 
-TINY_OPEN_CLIP = "r0kit-tiny-ViT"  # registered with open_clip (and hpsv2's vendored copy) by add_model_config
+from r0kit.testing import models
 
-TINY_OPEN_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
-    # The real CLIP tokenizer (open_clip's bundled BPE): 49408 tokens, 77 positions.
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+# The tiny open_clip architecture is r0kit.testing's (the real CLIP tokenizer: 49408 tokens, 77 positions),
+# registered with open_clip under this name by register_tiny_open_clip.
+TINY_OPEN_CLIP = models.TINY_OPEN_CLIP_NAME
 
 TINY_MED_CONFIG = {
     "architectures": ["BertModel"],
@@ -51,22 +48,14 @@ BERT_WORDS = (
 
 
 def register_tiny_open_clip(folder: Path) -> Path:
-    """Write the tiny open_clip config and register it with open_clip (and hpsv2's copy when importable)."""
-    import open_clip
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{TINY_OPEN_CLIP}.json"
-    path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
-    if open_clip.get_model_config(TINY_OPEN_CLIP) is None:
-        open_clip.add_model_config(path)
-    return path
+    """Write the tiny open_clip config to ``folder`` and register it with open_clip; return the config file."""
+    models.register_tiny_open_clip(folder, name=TINY_OPEN_CLIP)
+    return folder / f"{TINY_OPEN_CLIP}.json"
 
 
 def tiny_open_clip(seed: int = 0) -> torch.nn.Module:
-    import open_clip
-
     torch.manual_seed(seed)
-    model = open_clip.create_model(TINY_OPEN_CLIP, pretrained=None)
+    model = models.tiny_open_clip(seed=None)  # from the stream seeded above
     with torch.no_grad():  # break CLIP's zero init so every parameter matters
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
