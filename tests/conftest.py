@@ -11,6 +11,15 @@ os.environ.pop("R0KIT_LOAD_PLUGINS", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import torch  # noqa: E402  (importing torch does not import triton)
+
+# Triton decides between compiling and interpreting when it is first imported, so the
+# CPU interpreter has to be chosen here, before any test module imports it. Only the
+# kernel tests that force R0KIT_KERNELS=triton use it; "auto" runs the torch reference
+# on CPU tensors.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
 
 from r0kit.plugins import reset_host  # noqa: E402
