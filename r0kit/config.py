@@ -32,7 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r0kit.errors import ConfigError
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown keys and validates assignments."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -48,7 +50,7 @@ class TermConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class ObjectiveConfig(_Strict):
+class ObjectiveConfig(StrictModel):
     rewards: dict[str, TermConfig] = Field(default_factory=dict)
     regularizers: dict[str, TermConfig] = Field(default_factory=dict)
     normalize_gradients: bool = False
@@ -70,7 +72,7 @@ class GeneratorConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     name: Literal["adam", "sgd"] = "adam"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -79,7 +81,7 @@ class OptimizerConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """A test-time optimization run (``r0kit optimize``)."""
 
     prompts: list[str] = Field(default_factory=list)
@@ -103,13 +105,26 @@ class RunConfig(_Strict):
         return v
 
 
-def _format_error(exc: ValidationError, source: str, prefix: tuple = ()) -> ConfigError:
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    *,
+    root_model: type[BaseModel],
+    prefix: tuple = (),
+    what: str = "config",
+) -> ConfigError:
+    """A :class:`ConfigError` that lists every problem of ``exc`` by its dotted key.
+
+    ``root_model`` is the model the TOML file's top level validates against and
+    ``prefix`` the location of the validated table inside it; an unknown key gets
+    the closest allowed key and the list of allowed keys at its place.
+    """
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in prefix + tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
             key = str(err["loc"][-1])
-            model = _model_at(prefix + tuple(err["loc"][:-1]))
+            model = _model_at(root_model, prefix + tuple(err["loc"][:-1]))
             allowed = sorted(model.model_fields) if model else []
             hint = difflib.get_close_matches(key, allowed, n=1)
             lines.append(
@@ -120,12 +135,13 @@ def _format_error(exc: ValidationError, source: str, prefix: tuple = ()) -> Conf
         elif err["type"] == "missing":
             lines.append(f"missing key {loc!r}")
         else:
-            lines.append(f"{loc or '<top>'}: {err['msg']} (got {err.get('input')!r})")
-    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc or '<top>'}: {msg} (got {err.get('input')!r})")
+    return ConfigError(f"invalid {what} {source}:\n  " + "\n  ".join(lines))
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = RunConfig
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    model: Any = root
     for part in loc:
         field = model.model_fields.get(str(part)) if model else None
         if field is None:
@@ -151,14 +167,14 @@ def parse_objective(data: dict[str, Any], source: str = "<dict>") -> ObjectiveCo
     try:
         return ObjectiveConfig.model_validate(data)
     except ValidationError as exc:
-        raise _format_error(exc, source, ("objective",)) from None
+        raise format_validation_error(exc, source, root_model=RunConfig, prefix=("objective",)) from None
 
 
 def parse_run(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise _format_error(exc, source) from None
+        raise format_validation_error(exc, source, root_model=RunConfig) from None
 
 
 def load_run(path: str | Path) -> RunConfig:

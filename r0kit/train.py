@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import difflib
 import hashlib
 import json
 import math
@@ -56,7 +55,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from r0kit.config import ObjectiveConfig, load_toml, read_prompts
+from r0kit.config import ObjectiveConfig, StrictModel, format_validation_error, load_toml, read_prompts
 from r0kit.errors import ConfigError, NonFiniteError, OptionError, WeightsError
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
@@ -65,10 +64,6 @@ CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safet
 # ---------------------------------------------------------------------------
 # config
 # ---------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 class KStepConfig(BaseModel):
     """The ``[generator]`` table. The named keys are validated here; any other key is passed to the factory."""
 
@@ -117,7 +112,7 @@ class KStepConfig(BaseModel):
         return out
 
 
-class TrainOptimizerConfig(_Strict):
+class TrainOptimizerConfig(StrictModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -128,12 +123,12 @@ class TrainOptimizerConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
-class EMAConfig(_Strict):
+class EMAConfig(StrictModel):
     enabled: bool = False
     decay: float = Field(0.999, gt=0, lt=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """A training run (``r0kit train``)."""
 
     prompts: list[str] = Field(default_factory=list)
@@ -177,36 +172,11 @@ class TrainConfig(_Strict):
         return self
 
 
-def _format_error(exc: ValidationError, source: str) -> ConfigError:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            key = str(err["loc"][-1])
-            model: Any = TrainConfig
-            for part in err["loc"][:-1]:
-                f = model.model_fields.get(str(part)) if model else None
-                ann = f.annotation if f else None
-                model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-            allowed = sorted(model.model_fields) if model else []
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            lines.append(
-                f"unknown key {loc!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
-            )
-        elif err["type"] == "missing":
-            lines.append(f"missing key {loc!r}")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc or '<top>'}: {msg} (got {err.get('input')!r})")
-    return ConfigError(f"invalid training config {source}:\n  " + "\n  ".join(lines))
-
-
 def parse_train(data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise _format_error(exc, source) from None
+        raise format_validation_error(exc, source, root_model=TrainConfig, what="training config") from None
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
