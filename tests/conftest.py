@@ -1,4 +1,8 @@
-"""Suite-wide settings: no entry-point autoload, no network, no display."""
+"""Suite-wide settings: no entry-point autoload, no network, no display, one torch thread per test.
+
+Also the tiny on-disk diffusers pipelines (tests/tiny_diffusers.py), built at
+most once per session and only by the tests that ask for them.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import torch  # noqa: E402  (importing torch does not import triton)
 # on CPU tensors.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -41,3 +47,47 @@ def autoload(monkeypatch, fresh_host):
     monkeypatch.delenv("R0KIT_DISABLE_AUTOLOAD", raising=False)
     reset_host()
     return fresh_host
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op torch thread for each test, restored after it.
+
+    The suite's tensors and models are tiny, so a second thread only adds
+    waiting; and the suite runs one pytest-xdist worker per core, where more
+    threads per worker oversubscribe the machine (10-20x slower on 2 cores).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_pipeline(folder: Path, kind: str) -> Path:
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tiny_diffusers import build_tiny_pipeline
+
+    return build_tiny_pipeline(folder, kind)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion pipeline folder (seed 0)."""
+    return _tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd", "sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A tiny SDXL pipeline folder (seed 0)."""
+    return _tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sdxl", "sdxl")
+
+
+@pytest.fixture(scope="session")
+def sd_model(tiny_sd):
+    """The tiny SD pipeline loaded by folder path (shared: do not change its memory options)."""
+    from r0kit.diffusion import load
+
+    return load(str(tiny_sd), device="cpu")

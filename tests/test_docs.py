@@ -25,17 +25,6 @@ CONTRIBUTING = ROOT / "CONTRIBUTING.md"
 HOOKS = list(hook_specs())
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The example checks run on tiny tensors, where a second intra-op thread only adds waiting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def text() -> str:
     return CONTRIBUTING.read_text(encoding="utf-8")

@@ -115,11 +115,8 @@ def test_imagereward_conforms_on_a_tiny_checkpoint(tmp_path, tiny_rewards):
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
-    tiny = _load("r0kit_tests_tiny_diffusers", TESTS / "tiny_diffusers.py")
-    return str(tiny.build_tiny_pipeline(tmp_path_factory.mktemp("pipelines") / "tiny-sd"))
+def tiny_pipeline(tiny_sd):
+    return str(tiny_sd)
 
 
 # Short prompts: the tiny text encoder takes 16 tokens.

@@ -1,37 +1,19 @@
-"""Tiny random-weight Stable Diffusion pipelines on disk, shared by the training tests."""
+"""Training-test helpers: a second tiny pipeline (seed 1), a fresh model per test, k-step generators, configs.
+
+The seed-0 pipeline ``tiny_sd`` comes from tests/conftest.py.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
 SIZE = 16  # image side; the tiny VAE downsamples by 2, so latents are 8x8x4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny models' ops are far smaller than a thread pool's overhead,
-    and on a shared 2-core machine oversubscription made them 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    from tiny_diffusers import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd", "sd", seed=0)
 
 
 @pytest.fixture(scope="session")
