@@ -37,16 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from r0kit.backbones.common import (
+    FrozenScorer,
     PromptCache,
     enable_layer_checkpointing,
-    freeze,
     model_input,
     require,
-    resolve_device,
-    resolve_dtype,
 )
 from r0kit.backbones.heads import ScoreMLP
-from r0kit.errors import InputError, OptionError, WeightsError
+from r0kit.errors import OptionError, WeightsError
 
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
@@ -348,7 +346,7 @@ def load_bert_tokenizer(vocab_file: str | os.PathLike, *, extra: str):
     return tok
 
 
-class ImageRewardScore(nn.Module):
+class ImageRewardScore(FrozenScorer):
     """The ``imagereward`` reward: frozen :class:`ImageRewardModel` plus its prompt caches."""
 
     def __init__(
@@ -361,20 +359,13 @@ class ImageRewardScore(nn.Module):
         gradient_checkpointing: bool = False,
         cache_size: int = 4096,
     ) -> None:
-        super().__init__()
-        self.dtype = resolve_dtype(dtype)
-        self.device = resolve_device(device)
-        self.model = freeze(model.to(device=self.device, dtype=self.dtype))
+        super().__init__(model, tokenizer, dtype=dtype, device=device)
         self.model.mlp.float()  # upstream runs the head on .float() features
-        self.tokenizer = tokenizer
         self.token_cache = PromptCache(cache_size)
         self.embed_cache = PromptCache(cache_size)
         if gradient_checkpointing:
             enable_layer_checkpointing(self.model.blip.visual_encoder.blocks)
         self.eval()
-
-    def train(self, mode: bool = True) -> ImageRewardScore:
-        return super().train(False)
 
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=PROMPT_TOKENS, return_tensors="pt")
@@ -385,8 +376,7 @@ class ImageRewardScore(nn.Module):
         return self.model.blip.text_encoder.embeddings(ids).float()
 
     def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if len(prompts) != x.shape[0]:
-            raise InputError(f"got {len(prompts)} prompt(s) for {x.shape[0]} image(s); pass one prompt per image")
+        self.check_prompts(x, prompts)
         mask = self.token_cache.get(prompts, self._tokenize)[:, 1]
         embeds = self.embed_cache.get(prompts, self._embed).to(self.dtype)
         return self.model(model_input(x, self.device, self.dtype), embeds, mask).float().to(x.device)

@@ -1,15 +1,15 @@
-"""Pieces every model-backed reward needs: lazy imports, dtype/device, freezing, caches."""
+"""Pieces every model-backed reward needs: lazy imports, dtype/device, freezing, caches, a frozen scorer base."""
 
 from __future__ import annotations
 
 import functools
 import importlib
 from collections import OrderedDict
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from r0kit.errors import OptionError, PluginError
+from r0kit.errors import InputError, OptionError, PluginError
 
 _DTYPES = {
     "float32": torch.float32,
@@ -137,6 +137,39 @@ class PromptCache:
 def model_input(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``x`` on the model's device and dtype (differentiable)."""
     return x.to(device=device, dtype=dtype)
+
+
+class FrozenScorer(torch.nn.Module):
+    """Base of the prompt-conditioned rewards on a frozen model: ``(x, prompts) -> Tensor[B]``.
+
+    Resolves ``dtype`` and ``device``, moves ``model`` there and freezes it as
+    ``self.model``, keeps ``tokenizer``, and stays in eval mode whatever its
+    parent does. Subclasses add their prompt caches and ``forward``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.dtype = resolve_dtype(dtype)
+        self.device = resolve_device(device)
+        self.model = freeze(model.to(device=self.device, dtype=self.dtype))
+        self.tokenizer = tokenizer
+
+    def train(self, mode: bool = True) -> FrozenScorer:
+        # A frozen reward stays in eval mode (dropout, drop-path off) whatever its parent does.
+        return super().train(False)
+
+    @staticmethod
+    def check_prompts(x: torch.Tensor, prompts: Sequence[str]) -> None:
+        """:raises InputError: unless there is one prompt per image of ``x``."""
+        if len(prompts) != x.shape[0]:
+            raise InputError(f"got {len(prompts)} prompt(s) for {x.shape[0]} image(s); pass one prompt per image")
 
 
 def resolve_first(repo_id: str, filenames: Sequence[str], *, what: str, revision: str | None = None):

@@ -16,15 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from r0kit.backbones.common import (
+    FrozenScorer,
     PromptCache,
     enable_layer_checkpointing,
     freeze,
     model_input,
     require,
-    resolve_device,
-    resolve_dtype,
 )
-from r0kit.errors import InputError, WeightsError
+from r0kit.errors import WeightsError
 from r0kit.weights import resolve_file, resolve_repo
 
 TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"]
@@ -79,7 +78,7 @@ def _features(out: Any) -> torch.Tensor:
     raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
 
 
-class HFClipScore(torch.nn.Module):
+class HFClipScore(FrozenScorer):
     """PickScore: ``logit_scale.exp() · cos(image, prompt)`` on a frozen transformers ``CLIPModel``."""
 
     def __init__(
@@ -92,18 +91,11 @@ class HFClipScore(torch.nn.Module):
         gradient_checkpointing: bool = False,
         cache_size: int = 4096,
     ) -> None:
-        super().__init__()
-        self.dtype = resolve_dtype(dtype)
-        self.device = resolve_device(device)
-        self.model = freeze(model.to(device=self.device, dtype=self.dtype))
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, dtype=dtype, device=device)
         self.text_cache = PromptCache(cache_size)
         if gradient_checkpointing:
             enable_layer_checkpointing(self.model.vision_model.encoder.layers)
         self.eval()
-
-    def train(self, mode: bool = True) -> HFClipScore:
-        return super().train(False)
 
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
@@ -111,8 +103,7 @@ class HFClipScore(torch.nn.Module):
         return F.normalize(feats.float(), dim=-1)
 
     def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if len(prompts) != x.shape[0]:
-            raise InputError(f"got {len(prompts)} prompt(s) for {x.shape[0]} image(s); pass one prompt per image")
+        self.check_prompts(x, prompts)
         img = F.normalize(_features(self.model.get_image_features(pixel_values=model_input(x, self.device, self.dtype))).float(), dim=-1)
         txt = self.text_cache.get(prompts, self._encode_text)
         scale = self.model.logit_scale.float().exp()

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from r0kit.backbones.common import (
+    FrozenScorer,
     PromptCache,
-    freeze,
     model_input,
     require,
     resolve_device,
@@ -155,7 +155,7 @@ def check_contract(
         )
 
 
-class OpenClipScore(torch.nn.Module):
+class OpenClipScore(FrozenScorer):
     """``scale · cos(image, prompt)`` on a frozen open_clip model, per sample.
 
     :param model: an open_clip ``CLIP`` model with its weights loaded.
@@ -174,20 +174,12 @@ class OpenClipScore(torch.nn.Module):
         gradient_checkpointing: bool = False,
         cache_size: int = 4096,
     ) -> None:
-        super().__init__()
-        self.dtype = resolve_dtype(dtype)
-        self.device = resolve_device(device)
-        self.model = freeze(model.to(device=self.device, dtype=self.dtype))
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, dtype=dtype, device=device)
         self.scale = float(scale)
         self.text_cache = PromptCache(cache_size)
         if gradient_checkpointing:
             self.model.visual.set_grad_checkpointing(True)
         self.eval()
-
-    def train(self, mode: bool = True) -> OpenClipScore:
-        # A frozen reward stays in eval mode (dropout, drop-path off) whatever its parent does.
-        return super().train(False)
 
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(prompts).to(self.device)
@@ -203,10 +195,7 @@ class OpenClipScore(torch.nn.Module):
         return F.normalize(feats.float(), dim=-1)
 
     def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if len(prompts) != x.shape[0]:
-            from r0kit.errors import InputError
-
-            raise InputError(f"got {len(prompts)} prompt(s) for {x.shape[0]} image(s); pass one prompt per image")
+        self.check_prompts(x, prompts)
         img = self.image_features(x)
         txt = self.text_features(prompts).to(img.device)
         return (self.scale * (img * txt).sum(dim=-1)).to(x.device)
