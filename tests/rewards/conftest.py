@@ -38,9 +38,6 @@ class Assets:
         }[name]
 
 
-REWARDS = ("clip", "hpsv2", "imagereward", "pickscore", "aesthetic")
-
-
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> Assets:
     pytest.importorskip("open_clip")

@@ -11,8 +11,8 @@ from r0kit.generator import Sample
 from r0kit.backbones import PromptCache
 from r0kit.images import preprocess
 
-from conftest import REWARDS
 import tiny
+from tiny import REWARDS
 
 PROMPTS = ["a photo of a cat", "an oil painting of a red house at sunset"]
 

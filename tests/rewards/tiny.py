@@ -16,6 +16,9 @@ import torch
 
 from r0kit.testing import models
 
+#: The model-backed rewards these tiny models stand in for.
+REWARDS = ("clip", "hpsv2", "imagereward", "pickscore", "aesthetic")
+
 # The tiny open_clip architecture is r0kit.testing's (the real CLIP tokenizer: 49408 tokens, 77 positions),
 # registered with open_clip under this name by register_tiny_open_clip.
 TINY_OPEN_CLIP = models.TINY_OPEN_CLIP_NAME
