@@ -92,3 +92,22 @@ def test_plugins_command_lists_builtins(capsys):
     out = capsys.readouterr().out
     for needle in ("colorfulness", "r0kit_analytic", "pixel", "tv", "ok"):
         assert needle in out
+
+
+def test_atomic_writes_keep_default_permissions_and_leave_nothing_on_error(tmp_path):
+    import stat
+
+    from r0kit.io import atomic_path, write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("half written")
+            raise RuntimeError("interrupted")
+    assert (tmp_path / "a.txt").read_text() == "x"  # nothing already written is lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
