@@ -41,7 +41,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "r0kit_analytic",
     "r0kit_regularizers",
     "r0kit_pixel",
-    "r0kit_clip", "r0kit_hpsv2", "r0kit_imagereward", "r0kit_pickscore", "r0kit_aesthetic",
+    "r0kit_clip",
+    "r0kit_hpsv2",
+    "r0kit_imagereward",
+    "r0kit_pickscore",
+    "r0kit_aesthetic",
     "r0kit_diffusers",
     "r0kit_r0",
 )
