@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+
 from r0kit.backbones.common import (
     FrozenScorer,
     PromptCache,
@@ -24,6 +25,7 @@ from r0kit.backbones.common import (
     require,
 )
 from r0kit.errors import WeightsError
+from r0kit.kernels import cosine_head
 from r0kit.weights import resolve_file, resolve_repo
 
 TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"]
@@ -93,6 +95,7 @@ class HFClipScore(FrozenScorer):
     ) -> None:
         super().__init__(model, tokenizer, dtype=dtype, device=device)
         self.text_cache = PromptCache(cache_size)
+        self.logit_scale = float(self.model.logit_scale.float().exp())  # frozen: read once
         if gradient_checkpointing:
             enable_layer_checkpointing(self.model.vision_model.encoder.layers)
         self.eval()
@@ -104,10 +107,10 @@ class HFClipScore(FrozenScorer):
 
     def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         self.check_prompts(x, prompts)
-        img = F.normalize(_features(self.model.get_image_features(pixel_values=model_input(x, self.device, self.dtype))).float(), dim=-1)
-        txt = self.text_cache.get(prompts, self._encode_text)
-        scale = self.model.logit_scale.float().exp()
-        return (scale * (img * txt).sum(dim=-1)).to(x.device)
+        img = _features(self.model.get_image_features(pixel_values=model_input(x, self.device, self.dtype))).float()
+        txt = self.text_cache.get(prompts, self._encode_text).to(img.device)
+        # Normalize, dot and scale in one fused op (Triton on CUDA, torch elsewhere).
+        return cosine_head(img, txt, self.logit_scale).to(x.device)
 
 
 class ClipImageEmbedding(torch.nn.Module):

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+
 from r0kit.backbones.common import (
     FrozenScorer,
     PromptCache,
@@ -33,6 +34,7 @@ from r0kit.backbones.common import (
 )
 from r0kit.errors import OptionError, WeightsError
 from r0kit.images import RewardContract
+from r0kit.kernels import cosine_head
 from r0kit.weights import load_state_dict
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -196,9 +198,10 @@ class OpenClipScore(FrozenScorer):
 
     def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         self.check_prompts(x, prompts)
-        img = self.image_features(x)
+        img = self.model.encode_image(model_input(x, self.device, self.dtype)).float()
         txt = self.text_features(prompts).to(img.device)
-        return (self.scale * (img * txt).sum(dim=-1)).to(x.device)
+        # Normalize, dot and scale in one fused op (Triton on CUDA, torch elsewhere).
+        return cosine_head(img, txt, self.scale).to(x.device)
 
 
 def open_clip_score(
