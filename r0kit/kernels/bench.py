@@ -107,24 +107,35 @@ def _sizes(op: str, preset: str) -> list[dict]:
             return [dict(B=2, R=32, N=2)]
         if preset == "quick":
             return [dict(B=1, R=256, N=2), dict(B=4, R=512, N=3), dict(B=16, R=1024, N=5)]
+        if preset == "large":
+            return [dict(B=16, R=1024, N=5)]
         return [dict(B=b, R=r, N=n) for r in (256, 512, 1024) for b in (1, 4, 16) for n in (2, 5)]
     if op == "weight_l2":
         if preset == "tiny":
             return [dict(numel=200_000)]
         if preset == "quick":
             return [dict(numel=10_000_000), dict(numel=100_000_000), dict(numel=1_000_000_000)]
+        if preset == "large":
+            return [dict(numel=1_000_000_000)]
         return [dict(numel=n) for n in (10_000_000, 30_000_000, 100_000_000, 300_000_000, 1_000_000_000)]
     if op == "eta_step":
+        # Latents of SD-class models are [B, 4, 128², …]: at those sizes the step is launch-bound;
+        # 64M and 256M elements (0.75 / 3 GB per fp32 full pass) are where bandwidth is measurable.
         if preset == "tiny":
             return [dict(B=2, C=4, R=16)]
         if preset == "quick":
-            return [dict(B=1, C=4, R=64), dict(B=4, C=4, R=128), dict(B=16, C=16, R=128)]
-        return [dict(B=b, C=c, R=r) for b in (1, 4, 16) for c, r in ((4, 64), (4, 128), (16, 128))]
+            return [dict(B=1, C=4, R=64), dict(B=16, C=4, R=128), dict(B=16, C=16, R=512)]
+        if preset == "large":
+            return [dict(B=16, C=16, R=1024)]
+        return [dict(B=b, C=c, R=r) for b in (1, 4, 16) for c, r in ((4, 64), (4, 128), (16, 128))] + [
+            dict(B=16, C=16, R=512), dict(B=16, C=16, R=1024)]
     if op == "cosine_head":
         if preset == "tiny":
             return [dict(B=4, D=64)]
         if preset == "quick":
             return [dict(B=16, D=768), dict(B=1024, D=1024), dict(B=16384, D=1024)]
+        if preset == "large":
+            return [dict(B=16384, D=1024)]
         return [dict(B=b, D=d) for b in (16, 256, 4096, 16384) for d in (768, 1024)]
     raise ValueError(op)
 
@@ -422,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--providers", default=None, help="comma list of eager, compile, triton, auto (default: eager,compile,triton on CUDA; eager,auto on CPU)")
     ap.add_argument("--modes", default="forward,backward,full")
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16")
-    ap.add_argument("--sizes", default=None, choices=["tiny", "quick", "full"], help="default: full on CUDA, tiny on CPU")
+    ap.add_argument("--sizes", default=None, choices=["tiny", "quick", "large", "full"],
+                    help="default: full on CUDA, tiny on CPU; large: only each op's largest size (the headline rows)")
     ap.add_argument("--quick", action="store_true", help="same as --sizes quick")
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--interpret", action="store_true", help="on CPU, also time Triton's interpreter (tiny sizes only)")

@@ -27,6 +27,21 @@ Bytes (N = B·M elements, s = element size):
 * fused forward: read x̂₀ and ε̂, write x: **3·N·s**.
 * fused backward: read G, write ∂x̂₀ and ∂ε̂: **3·N·s**; with the [B] scalar
   gradients it also reads x̂₀ and ε̂: **5·N·s**.
+* full pass: **6·N·s**; torch.compile of the reference cannot fuse the generator's
+  ``randn`` (writes ξ, 4N, then read back), so it moves ≈ 5·N·s forward + 3·N·s
+  backward = 8·N·s; eager ≈ 15·N·s + 3·N·s.
+
+Prediction (H200, copy 4.17 TB/s, fp32): at B16x16x1024² (N = 256M, full pass
+6 GB) the kernels should take ≈ 1.6–1.9 ms (80–90% of copy; the in-kernel Philox +
+Box–Muller is ~100 integer/SFU ops per element, close to the H200's compute:bandwidth
+balance, so the forward may top out below the backward) against ≈ 2.0 ms for compile
+(8·N·s at copy speed) and ≈ 5+ ms eager: ≥ 2.5× eager, ~1.1–1.3× compile. At
+latent sizes (≤ 4M elements) the step is launch-bound (≈ 10–30 µs of GPU work), so
+there the host path is what counts: per call it now creates no tensor besides the
+outputs (α, σ, η go to the kernel as floats or as pointers into the caller's
+tensors, instead of 2 ``torch.full`` + ``stack`` + cast = 3 extra launches), the
+backward is one launch (+ one [3, B, NC] sum only when a tensor α/σ/η needs its
+gradient), and x̂₀, ε̂ are saved for the backward only in that case.
 """
 
 from __future__ import annotations
@@ -86,15 +101,32 @@ def eta_step_reference(
 if HAS_TRITON:
 
     @triton.jit
+    def _coef(ptr, val, stride, pid_b, IS_T: tl.constexpr):
+        """One per-sample coefficient in fp32: loaded from a tensor, or the float argument."""
+        if IS_T:
+            return tl.load(ptr + pid_b * stride).to(tl.float32)
+        return val  # a float argument is fp32 in the kernel
+
+    @triton.jit
     def _eta_fwd_kernel(
         x0_ptr,  # [B, M] x̂₀
         eps_ptr,  # [B, M] ε̂
         x_ptr,  # [B, M] out
-        coef_ptr,  # [3, B] fp32: α, σ, η per sample
+        a_ptr,  # [B] or [1] α when A_T (stride a_st), else unused
+        s_ptr,  # [B] or [1] σ when S_T
+        e_ptr,  # [B] or [1] η when E_T
+        a_val,  # float α when not A_T
+        s_val,
+        e_val,
+        a_st,  # element stride of the α tensor (0 for a single value)
+        s_st,
+        e_st,
         M,
-        B,
         seed,
         offset,  # int64 Philox counter base: element (b, j) uses offset + b·M + j
+        A_T: tl.constexpr,  # α is a tensor (mode flag), else the float a_val
+        S_T: tl.constexpr,
+        E_T: tl.constexpr,
         NOISE_ONLY: tl.constexpr,  # write ξ itself (eta_noise), read nothing
         BLOCK: tl.constexpr,
     ):
@@ -107,9 +139,9 @@ if HAS_TRITON:
         if NOISE_ONLY:
             tl.store(x_ptr + idx, xi.to(x_ptr.dtype.element_ty), mask=mask)
         else:
-            alpha = tl.load(coef_ptr + pid_b)
-            sigma = tl.load(coef_ptr + B + pid_b)
-            eta = tl.load(coef_ptr + 2 * B + pid_b)
+            alpha = _coef(a_ptr, a_val, a_st, pid_b, A_T)
+            sigma = _coef(s_ptr, s_val, s_st, pid_b, S_T)
+            eta = _coef(e_ptr, e_val, e_st, pid_b, E_T)
             root = tl.sqrt(1.0 - eta * eta)
             x0 = tl.load(x0_ptr + idx, mask=mask, other=0.0).to(tl.float32)
             ep = tl.load(eps_ptr + idx, mask=mask, other=0.0).to(tl.float32)
@@ -123,13 +155,24 @@ if HAS_TRITON:
         eps_ptr,  # [B, M] ε̂ (read when SCALAR_GRADS)
         dx0_ptr,  # [B, M] out
         deps_ptr,  # [B, M] out
-        coef_ptr,  # [3, B] fp32: α, σ, η
+        a_ptr,  # [B] or [1] α when A_T (see _eta_fwd_kernel)
+        s_ptr,
+        e_ptr,
+        a_val,
+        s_val,
+        e_val,
+        a_st,
+        s_st,
+        e_st,
         part_ptr,  # [3, B, NC] fp32 out: partial ∂α, ∂σ, ∂η (when SCALAR_GRADS)
         M,
         B,
         NC,
         seed,
         offset,
+        A_T: tl.constexpr,
+        S_T: tl.constexpr,
+        E_T: tl.constexpr,
         SCALAR_GRADS: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -138,9 +181,9 @@ if HAS_TRITON:
         offs = pid_c * BLOCK + tl.arange(0, BLOCK)
         mask = offs < M
         idx = pid_b * M + offs
-        alpha = tl.load(coef_ptr + pid_b)
-        sigma = tl.load(coef_ptr + B + pid_b)
-        eta = tl.load(coef_ptr + 2 * B + pid_b)
+        alpha = _coef(a_ptr, a_val, a_st, pid_b, A_T)
+        sigma = _coef(s_ptr, s_val, s_st, pid_b, S_T)
+        eta = _coef(e_ptr, e_val, e_st, pid_b, E_T)
         root = tl.sqrt(1.0 - eta * eta)
         g = tl.load(gx_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         tl.store(dx0_ptr + idx, (alpha * g).to(dx0_ptr.dtype.element_ty), mask=mask)
@@ -156,40 +199,54 @@ if HAS_TRITON:
             tl.store(part_ptr + 2 * B * NC + base, tl.sum(sigma * g * (xi - eta / root * ep), axis=0))
 
 
-def _coef_table(alpha, sigma, eta, B: int, device) -> torch.Tensor:
-    """``[3, B]`` fp32 rows α, σ, η (floats broadcast)."""
-    rows = []
-    for v in (alpha, sigma, eta):
+def _coef_args(alpha, sigma, eta, dummy: torch.Tensor) -> tuple[list, dict]:
+    """Kernel arguments for α, σ, η without creating a tensor on the host.
+
+    A tensor coefficient ([B] or a single value) is passed as a pointer plus an element
+    stride (0 for one value) and loaded in the kernel; a float is passed by value. Returns
+    ``(pointers + floats + strides, constexpr flags)``.
+    """
+    ptrs, vals, strides, flags = [], [], [], {}
+    for v, flag in ((alpha, "A_T"), (sigma, "S_T"), (eta, "E_T")):
         if isinstance(v, torch.Tensor):
-            rows.append(v.detach().to(device=device, dtype=torch.float32).reshape(-1).expand(B))
+            ptrs.append(v)
+            vals.append(0.0)
+            strides.append(v.stride(0) if v.dim() == 1 and v.numel() > 1 else 0)
+            flags[flag] = True
         else:
-            rows.append(torch.full((B,), float(v), dtype=torch.float32, device=device))
-    return torch.stack(rows).contiguous()
+            ptrs.append(dummy)
+            vals.append(float(v))
+            strides.append(0)
+            flags[flag] = False
+    return ptrs + vals + strides, flags
 
 
 @compiler_disable
-def eta_step_triton_forward(x0: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, seed: int, offset: int):
+def eta_step_triton_forward(x0: torch.Tensor, eps: torch.Tensor, alpha, sigma, eta, seed: int, offset: int):
     B = x0.shape[0]
     M = x0.numel() // B
     x = torch.empty_like(x0)
     BLOCK = elementwise_block(M)
+    args, flags = _coef_args(alpha, sigma, eta, x0)
     _eta_fwd_kernel[(triton.cdiv(M, BLOCK), B)](
-        x0, eps, x, coef, M, B, int(seed), int(offset), NOISE_ONLY=False, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK)
+        x0, eps, x, *args, M, seed, offset, **flags, NOISE_ONLY=False, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK)
     )
     return x
 
 
 @compiler_disable
-def eta_step_triton_backward(gx, x0, eps, coef, seed: int, offset: int, scalar_grads: bool):
+def eta_step_triton_backward(gx, x0, eps, alpha, sigma, eta, seed: int, offset: int, scalar_grads: bool):
+    """One launch: ∂x̂₀, ∂ε̂ and (when ``scalar_grads``) per-chunk partials of ∂α, ∂σ, ∂η, summed here."""
     B = x0.shape[0]
     M = x0.numel() // B
     BLOCK = elementwise_block(M)
     NC = triton.cdiv(M, BLOCK)
     dx0 = torch.empty_like(x0)
     deps = torch.empty_like(eps)
-    part = torch.empty((3, B, NC) if scalar_grads else (1,), dtype=torch.float32, device=x0.device)
+    part = torch.empty((3, B, NC), dtype=torch.float32, device=x0.device) if scalar_grads else dx0  # dx0: unused
+    args, flags = _coef_args(alpha, sigma, eta, gx)
     _eta_bwd_kernel[(NC, B)](
-        gx, x0, eps, dx0, deps, coef, part, M, B, NC, int(seed), int(offset),
+        gx, x0, eps, dx0, deps, *args, part, M, B, NC, seed, offset, **flags,
         SCALAR_GRADS=scalar_grads, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK),
     )
     return dx0, deps, (part.sum(-1) if scalar_grads else None)
@@ -197,35 +254,48 @@ def eta_step_triton_backward(gx, x0, eps, coef, seed: int, offset: int, scalar_g
 
 # --------------------------------------------------------------------------- autograd
 class EtaStepFunction(torch.autograd.Function):
-    """Triton forward/backward of :func:`eta_step`; ξ is regenerated in the backward, never stored."""
+    """Triton forward/backward of :func:`eta_step`; ξ is regenerated in the backward, never stored.
+
+    Host work per call: no tensor is created but the outputs (α, σ, η go to the kernel as
+    floats or as pointers to the caller's tensors), one launch forward and one backward (+ a
+    [3, B, NC] → [3, B] sum only when a tensor α/σ/η needs its gradient); x̂₀ and ε̂ are saved
+    only when that [B] gradient needs them.
+    """
 
     @staticmethod
     def forward(ctx, x0, eps, alpha, sigma, eta, seed: int, offset: int):
-        x0c, epsc = x0.contiguous(), eps.contiguous()
-        B = x0.shape[0]
-        coef = _coef_table(alpha, sigma, eta, B, x0.device)
-        x = eta_step_triton_forward(x0c, epsc, coef, seed, offset)
-        ctx.scalar_inputs = [isinstance(v, torch.Tensor) for v in (alpha, sigma, eta)]
-        ctx.scalar_meta = [(v.dtype, v.shape) if isinstance(v, torch.Tensor) else None for v in (alpha, sigma, eta)]
-        ctx.save_for_backward(x0c, epsc, coef)
+        x0c = x0 if x0.is_contiguous() else x0.contiguous()
+        epsc = eps if eps.is_contiguous() else eps.contiguous()
+        x = eta_step_triton_forward(x0c, epsc, alpha, sigma, eta, seed, offset)
+        coefs = (alpha, sigma, eta)
+        ctx.scalar_inputs = [isinstance(v, torch.Tensor) for v in coefs]
+        need = ctx.needs_input_grad[2:5]
+        ctx.scalar_grads = any(n and is_t for n, is_t in zip(need, ctx.scalar_inputs))
+        # floats stay on ctx; tensor α/σ/η (and x̂₀, ε̂ only when [B] gradients need them) are saved
+        ctx.floats = [None if t else v for v, t in zip(coefs, ctx.scalar_inputs)]
+        saved = [v for v, t in zip(coefs, ctx.scalar_inputs) if t]
+        if ctx.scalar_grads:
+            saved += [x0c, epsc]
+        ctx.save_for_backward(*saved)
         ctx.seed, ctx.offset = seed, offset
         return x.view(x0.shape)
 
     @staticmethod
     def backward(ctx, gx):
-        x0, eps, coef = ctx.saved_tensors
-        need = ctx.needs_input_grad[2:5]
-        scalar_grads = any(n and is_t for n, is_t in zip(need, ctx.scalar_inputs))
-        dx0, deps, part = eta_step_triton_backward(
-            gx.contiguous(), x0, eps, coef, ctx.seed, ctx.offset, scalar_grads
-        )
+        saved = list(ctx.saved_tensors)
+        coefs = [saved.pop(0) if t else v for v, t in zip(ctx.floats, ctx.scalar_inputs)]
+        g = gx if gx.is_contiguous() else gx.contiguous()
+        # without [B] gradients the kernel reads neither x̂₀ nor ε̂: g stands in (dense, so ∂x̂₀ is too)
+        x0, eps = saved if ctx.scalar_grads else (g, g)
+        dx0, deps, part = eta_step_triton_backward(g, x0, eps, *coefs, ctx.seed, ctx.offset, ctx.scalar_grads)
         scal = [None, None, None]
-        if scalar_grads:
+        if ctx.scalar_grads:
+            need = ctx.needs_input_grad[2:5]
             for i in range(3):
                 if need[i] and ctx.scalar_inputs[i]:
-                    dtype, shape = ctx.scalar_meta[i]
-                    g = part[i]
-                    scal[i] = (g.sum() if shape.numel() == 1 else g).to(dtype).reshape(shape)
+                    v = coefs[i]
+                    gi = part[i]
+                    scal[i] = (gi.sum() if v.numel() == 1 else gi).to(v.dtype).reshape(v.shape)
         return dx0.view(gx.shape), deps.view(gx.shape), *scal, None, None
 
 
@@ -305,6 +375,7 @@ def _triton_noise(shape, seed: int, offset: int, device) -> torch.Tensor:
     M = out.numel() // B
     BLOCK = elementwise_block(M)
     _eta_fwd_kernel[(triton.cdiv(M, BLOCK), B)](
-        out, out, out, out, M, B, int(seed), int(offset), NOISE_ONLY=True, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK)
+        out, out, out, out, out, out, 0.0, 0.0, 0.0, 0, 0, 0, M, int(seed), int(offset),
+        A_T=False, S_T=False, E_T=False, NOISE_ONLY=True, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK),
     )
     return out

@@ -39,3 +39,14 @@ def test_harness_runs_tiny_on_cpu_and_appends_rows(tmp_path, capsys):
 def test_bad_choice_is_rejected(capsys):
     assert main(["--ops", "nope", "--device", "cpu"]) == 2
     assert "unknown choice" in capsys.readouterr().err
+
+
+def test_large_preset_is_one_headline_size_per_op():
+    from r0kit.kernels.bench import OPS, _bytes, _sizes
+
+    for op in OPS:
+        large = _sizes(op, "large")
+        assert len(large) == 1 and large[0] == _sizes(op, "full")[-1], op
+    p = _sizes("eta_step", "large")[0]
+    assert p["B"] * p["C"] * p["R"] ** 2 >= 64 * 2**20  # bandwidth-scale: ≥ 64M elements
+    assert _bytes("eta_step", p, 4)["full"] == 6 * p["B"] * p["C"] * p["R"] ** 2 * 4
