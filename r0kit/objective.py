@@ -273,7 +273,7 @@ class Objective:
         scale = 1.0 if reduction == "sum" else 1.0 / sample.batch_size
         if not self.normalize_gradients:
             result = self.evaluate(sample, prompts, generator)
-            _raise_nonfinite(result)
+            raise_if_nonfinite(result)
             (-result.total.sum() * scale).backward()
             return result
 
@@ -282,7 +282,7 @@ class Objective:
         reward_values = self._reward_values(leaf, prompts)
         reg_values = self._regularizer_values(sample, generator)
         result = self._result({**reward_values, **reg_values}, sample.batch_size)
-        _raise_nonfinite(result)
+        raise_if_nonfinite(result)
 
         grads, weights, labels = [], [], []
         for term in self.rewards:
@@ -345,7 +345,8 @@ def _check_value(term: Term, v: Any, batch: int, *, allow_scalar: bool = False) 
     return v
 
 
-def _raise_nonfinite(result: ObjectiveResult) -> None:
+def raise_if_nonfinite(result: ObjectiveResult) -> None:
+    """Raise :class:`NonFiniteError` naming every term of ``result`` that holds NaN or Inf."""
     bad = [k for k, v in result.terms.items() if not torch.isfinite(v).all()]
     if bad:
         raise NonFiniteError(f"the term(s) {', '.join(bad)} went NaN or Inf")

@@ -25,7 +25,7 @@ import torch
 
 from r0kit.errors import NonFiniteError, OptionError
 from r0kit.generator import Generator
-from r0kit.objective import Objective, ObjectiveResult, Term
+from r0kit.objective import Objective, ObjectiveResult, Term, raise_if_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def optimize(
                 if last:
                     with torch.no_grad():
                         result = objective.evaluate(sample, list(prompts), generator)
-                    _check_finite(result)
+                    raise_if_nonfinite(result)
                 else:
                     result = objective.backward(sample, list(prompts), generator, reduction="sum")
             except NonFiniteError as exc:
@@ -366,12 +366,6 @@ def shard_prompts(prompts: list[str], state: Any = None) -> Shard:
     with state.split_between_processes(list(range(len(prompts)))) as idx:
         idx = list(idx)
     return Shard(idx, [prompts[i] for i in idx], int(state.process_index), int(state.num_processes), state.device)
-
-
-def _check_finite(result: ObjectiveResult) -> None:
-    bad = [k for k, v in result.terms.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise NonFiniteError(f"the term(s) {', '.join(bad)} went NaN or Inf")
 
 
 def _clip(params: list[torch.Tensor], max_norm: float | None) -> float | None:

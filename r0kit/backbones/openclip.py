@@ -191,11 +191,6 @@ class OpenClipScore(FrozenScorer):
         """Normalized text features ``[B, D]`` in float32, cached per prompt."""
         return self.text_cache.get(prompts, self._encode_text)
 
-    def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized image features ``[B, D]`` in float32, differentiable."""
-        feats = self.model.encode_image(model_input(x, self.device, self.dtype))
-        return F.normalize(feats.float(), dim=-1)
-
     def forward(self, x: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         self.check_prompts(x, prompts)
         img = self.model.encode_image(model_input(x, self.device, self.dtype)).float()
