@@ -184,11 +184,16 @@ def load_run(path: str | Path) -> RunConfig:
     return cfg
 
 
-def load_objective_config(path: str | Path) -> ObjectiveConfig:
+def objective_table(path: str | Path) -> dict[str, Any]:
+    """The raw ``[objective]`` table of a TOML file (not yet validated)."""
     data = load_toml(path)
     if "objective" not in data:
         raise ConfigError(f"config file {str(path)!r} has no [objective] table")
-    return parse_objective(data["objective"], str(path))
+    return data["objective"]
+
+
+def load_objective_config(path: str | Path) -> ObjectiveConfig:
+    return parse_objective(objective_table(path), str(path))
 
 
 def build_objective(cfg: ObjectiveConfig):

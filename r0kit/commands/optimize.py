@@ -65,14 +65,15 @@ def preset_path(name: str) -> Path:
 
 
 def build_config(args: argparse.Namespace):
-    from r0kit.config import load_objective_config, load_toml, parse_run, read_prompts
+    from r0kit.config import load_toml, objective_table, parse_objective, parse_run, read_prompts
 
     preset = args.preset or ("reno" if getattr(args, "generator", None) in ("noise", "latent") else "demo")
     source = args.config or preset_path(preset)
     data: dict[str, Any] = load_toml(source)
     if args.objective is not None:
-        data["objective"] = load_objective_config(args.objective).model_dump()
-        data["objective"] = _flatten_terms(data["objective"])
+        table = objective_table(args.objective)
+        parse_objective(table, str(args.objective))  # errors name the objective file, not the run config
+        data["objective"] = table
     if args.prompts:
         data["prompts"] = list(args.prompts)
         data.pop("prompts_file", None)
@@ -107,15 +108,6 @@ def build_config(args: argparse.Namespace):
     if not cfg.prompts:
         raise ConfigError("no prompts: give them as arguments, with --prompts-file, or in the config")
     return cfg
-
-
-def _flatten_terms(obj: dict[str, Any]) -> dict[str, Any]:
-    # TermConfig.model_dump() already inlines extras; drop None names.
-    for table in ("rewards", "regularizers"):
-        for term in obj.get(table, {}).values():
-            if term.get("name") is None:
-                term.pop("name", None)
-    return obj
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
