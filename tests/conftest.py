@@ -1,6 +1,6 @@
 """Suite-wide settings: no entry-point autoload, no network, no display, one torch thread per test.
 
-Also the tiny on-disk diffusers pipelines (tests/tiny_diffusers.py), built at
+Also the tiny on-disk diffusers pipelines (r0kit.testing.pipelines), built at
 most once per session and only by the tests that ask for them.
 """
 
@@ -68,7 +68,7 @@ def _one_torch_thread():
 def _tiny_pipeline(folder: Path, kind: str) -> Path:
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
-    from tiny_diffusers import build_tiny_pipeline
+    from r0kit.testing.pipelines import build_tiny_pipeline
 
     return build_tiny_pipeline(folder, kind)
 

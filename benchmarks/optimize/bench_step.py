@@ -15,7 +15,7 @@ The difference is r0kit's framework overhead (goal: within 5 %).
 Modes
 -----
 ``--mode cpu`` (default off CUDA)
-    the tiny random-weight pipeline of ``tests/tiny_diffusers.py``, written to a
+    the tiny random-weight pipeline of ``r0kit.testing.pipelines``, written to a
     temporary folder and loaded by path, at 32 px, with the four weight-free
     analytic rewards.
 ``--mode gpu``
@@ -64,7 +64,6 @@ except ImportError:
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "plugins"))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("R0KIT_DISABLE_AUTOLOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # reward weights come from the local cache or not at all
 
@@ -79,7 +78,7 @@ RENO = (("hpsv2", 5.0), ("imagereward", 1.0), ("clip", 0.01), ("pickscore", 0.05
 
 # ---------------------------------------------------------------------------- models
 def cpu_model(tmp: Path, device: str) -> DiffusionModel:
-    from tiny_diffusers import build_tiny_pipeline
+    from r0kit.testing.pipelines import build_tiny_pipeline
 
     folder = build_tiny_pipeline(tmp / "tiny-sd")
     return load(str(folder), device=device, dtype="float32")
@@ -89,7 +88,7 @@ def sd_turbo_size_model(device: str, dtype: torch.dtype) -> DiffusionModel:
     """SD-Turbo's architecture (SD 2.1 UNet, SD VAE, OpenCLIP ViT-H text encoder), random weights."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-    from tiny_diffusers import write_tiny_clip_tokenizer
+    from r0kit.testing.pipelines import write_tiny_clip_tokenizer
 
     torch.manual_seed(0)
     ctx = torch.device(device)  # build the weights on the device: much faster than on the CPU
@@ -387,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": _device_name(device),
                 "mode": args.mode,
                 "provider": name,
-                "model": model.source if gpu else "tiny random-weight SD (tests/tiny_diffusers.py)",
+                "model": model.source if gpu else "tiny random-weight SD (r0kit.testing.pipelines)",
                 "size": size,
                 "batch": args.batch,
                 "sampler_steps": 1,

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
 
 REWARDS = ("colorfulness", "contrast", "symmetry")
 
@@ -50,7 +49,7 @@ def sd15_model(device: torch.device):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from r0kit.diffusion import DiffusionModel
-    from tiny_diffusers import write_tiny_clip_tokenizer
+    from r0kit.testing.pipelines import write_tiny_clip_tokenizer
 
     tok_dir = write_tiny_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", max_length=77)
     tok = CLIPTokenizer.from_pretrained(str(tok_dir))
@@ -173,7 +172,7 @@ def main(argv=None) -> int:
         image = args.image or 512
         make = lambda: sd15_model(device)  # noqa: E731
     else:
-        from tiny_diffusers import build_tiny_pipeline
+        from r0kit.testing.pipelines import build_tiny_pipeline
 
         image = args.image or 16
         folder = build_tiny_pipeline(Path(tempfile.mkdtemp()) / "tiny-sd", "sd")

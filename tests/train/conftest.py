@@ -18,7 +18,7 @@ SIZE = 16  # image side; the tiny VAE downsamples by 2, so latents are 8x8x4
 
 @pytest.fixture(scope="session")
 def tiny_sd_other(tmp_path_factory) -> Path:
-    from tiny_diffusers import build_tiny_pipeline
+    from r0kit.testing.pipelines import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_other") / "sd", "sd", seed=1)
 

@@ -7,7 +7,9 @@ tokenizer whose vocab.json and merges.txt are generated here (byte-level, no
 merges), so nothing is downloaded.
 Tests load it back by folder path through the same code a user's model goes through.
 
-Shared by the generator, optimization and training tests.
+Shipped in ``r0kit.testing`` so that a generator or training plugin can be tried
+without any weights: ``python -m r0kit.testing.pipelines /tmp/tiny-sd`` writes one,
+and ``r0kit optimize "..." --generator noise --model /tmp/tiny-sd`` samples it.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def build_tiny_pipeline(
     return folder
 
 
-if __name__ == "__main__":  # build one by hand: python tests/tiny_diffusers.py /tmp/tiny-sd [sd|sdxl]
+if __name__ == "__main__":  # build one by hand: python -m r0kit.testing.pipelines /tmp/tiny-sd [sd|sdxl]
     import sys
 
     print(build_tiny_pipeline(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "sd"))
