@@ -2,24 +2,56 @@
 
 This is the one home of the diffusers-specific code. The test-time generators
 (``latent``, ``noise``) and the trainable K-step generator of R0 are all built
-on it, so loading, conditioning, the parameterization change and the sampler
-step are written once.
+on it, so loading, conditioning, the schedule, the parameterization change and
+the sampler step are written once.
 
 Conventions
 -----------
 Latents live in the *variance-preserving* space of DDPM-family schedulers:
 ``x_t = α_t x₀ + σ_t ε`` with ``α_t = √ᾱ_t`` and ``σ_t = √(1 − ᾱ_t)``, where
 ``ᾱ_t`` is the scheduler's ``alphas_cumprod``. The network sees ``x_t`` and
-``t`` exactly as a DDIM pipeline feeds it; an Euler-type scheduler's
-sigma-space scaling is the same map, so any scheduler with ``alphas_cumprod``
-(DDIM, DDPM, Euler, Euler-ancestral, LCM, DPM-Solver, ...) supplies timesteps
-and noise levels, and one deterministic step rule is applied on top:
+``t`` exactly as a diffusers pipeline feeds it (an Euler-type scheduler's
+sigma-space latent divided by ``√(σ² + 1)`` is the same ``x_t``).
 
-``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)``     (:func:`eta_step`)
+The few-step rule
+-----------------
+Whatever the pipeline's scheduler and its spacing, r0kit samples K steps the
+same way, decided once in a :class:`SamplingSchedule`:
 
-with ``η = 0`` for the frozen few-step pipelines (DDIM) and a random ``η`` per
-sample and step for R0. The last step lands on ``t' = 0`` (``α' = 1``,
-``σ' = 0``), so it returns ``x̂₀``.
+* **timesteps**: the *trailing* spacing, ``999, 749, 499, 249`` for K = 4 of
+  1000 (:func:`trailing_timesteps`), so the first step is always the top of the
+  schedule; explicit timesteps override it. (Leading spacing with
+  ``steps_offset``, which SD 1.5's PNDM and SDXL-base's Euler ship, starts one
+  step at ``t = 1``: pure noise out.)
+* **initial latent**: ``x_T = c·z`` for standard normal ``z``, where ``c`` is
+  what the scheduler itself does to ``latents=z``: ``init_noise_sigma`` times
+  its input scaling. Sigma-space schedulers (Euler, Euler-ancestral, Heun,
+  LMS, KDPM2) at trailing spacing give ``c = σ_{t₀}`` (``0.99767`` at
+  ``t = 999`` of SD); variance-preserving ones (DDIM, PNDM, DDPM, LCM,
+  DPM-Solver, UniPC, TCD) give ``c = 1``.
+* **step**: ``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)`` (:func:`eta_step`),
+  with ``η = 0`` for the frozen few-step generators and a random ``η`` per
+  sample and step for R0. The last step lands on ``(α', σ') = (1, 0)``: it
+  returns ``x̂₀``.
+
+With ``η = 0`` this is the first-order deterministic solver, and it equals a
+diffusers pipeline number for number when the pipeline's scheduler is
+:attr:`SamplingSchedule.scheduler` and its ``latents`` are ``z``:
+``EulerDiscreteScheduler`` (trailing, final sigma zero) for sigma-space
+schedulers, ``DPMSolverMultistepScheduler`` with ``solver_order=1``
+(DPM-Solver++ of order 1, which is DDIM landing on ``ᾱ = 1``) for the others.
+Schedulers whose own steps are not this one are sampled by this rule all the
+same, so that an image is a function of its noise alone:
+
+* Euler-ancestral adds fresh noise at every step but the last: it equals r0kit
+  at K = 1 (SDXL-Turbo's setting), and Euler otherwise.
+* DPM-Solver multistep of order 2 equals it for K ≤ 2 (its first and last
+  steps are first-order); PNDM's linear multistep and LCM's re-noising
+  (η = 1) differ for K > 1; at K = 1 LCM equals it up to its boundary
+  condition ``c_skip(999) ≈ 3·10⁻⁹``.
+* ``DDIMScheduler`` (trailing, ``set_alpha_to_one=True``) equals it for every
+  K that divides the training steps; for other K, diffusers' DDIM steps to
+  ``t − T//K`` instead of its own next timestep.
 
 Importing this module imports no diffusers or transformers; :func:`load` does.
 
@@ -27,9 +59,9 @@ Example::
 
     model = load("stabilityai/sd-turbo", dtype="float16", device="cuda")
     cond = model.encode_prompts(["a cat"])
-    ts = model.timesteps(1)
+    schedule = model.schedule(1)
     noise = model.initial_noise(1, 512, 512, seed=0)
-    images = model.decode(model.unroll(noise, cond, ts).latents)
+    images = model.decode(model.unroll(noise, cond, schedule).latents)
 """
 
 from __future__ import annotations
@@ -37,13 +69,14 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
 
-from r0kit.errors import InputError, OptionError, WeightsError
+from r0kit.errors import InputError, OptionError, PromptTruncationWarning, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +102,6 @@ SCHEDULERS: dict[str, str] = {
 }
 
 _UNET_CLASSES = ("UNet2DConditionModel",)
-
-
-class PromptTruncationWarning(UserWarning):
-    """A prompt was longer than the text encoder takes and was cut."""
 
 
 # ---------------------------------------------------------------------------
@@ -275,6 +304,166 @@ def eta_step(
     return kernels.eta_step(x0, eps, a, s, eta, seed=int(seed), offset=int(offset))
 
 
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """K timesteps evenly spaced down from the top of the schedule: the "trailing" spacing.
+
+    ``[999, 749, 499, 249]`` for K = 4 of 1000, ``[999]`` for K = 1. The values are
+    those of diffusers' ``np.round(np.arange(T, 0, -T / K)) - 1`` (its Euler, DDIM and
+    DPM-Solver schedulers with ``timestep_spacing="trailing"``; Lin et al., 2024,
+    "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2), computed
+    element by element so that there are always exactly K of them (``np.arange``
+    returns K + 1 for some T and K, e.g. K = 61 of 1000).
+
+    :param num_train_timesteps: T ≥ 1, the scheduler's ``num_train_timesteps``.
+    :param steps: K with 1 ≤ K ≤ T.
+    :returns: K strictly decreasing integers in ``[0, T)``, the first ``T − 1``.
+    :raises OptionError: when K is not an integer in ``[1, T]``.
+    """
+    n = int(num_train_timesteps)
+    if n < 1:
+        raise OptionError(f"num_train_timesteps must be >= 1, got {num_train_timesteps!r}")
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= n:
+        raise OptionError(f"the schedule has {n} training timesteps, so steps (K) must be an integer from 1 to {n}, got K={steps!r}")
+    # numpy's arange fills start + i * delta with delta = (start + step) - start; the same values, K of them.
+    delta = (n - n / int(steps)) - n
+    ts = (np.round(n + np.arange(int(steps)) * delta).astype(np.int64) - 1).tolist()
+    if ts[-1] < 0 or any(a <= b for a, b in zip(ts, ts[1:])):  # not reachable for T < 2**40
+        raise OptionError(f"cannot space K={steps} timesteps over {n}; pass explicit timesteps")
+    return [int(t) for t in ts]
+
+
+@dataclass(frozen=True)
+class SamplingSchedule:
+    """Where a few-step sampler evaluates the network, and the noise levels it steps through.
+
+    Built by :meth:`DiffusionModel.schedule`; see the module docstring for the rule.
+    This is the one place that knows a model family's noise parameterization:
+    generators and the training loop see only the network timesteps, ``(α, σ)``
+    and the initial scale.
+
+    :ivar family: ``"vp"`` (variance-preserving: ``x_t = α_t x₀ + σ_t ε``).
+    :ivar timesteps: ``[K]`` int64, the network's timestep at each step, decreasing.
+    :ivar alphas: ``[K + 1]`` float32 ``α`` at each step, then the clean level ``1``.
+    :ivar sigmas: ``[K + 1]`` float32 ``σ`` at each step, then ``0``.
+    :ivar init_scale: ``c`` in ``x_T = c·z``: what the scheduler does to ``latents=z``.
+    :ivar scheduler: the diffusers scheduler with which a pipeline reproduces this sampler
+        at ``η = 0``: ``pipe.scheduler = schedule.scheduler;
+        pipe(..., timesteps=schedule.timesteps.tolist(), latents=z)``.
+    """
+
+    family: Literal["vp"]
+    timesteps: torch.Tensor
+    alphas: torch.Tensor
+    sigmas: torch.Tensor
+    init_scale: float
+    scheduler: Any = field(repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def head(self, steps: int) -> SamplingSchedule:
+        """The first ``steps`` steps, the last of them returning its ``x̂₀`` (R0+ intermediate supervision)."""
+        if not 1 <= steps <= len(self):
+            raise OptionError(f"a schedule of {len(self)} steps has no head of {steps}")
+        a, s = self.alphas[:steps], self.sigmas[:steps]
+        return replace(
+            self, timesteps=self.timesteps[:steps], alphas=torch.cat([a, a.new_ones(1)]), sigmas=torch.cat([s, s.new_zeros(1)])
+        )
+
+
+def is_sigma_space(scheduler: Any) -> bool:
+    """True for schedulers whose latents are ``x₀ + σ ε`` and are divided by ``√(σ² + 1)`` for the network.
+
+    Decided by asking the scheduler itself (its ``scale_model_input`` at its first
+    timestep), so it holds for any diffusers class: Euler, Euler-ancestral, Heun,
+    LMS, KDPM2 are sigma-space; DDIM, PNDM, DDPM, LCM, DPM-Solver, UniPC, TCD are not.
+    """
+    probe = type(scheduler).from_config(scheduler.config)
+    try:
+        with warnings.catch_warnings():  # diffusers' own numpy-2 DeprecationWarning in set_timesteps
+            warnings.simplefilter("ignore", DeprecationWarning)
+            probe.set_timesteps(1)
+        one = torch.ones(1)
+        return not torch.equal(probe.scale_model_input(one, probe.timesteps[0]), one)
+    except (TypeError, ValueError, AttributeError, IndexError):
+        return bool(getattr(scheduler, "init_noise_sigma", 1.0) != 1.0)
+
+
+def pipeline_scheduler(scheduler: Any) -> Any:
+    """The diffusers scheduler that reproduces r0kit's η = 0 sampler for a pipeline whose scheduler is ``scheduler``.
+
+    Sigma-space schedulers map to ``EulerDiscreteScheduler`` (trailing spacing, final
+    sigma zero, no Karras/exponential/beta sigmas), whose step ``x + (σ' − σ)·ε̂`` is the
+    deterministic step and whose ``init_noise_sigma`` at trailing spacing is ``σ_max``.
+    The others map to ``DPMSolverMultistepScheduler`` of order 1 (DPM-Solver++;
+    Lu et al., 2022: its first-order update is DDIM), final sigma zero, which takes
+    any explicit timesteps and starts from ``latents`` unscaled. Both keep the
+    ``alphas_cumprod`` and ``prediction_type`` of ``scheduler``'s config.
+    """
+    diffusers = _import_diffusers()
+    cfg = dict(scheduler.config)
+    common = dict(timestep_spacing="trailing", use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
+    if is_sigma_space(scheduler):
+        return diffusers.EulerDiscreteScheduler.from_config(
+            cfg, **common, final_sigmas_type="zero", interpolation_type="linear", timestep_type="discrete"
+        )
+    return diffusers.DPMSolverMultistepScheduler.from_config(
+        cfg,
+        **common,
+        solver_order=1,
+        algorithm_type="dpmsolver++",
+        final_sigmas_type="zero",
+        thresholding=False,
+        use_lu_lambdas=False,
+        use_flow_sigmas=False,
+        euler_at_final=False,
+        lambda_min_clipped=-float("inf"),
+        variance_type=None,
+    )
+
+
+def uses_cfg(guidance_scale: float, unet: Any = None) -> bool:
+    """Whether classifier-free guidance runs: diffusers' rule, ``guidance_scale > 1``.
+
+    ``0`` and ``1`` both mean no unconditional pass (turbo models are documented with
+    ``guidance_scale=0``). A guidance-distilled UNet (``time_cond_proj_dim`` set: LCM)
+    never runs CFG; it reads the scale through :func:`guidance_embedding`.
+    Source: ``StableDiffusionPipeline.do_classifier_free_guidance`` in diffusers.
+    """
+    if unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None:
+        return False
+    return float(guidance_scale) > 1.0
+
+
+def guidance_embedding(guidance_scale: float, batch: int, dim: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[B, dim]`` sinusoidal embedding of ``w = guidance_scale − 1`` for a guidance-distilled UNet's ``timestep_cond``.
+
+    Sources: diffusers ``StableDiffusionPipeline.get_guidance_scale_embedding`` (from VDM,
+    ``model_vdm.py``); LCM (Luo et al., 2023) conditions on ``w`` this way.
+    """
+    w = torch.full((batch,), float(guidance_scale) - 1.0, dtype=torch.float32) * 1000.0
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    emb = w[:, None] * freq[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb.to(device)
+
+
+def autocast_regime() -> tuple[Any, ...]:
+    """What the dtype of a value computed now depends on: the autocast state of each device type.
+
+    A cache of computed tensors (text embeddings) keys by ``(input, autocast_regime())``,
+    so a value computed under bf16 autocast is never served outside it, or the reverse.
+    """
+    out: list[Any] = []
+    for dev in ("cpu", "cuda"):
+        on = torch.is_autocast_enabled(dev)
+        out.append(torch.get_autocast_dtype(dev) if on else None)
+    return tuple(out)
+
+
 def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
     if isinstance(v, torch.Tensor):
         v = v.to(device=like.device, dtype=like.dtype)
@@ -327,7 +516,7 @@ class DiffusionModel:
         self.kind, self.dtype, self.device, self.source = kind, dtype, device, source
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.vae_checkpointing = False
-        self._cache: dict[str, Conditioning] = {}
+        self._cache: dict[tuple[str, tuple[Any, ...]], Conditioning] = {}
         self.truncated: set[str] = set()
 
     # -- properties ------------------------------------------------------------
@@ -337,12 +526,26 @@ class DiffusionModel:
 
     @property
     def vae_dtype(self) -> torch.dtype:
-        """The VAE's dtype (looked up once: diffusers walks the parameters for ``.dtype``)."""
+        """The dtype the VAE runs in (read off its first parameter: ``vae.to(...)`` casts in place)."""
         self._need("vae")
-        cached = getattr(self, "_vae_dtype", None)
-        if cached is None or cached[0] is not self.vae:
-            self._vae_dtype = (self.vae, self.vae.dtype)
-        return self._vae_dtype[1]
+        return next(self.vae.parameters()).dtype
+
+    @property
+    def vae_needs_upcast(self) -> bool:
+        """True when the VAE is float16 but must run in float32: SDXL's VAE with ``force_upcast``.
+
+        diffusers' SDXL pipelines upcast such a VAE for every decode and encode (the SDXL
+        VAE's activations overflow float16: NaN or black images). Its SD pipelines never
+        do, and ``AutoencoderKL`` defaults ``force_upcast`` to true, so the flag only
+        counts for SDXL, as there. An fp16-safe VAE (``madebyollin/sdxl-vae-fp16-fix``)
+        ships ``force_upcast: false`` and stays in float16.
+        """
+        return self.kind == "sdxl" and self.vae_dtype == torch.float16 and bool(getattr(self.vae.config, "force_upcast", False))
+
+    def _vae_ready(self) -> None:
+        if self.vae_needs_upcast:
+            log.warning("the SDXL VAE says force_upcast: running it in float32, as diffusers does")
+            self.vae.to(torch.float32)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -398,7 +601,7 @@ class DiffusionModel:
 
     # -- prompts -------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str], *, height: int | None = None, width: int | None = None) -> Conditioning:
-        """Text conditioning for ``prompts``, one row each, cached per prompt (no autograd graph).
+        """Text conditioning for ``prompts``, one row each, cached per prompt and autocast regime (no autograd graph).
 
         A prompt longer than the text encoder takes is truncated, with a
         :class:`PromptTruncationWarning` that says so and what was dropped.
@@ -431,18 +634,22 @@ class DiffusionModel:
         return ids.expand(batch, 6)
 
     def clear_prompt_cache(self) -> None:
+        """Forget every cached conditioning, and which prompts were reported as truncated."""
         self._cache.clear()
+        self.truncated.clear()
 
     @torch.no_grad()
     def _encode_one(self, prompt: str) -> Conditioning:
-        hit = self._cache.get(prompt)
+        # The value depends on the autocast regime (bf16 autocast rounds the text encoder's output).
+        key = (prompt, autocast_regime())
+        hit = self._cache.get(key)
         if hit is not None:
             return hit
         embeds, pooled = [], None
         for i, (tok, enc) in enumerate(zip(self.tokenizers, self.text_encoders)):
             max_len = int(tok.model_max_length)
             ids = tok(prompt, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
-            if i == 0:
+            if i == 0 and prompt not in self.truncated:
                 self._warn_truncation(tok, prompt, max_len)
             out = enc(ids.to(enc.device), output_hidden_states=self.kind == "sdxl")
             if self.kind == "sdxl":
@@ -459,7 +666,7 @@ class DiffusionModel:
             raise WeightsError(
                 f"{self.source}: an SDXL pipeline needs text_encoder_2 to be a CLIPTextModelWithProjection (pooled embeds)"
             )
-        self._cache[prompt] = cond
+        self._cache[key] = cond
         return cond
 
     def _warn_truncation(self, tok: Any, prompt: str, max_len: int) -> None:
@@ -477,36 +684,36 @@ class DiffusionModel:
         warnings.warn(msg, PromptTruncationWarning, stacklevel=2)
 
     # -- schedule ------------------------------------------------------------------------
-    def timesteps(self, steps: int, timesteps: Sequence[int] | None = None) -> torch.Tensor:
-        """The scheduler's timesteps for ``steps`` sampling steps (or explicit ones), validated.
+    def schedule(self, steps: int | None, timesteps: Sequence[int] | None = None) -> SamplingSchedule:
+        """The :class:`SamplingSchedule` of ``steps`` steps: trailing timesteps, or explicit ones.
 
-        :raises OptionError: when the step count (or a timestep) is outside what the scheduler supports.
+        The pipeline's own spacing (``leading``, ``linspace``, ``steps_offset``) is not
+        used: it would start a few-step sampler below the top of the schedule.
+
+        :param timesteps: explicit strictly decreasing integers in ``[0, T)``; ``steps`` must
+            then be their count (or ``None``).
+        :raises OptionError: a step count outside ``[1, T]``, or bad explicit timesteps.
         """
         n = self.num_train_timesteps
-        name = type(self.scheduler).__name__
         if timesteps is not None:
             ts = [int(t) for t in timesteps]
             if not ts or any(t < 0 or t >= n for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
                 raise OptionError(f"timesteps must be strictly decreasing integers in [0, {n - 1}], got {ts}")
-            return torch.tensor(ts, dtype=torch.long)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or steps > n:
-            raise OptionError(f"{name} supports 1 to {n} sampling steps, got {steps!r}")
-        try:
-            self.scheduler.set_timesteps(steps, device="cpu")
-        except (ValueError, TypeError, AssertionError) as exc:
-            raise OptionError(f"{name} does not support {steps} sampling step(s): {exc}") from None
-        ts = torch.as_tensor(self.scheduler.timesteps).float().cpu()
-        if len(ts) != steps:
-            raise OptionError(
-                f"{name} produced {len(ts)} timesteps for {steps} step(s) (a multi-order solver?); "
-                "use a single-step scheduler such as ddim, euler or lcm"
-            )
-        return ts
-
-    def noise_levels(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(α, σ)`` for ``timesteps`` followed by the final clean level ``(1, 0)``: length ``K + 1``."""
-        a, s = alphas_sigmas(self.scheduler, timesteps)
-        return torch.cat([a, a.new_ones(1)]), torch.cat([s, s.new_zeros(1)])
+            if steps is not None and steps != len(ts):
+                raise OptionError(f"{len(ts)} timesteps given for steps={steps}; give exactly that many")
+        else:
+            ts = trailing_timesteps(n, steps)
+        t = torch.tensor(ts, dtype=torch.long)
+        a, s = alphas_sigmas(self.scheduler, t)
+        sigma_space = is_sigma_space(self.scheduler)
+        return SamplingSchedule(
+            family="vp",
+            timesteps=t,
+            alphas=torch.cat([a, a.new_ones(1)]),
+            sigmas=torch.cat([s, s.new_zeros(1)]),
+            init_scale=float(s[0]) if sigma_space else 1.0,
+            scheduler=pipeline_scheduler(self.scheduler),
+        )
 
     # -- sampling ------------------------------------------------------------------------
     def initial_noise(self, batch: int, height: int, width: int, *, seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -529,22 +736,29 @@ class DiffusionModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One network evaluation at ``x_t`` -> ``(x̂₀, ε̂)`` in ``x_t``'s dtype.
 
-        With ``guidance_scale > 1`` and ``uncond``, classifier-free guidance is
-        applied to the network output.
+        Guidance follows diffusers (:func:`uses_cfg`): classifier-free guidance
+        ``out_u + w (out_c − out_u)`` runs only when ``guidance_scale > 1`` (and then
+        needs ``uncond``); ``0`` and ``1`` mean the conditional output alone. A
+        guidance-distilled UNet (``time_cond_proj_dim``) gets the scale as its
+        ``timestep_cond`` instead.
         """
         self._need("unet")
         b = x_t.shape[0]
         inp = x_t.to(self.dtype)
         tt = torch.as_tensor(t, device=self.device).float().reshape(-1).expand(b)
-        if guidance_scale != 1.0:
+        extra: dict[str, Any] = {}
+        cond_dim = getattr(self.unet.config, "time_cond_proj_dim", None)
+        if cond_dim is not None:
+            extra["timestep_cond"] = guidance_embedding(guidance_scale, b, int(cond_dim), device=self.device).to(self.dtype)
+        if uses_cfg(guidance_scale, self.unet):
             if uncond is None:
-                raise OptionError("guidance_scale != 1 needs the unconditional conditioning (uncond=...)")
+                raise OptionError("guidance_scale > 1 needs the unconditional conditioning (uncond=...)")
             both = uncond.cat(cond)
             out = self.unet(torch.cat([inp, inp]), torch.cat([tt, tt]), **both.unet_kwargs(), return_dict=False)[0]
             out_u, out_c = out.float().chunk(2)
             out = out_u + guidance_scale * (out_c - out_u)
         else:
-            out = self.unet(inp, tt, **cond.unet_kwargs(), return_dict=False)[0].float()
+            out = self.unet(inp, tt, **cond.unet_kwargs(), **extra, return_dict=False)[0].float()
         x0, eps = predict_x0_eps(out, x_t.float(), alpha, sigma, self.prediction_type)
         return x0.to(x_t.dtype), eps.to(x_t.dtype)
 
@@ -552,7 +766,7 @@ class DiffusionModel:
         self,
         noise: torch.Tensor,
         cond: Conditioning,
-        timesteps: torch.Tensor,
+        schedule: SamplingSchedule | Sequence[int] | torch.Tensor,
         *,
         eta: float | torch.Tensor = 0.0,
         seed: int = 0,
@@ -561,8 +775,11 @@ class DiffusionModel:
         grad_from_step: int = 0,
         return_x0s: bool = False,
     ) -> Unrolled:
-        """Run the K-step sampler from ``noise`` (``x_T``), differentiably.
+        """Run the K-step sampler from standard normal ``noise`` ``z``, differentiably.
 
+        The first network input is ``x_T = schedule.init_scale · z`` (see :class:`SamplingSchedule`).
+
+        :param schedule: a :class:`SamplingSchedule`, or explicit timesteps (``self.schedule(None, ts)``).
         :param eta: a float, a ``[K]`` tensor (one per step), or ``[K, B]`` (per step and sample).
         :param seed: ``ξ`` of step ``i`` is drawn from ``(seed, offset = i·numel)`` (see :func:`eta_step`);
             vary it between calls (e.g. per training step) for fresh noise.
@@ -570,14 +787,16 @@ class DiffusionModel:
             path before it: truncated backprop, and R0+ intermediate supervision).
         :param return_x0s: also return ``x̂₀`` of every step.
         """
-        k = len(timesteps)
+        if not isinstance(schedule, SamplingSchedule):
+            schedule = self.schedule(None, [int(t) for t in torch.as_tensor(schedule).reshape(-1).tolist()])  # type: ignore[arg-type]
+        timesteps, alphas, sigmas = schedule.timesteps, schedule.alphas, schedule.sigmas
+        k = len(schedule)
         b = noise.shape[0]
         etas = _eta_table(eta, k, b)
         deterministic = isinstance(eta, (int, float)) and eta == 0
         if not 0 <= grad_from_step <= k:
             raise OptionError(f"grad_from_step must lie in [0, {k}], got {grad_from_step}")
-        alphas, sigmas = self.noise_levels(timesteps)
-        x = noise
+        x = noise * schedule.init_scale if schedule.init_scale != 1.0 else noise
         x0s: list[torch.Tensor] = []
         x0 = noise
         for i in range(k):
@@ -600,6 +819,7 @@ class DiffusionModel:
         Honors VAE-decode gradient checkpointing and the VAE's slicing/tiling settings.
         """
         self._need("vae")
+        self._vae_ready()
         cfg = self.vae.config
         z = latents.to(self.vae_dtype) / cfg.scaling_factor
         if getattr(cfg, "shift_factor", None):
@@ -619,6 +839,7 @@ class DiffusionModel:
     def encode_images(self, images: torch.Tensor, *, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
         """VAE-encode ``[B, 3, H, W]`` images in [0, 1] to VP-space latents (the mean, or a sample)."""
         self._need("vae")
+        self._vae_ready()
         cfg = self.vae.config
         dist = self.vae.encode((images.to(self.device, self.vae_dtype) * 2 - 1), return_dict=False)[0]
         z = dist.sample(generator) if sample else dist.mode()
@@ -652,6 +873,22 @@ def _eta_table(eta: float | torch.Tensor, k: int, b: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------
+def _component(index: dict[str, Any], key: str) -> tuple[str, str] | None:
+    """``(library, class)`` of a ``model_index.json`` component, or ``None``."""
+    v = index.get(key)
+    if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is not None and v[1] is not None:
+        return str(v[0]), str(v[1])
+    return None
+
+
+def _vae_force_upcast(folder: Path) -> bool:
+    try:
+        cfg = json.loads((Path(folder) / "vae" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return True  # AutoencoderKL's default
+    return bool(cfg.get("force_upcast", True))
+
+
 def make_scheduler(name: str, config: Any, **overrides: Any) -> Any:
     """A diffusers scheduler ``name`` (short name or class name) built from another scheduler's config."""
     diffusers = _import_diffusers()
@@ -673,6 +910,7 @@ def load(
     scheduler: str | None = None,
     scheduler_options: dict[str, Any] | None = None,
     revision: str | None = None,
+    variant: str | None = None,
     vae_dtype: str | torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     vae_checkpointing: bool = False,
@@ -682,16 +920,20 @@ def load(
     """Load a diffusers pipeline's components from a hub id or a local folder.
 
     :param model: a hub id (``"stabilityai/sd-turbo"``) or a pipeline folder, resolved by
-        :func:`r0kit.weights.resolve_repo` (local folder, Hugging Face cache, download).
+        :func:`r0kit.weights.resolve_pipeline` (local folder, Hugging Face cache, download of
+        only the components asked for).
+    :param variant: the weights variant to fetch and load (``"fp16"``: half the download);
+        default the repository's main weights.
     :param components: any of ``"unet"``, ``"vae"``, ``"text"`` (text encoders and tokenizers).
         The scheduler is always loaded.
     :param scheduler: replace the pipeline's scheduler by this one (``"ddim"``, ``"euler"``,
         ``"lcm"``, ... or a class name), built from the pipeline's scheduler config plus
         ``scheduler_options``.
-    :param vae_dtype: the VAE's dtype when it differs (SDXL's VAE overflows in fp16).
+    :param vae_dtype: the VAE's dtype when it differs. An SDXL VAE whose config says
+        ``force_upcast`` runs in float32 whatever is asked (see :attr:`DiffusionModel.vae_needs_upcast`).
     :raises WeightsError: the folder is not a diffusers pipeline, or a component is missing or unreadable.
     """
-    from r0kit.weights import resolve_repo
+    from r0kit.weights import resolve_pipeline
 
     diffusers = _import_diffusers()
     unknown = set(components) - {"unet", "vae", "text"}
@@ -702,24 +944,29 @@ def load(
     dev = resolve_device(device)
     if dev.type == "cpu" and dt == torch.float16:
         log.warning("float16 on the CPU is slow and partly unsupported; use float32 or bfloat16 there")
-    folder = resolve_repo(model, revision=revision, what=f"diffusion model {model}")
+    keys = [c for c in components if c != "text"]
+    if "text" in components:
+        keys += ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
+
+    def check(index: dict[str, Any]) -> None:  # before any weight is fetched
+        if "unet" in components and _component(index, "unet") is None:
+            other = _component(index, "transformer")
+            what = f"a {other[1]} transformer" if other else "no unet"
+            raise WeightsError(
+                f"{model!r} ({index.get('_class_name') or 'unknown pipeline'}) has {what}; r0kit's diffusion generators "
+                "need a UNet pipeline of the Stable Diffusion family (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo)"
+            )
+
+    folder = resolve_pipeline(
+        model, components=keys, variant=variant, revision=revision, check_index=check, what=f"diffusion model {model}"
+    )
     index = read_model_index(folder)
+    check(index)
     cls_name = str(index.get("_class_name", ""))
 
     def comp(key: str) -> tuple[str, str] | None:
-        v = index.get(key)
-        if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is not None and v[1] is not None:
-            return str(v[0]), str(v[1])
-        return None
+        return _component(index, key)
 
-    backbone = comp("unet")
-    if backbone is None and "unet" in components:
-        other = comp("transformer")
-        what = f"a {other[1]} transformer" if other else "no unet"
-        raise WeightsError(
-            f"{str(folder)!r} ({cls_name or 'unknown pipeline'}) has {what}; r0kit's diffusion generators need a "
-            "UNet pipeline of the Stable Diffusion family (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo)"
-        )
     kind: Literal["sd", "sdxl"] = "sdxl" if comp("text_encoder_2") is not None or "XL" in cls_name else "sd"
 
     def from_pretrained(key: str, torch_dtype: torch.dtype | None):
@@ -732,8 +979,10 @@ def load(
         if klass is None:
             raise WeightsError(f"{str(folder)!r}: component {key!r} has class {library}.{cls}, which this {library} lacks")
         kw: dict[str, Any] = {"subfolder": key}
-        if torch_dtype is not None:
+        if torch_dtype is not None:  # a model with weights (tokenizers take neither)
             kw["torch_dtype" if library == "diffusers" else "dtype"] = torch_dtype
+            if variant is not None:
+                kw["variant"] = variant
         try:
             return klass.from_pretrained(str(folder), **kw)
         except (OSError, ValueError, EnvironmentError) as exc:
@@ -765,6 +1014,9 @@ def load(
     unet = frozen(from_pretrained("unet", dt)) if "unet" in components else None
     if unet is not None and type(unet).__name__ not in _UNET_CLASSES:
         raise WeightsError(f"{str(folder)!r}: the unet is a {type(unet).__name__}; expected one of {_UNET_CLASSES}")
+    if "vae" in components and kind == "sdxl" and vdt == torch.float16 and _vae_force_upcast(folder):
+        log.warning("%s: the SDXL VAE says force_upcast, so it is loaded in float32 (as diffusers runs it)", model)
+        vdt = torch.float32
     vae = frozen(from_pretrained("vae", vdt)) if "vae" in components else None
     encoders, tokenizers = [], []
     if "text" in components:
@@ -798,13 +1050,20 @@ __all__ = [
     "DiffusionModel",
     "PromptTruncationWarning",
     "SCHEDULERS",
+    "SamplingSchedule",
     "Unrolled",
     "alphas_sigmas",
+    "autocast_regime",
     "eta_step",
+    "guidance_embedding",
+    "is_sigma_space",
     "load",
     "make_scheduler",
+    "pipeline_scheduler",
     "predict_x0_eps",
     "read_model_index",
     "resolve_device",
     "resolve_dtype",
+    "trailing_timesteps",
+    "uses_cfg",
 ]

@@ -39,3 +39,7 @@ class NonFiniteError(R0kitError, FloatingPointError):
 
 class WeightsError(R0kitError, FileNotFoundError):
     """Model weights that cannot be found, fetched or read."""
+
+
+class PromptTruncationWarning(UserWarning):
+    """A prompt was longer than a text encoder takes and was cut (warned once per prompt and model)."""

@@ -8,9 +8,10 @@ on a miss are the same everywhere. Checkpoints are read with safetensors or
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -91,13 +92,13 @@ def resolve_repo(
 ) -> Path:
     """Return a local folder for a whole repository (a diffusers or transformers model).
 
-    ``repo_id`` may be a local folder, used as is.
+    ``repo_id`` may be a local folder, used as is. Pass ``allow_patterns`` for the files
+    actually read (a whole repository can hold many checkpoints); a diffusers pipeline
+    goes through :func:`resolve_pipeline`, which selects them itself.
     """
-    local = Path(repo_id).expanduser()
-    if local.is_dir():
+    local = _check_repo_id(repo_id, what)
+    if local is not None:
         return local
-    if local.is_absolute() or repo_id.startswith((".", "~")) or repo_id.count("/") > 1:
-        raise WeightsError(f"{what}: the local folder {repo_id!r} does not exist")
     from huggingface_hub import snapshot_download
 
     try:
@@ -115,6 +116,87 @@ def resolve_repo(
         raise WeightsError(
             f"{what}: could not download {repo_id} ({type(exc).__name__}: {exc}); "
             + _how_to_fetch(repo_id, None, revision)
+        ) from None
+
+
+def _check_repo_id(repo_id: str, what: str) -> Path | None:
+    """The local folder ``repo_id`` names, ``None`` for a hub id, or :class:`WeightsError` for a missing folder."""
+    local = Path(repo_id).expanduser()
+    if local.is_dir():
+        return local
+    if local.is_absolute() or repo_id.startswith((".", "~")) or repo_id.count("/") > 1:
+        raise WeightsError(f"{what}: the local folder {repo_id!r} does not exist")
+    return None
+
+
+def resolve_pipeline(
+    repo_id: str,
+    *,
+    components: Sequence[str],
+    variant: str | None = None,
+    revision: str | None = None,
+    check_index: Callable[[dict[str, Any]], None] | None = None,
+    what: str = "diffusion model",
+) -> Path:
+    """Return a local folder of a diffusers pipeline holding only what r0kit loads from it.
+
+    That is ``model_index.json``, the scheduler, and for each of ``components``
+    (``model_index.json`` keys: ``"unet"``, ``"vae"``, ``"text_encoder"``, ``"tokenizer"``, ...)
+    its config and weights: safetensors when the repository has them, else ``.bin``,
+    in ``variant`` (``"fp16"``) where it exists. The repository's other components
+    (safety checker, feature extractor, ...), its single-file checkpoints at the root and
+    its other variants are not fetched (tens of GB for SD 1.5). The file selection is
+    diffusers' own (``DiffusionPipeline.download``, with every unwanted component
+    passed as ``None``).
+
+    Like :func:`resolve_repo`: a local folder is used as is; the Hugging Face cache is
+    tried first without network; ``HF_HUB_OFFLINE`` turns a miss into an error that says
+    how to fetch the files.
+
+    :param check_index: called with the parsed ``model_index.json`` before any weight is
+        fetched; it raises to refuse the pipeline (a transformer pipeline r0kit cannot sample).
+
+    :raises WeightsError: the folder does not exist, the pipeline is not cached while
+        offline, or the download fails.
+    """
+    local = _check_repo_id(repo_id, what)
+    if local is not None:
+        return local
+    index_path = resolve_file(repo_id, "model_index.json", revision=revision, what=what)
+    try:
+        index = json.loads(Path(index_path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{what}: {repo_id}/model_index.json cannot be read ({exc}); fetch it again") from None
+    if check_index is not None:
+        check_index(index)
+    listed = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, (list, tuple)) and len(v) == 2]
+    wanted = set(components) | {"scheduler"}
+    skip = {k: None for k in listed if k not in wanted}
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError as exc:
+        raise WeightsError(f"{what}: fetching a diffusers pipeline needs diffusers ({exc}); pip install 'r0kit[diffusers]'") from None
+    kw: dict[str, Any] = dict(revision=revision, variant=variant, **skip)
+
+    def complete(folder: Path) -> bool:
+        return all((folder / c).is_dir() for c in wanted if c in listed)
+
+    try:
+        folder = Path(DiffusionPipeline.download(repo_id, local_files_only=True, **kw))
+        if complete(folder):
+            return folder
+    except Exception:  # not (fully) in the cache
+        pass
+    if is_offline():
+        raise WeightsError(
+            f"{what}: {repo_id} ({', '.join(sorted(wanted))}) is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            + _how_to_fetch(repo_id, None, revision)
+        )
+    try:
+        return Path(DiffusionPipeline.download(repo_id, **kw))
+    except Exception as exc:
+        raise WeightsError(
+            f"{what}: could not download {repo_id} ({type(exc).__name__}: {exc}); " + _how_to_fetch(repo_id, None, revision)
         ) from None
 
 

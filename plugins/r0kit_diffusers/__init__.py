@@ -5,10 +5,18 @@
     as Gaussian noise, or (``init="pipeline"``) as the latent a few-step sampling
     of the prompt produces, so the optimization refines an actual sample.
 ``noise``
-    The initial noise ``x_T`` is the parameter, pushed through a frozen few-step
-    sampler (SD-Turbo, SDXL-Turbo, or any Stable Diffusion / SDXL pipeline with a
-    configurable scheduler and 1–4 steps). The image is differentiable with respect
-    to the noise; this is the ReNO parameterization.
+    The initial noise ``z`` is the parameter, pushed through a frozen few-step
+    sampler (SD-Turbo, SDXL-Turbo, or any Stable Diffusion / SDXL pipeline with
+    any diffusers scheduler and 1–4 steps). The image is differentiable with
+    respect to the noise; this is the ReNO parameterization.
+
+Sampling follows r0kit's one few-step rule (:mod:`r0kit.diffusion`): trailing
+timesteps from the top of the schedule, ``x_T = c·z`` as the pipeline's
+scheduler scales ``latents``, and the deterministic first-order step. The same
+``z`` given as ``latents`` to a diffusers pipeline whose scheduler is
+``generator.schedule.scheduler`` gives the same image. Guidance follows
+diffusers too: classifier-free guidance only for ``guidance > 1``, so the
+``guidance_scale=0`` of the turbo models' documentation means no guidance.
 
 Both load through :func:`r0kit.diffusion.load` (a hub id or a pipeline folder,
 resolved by :mod:`r0kit.weights`) and accept an already loaded
@@ -28,6 +36,7 @@ from typing import Any, Literal
 import torch
 
 import r0kit
+from r0kit.diffusion import uses_cfg
 from r0kit.errors import InputError, OptionError
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
@@ -80,6 +89,14 @@ class _Base:
         return {"param": self.z, "param_init": self.z_init, "noise": self.noise}  # type: ignore[dict-item]
 
 
+def _check_guidance(name: str, guidance: Any) -> None:
+    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not guidance >= 0:
+        raise OptionError(
+            f"{name}: guidance must be a number >= 0 (classifier-free guidance runs only above 1; "
+            f"0 or 1 = none, as for turbo models), got {guidance!r}"
+        )
+
+
 def _check_size(name: str, height: Any, width: Any) -> None:
     for label, v in (("height", height), ("width", width)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 8:
@@ -91,9 +108,11 @@ class NoiseGenerator(_Base):
 
     :param model: hub id or pipeline folder (default ``stabilityai/sd-turbo``), or a loaded model.
     :param steps: sampling steps, 1 to ``max_steps`` (each one is back-propagated through).
-    :param timesteps: explicit decreasing timesteps instead of the scheduler's for ``steps``.
-    :param scheduler: replace the pipeline's scheduler (``ddim``, ``euler``, ``lcm``, ...).
-    :param guidance: classifier-free guidance scale; ``1`` (turbo models) runs no unconditional pass.
+    :param timesteps: explicit strictly decreasing timesteps instead of the trailing spacing.
+    :param scheduler: replace the pipeline's scheduler (``ddim``, ``euler``, ``lcm``, ...); it
+        supplies the noise levels and the initial scale, the rule stays r0kit's.
+    :param guidance: classifier-free guidance scale, ``>= 0``; only a scale ``> 1`` runs the
+        unconditional pass (``0`` or ``1``: turbo models).
     :param negative_prompt: the unconditional prompt when ``guidance > 1``.
     :param dtype: ``float32``, ``float16`` or ``bfloat16`` for the networks; the noise stays float32.
     :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` the same for the decode.
@@ -129,8 +148,7 @@ class NoiseGenerator(_Base):
                 f"noise: steps must be 1 to {max_steps} (the noise generator back-propagates through every step; "
                 f"use a few-step model, or raise max_steps if memory allows), got {n!r}"
             )
-        if not isinstance(guidance, (int, float)) or guidance < 1:
-            raise OptionError(f"noise: guidance must be a number >= 1 (1 = no classifier-free guidance), got {guidance!r}")
+        _check_guidance("noise", guidance)
         super().__init__(height, width)
         self.model = _load(
             model,
@@ -147,7 +165,8 @@ class NoiseGenerator(_Base):
             vae_tiling=vae_tiling,
         )
         self.model.latent_shape(height, width)  # validates the size against the VAE factor
-        self.timesteps = self.model.timesteps(steps, timesteps)
+        self.schedule = self.model.schedule(None if timesteps is not None else steps, timesteps)
+        self.timesteps = self.schedule.timesteps
         self.guidance = float(guidance)
         self.negative_prompt = negative_prompt
         self._cond = None
@@ -162,7 +181,7 @@ class NoiseGenerator(_Base):
         self._cond = m.encode_prompts(self.prompts, height=self.height, width=self.width)
         self._uncond = (
             m.encode_negative(len(prompts), self.negative_prompt, height=self.height, width=self.width)
-            if self.guidance != 1.0
+            if uses_cfg(self.guidance, m.unet)
             else None
         )
 
@@ -171,7 +190,7 @@ class NoiseGenerator(_Base):
         if list(prompts) != self.prompts:
             self.prompts = list(prompts)
             self._cond = self.model.encode_prompts(self.prompts, height=self.height, width=self.width)
-        out = self.model.unroll(self.z, self._cond, self.timesteps, guidance_scale=self.guidance, uncond=self._uncond)  # type: ignore[arg-type]
+        out = self.model.unroll(self.z, self._cond, self.schedule, guidance_scale=self.guidance, uncond=self._uncond)  # type: ignore[arg-type]
         images = self.model.decode(out.latents)
         return r0kit.Sample(images=images, state=self._state())
 
@@ -184,7 +203,9 @@ class LatentGenerator(_Base):
 
     :param init: ``"noise"``: a standard normal latent times ``init_scale`` (only the VAE is
         loaded); ``"pipeline"``: the latent the model samples for the prompt in ``steps`` steps
-        from the seed's noise (loads the UNet and text encoders too).
+        from the seed's noise (loads the UNet and text encoders too), by the noise generator's rule.
+    :param guidance: classifier-free guidance scale of the ``"pipeline"`` init, ``>= 0``; only
+        a scale ``> 1`` runs the unconditional pass.
     """
 
     name = "latent"
@@ -212,6 +233,7 @@ class LatentGenerator(_Base):
             raise OptionError(f"latent: init must be 'noise' or 'pipeline', got {init!r}")
         if not isinstance(init_scale, (int, float)) or init_scale < 0:
             raise OptionError(f"latent: init_scale must be a number >= 0, got {init_scale!r}")
+        _check_guidance("latent", guidance)
         super().__init__(height, width)
         comps = ("unet", "vae", "text") if init == "pipeline" else ("vae",)
         self.model = _load(
@@ -228,7 +250,8 @@ class LatentGenerator(_Base):
         )
         self.model.latent_shape(height, width)
         self.init, self.init_scale, self.guidance = init, float(init_scale), float(guidance)
-        self.timesteps = self.model.timesteps(steps) if init == "pipeline" else None
+        self.schedule = self.model.schedule(steps) if init == "pipeline" else None
+        self.timesteps = self.schedule.timesteps if self.schedule is not None else None
 
     def prepare(self, prompts: list[str], seed: int) -> None:
         m = self.model
@@ -237,8 +260,8 @@ class LatentGenerator(_Base):
         if self.init == "pipeline":
             with torch.no_grad():
                 cond = m.encode_prompts(self.prompts, height=self.height, width=self.width)
-                uncond = m.encode_negative(len(prompts), height=self.height, width=self.width) if self.guidance != 1 else None
-                z = m.unroll(noise, cond, self.timesteps, guidance_scale=self.guidance, uncond=uncond).latents.float()  # type: ignore[arg-type]
+                uncond = m.encode_negative(len(prompts), height=self.height, width=self.width) if uses_cfg(self.guidance, m.unet) else None
+                z = m.unroll(noise, cond, self.schedule, guidance_scale=self.guidance, uncond=uncond).latents.float()  # type: ignore[arg-type]
         else:
             z = noise * self.init_scale
         self.noise = noise

@@ -40,10 +40,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import numpy as np
 import torch
 
 import r0kit
+from r0kit.diffusion import trailing_timesteps  # noqa: F401  (the spacing kstep samples with; re-exported)
 from r0kit.errors import InputError, OptionError, WeightsError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -51,17 +51,6 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 #: Written beside an exported generator; describes how to sample it.
 EXPORT_META = "kstep.json"
-
-
-def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """The "trailing" spacing of K steps (SD-Turbo's): ``999, 749, 499, 249`` for K=4 of 1000.
-
-    It equals what diffusers' Euler and DDIM schedulers produce with
-    ``timestep_spacing="trailing"``, so an exported generator samples with
-    ``num_inference_steps=K`` in plain diffusers.
-    """
-    n = int(num_train_timesteps)
-    return [int(t) for t in (np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1)]
 
 
 def check_eta_range(eta: Any) -> tuple[float, float]:
@@ -152,8 +141,8 @@ class KStepGenerator:
         self.latent_shape = self.model.latent_shape(height, width)
         if timesteps is not None and len(timesteps) != steps:
             raise OptionError(f"kstep: {len(timesteps)} timesteps given for steps={steps}; give exactly K of them")
-        ts = list(timesteps) if timesteps is not None else trailing_timesteps(self.model.num_train_timesteps, steps)
-        self.timesteps = self.model.timesteps(steps, ts)
+        self.schedule = self.model.schedule(steps, None if timesteps is None else list(timesteps))
+        self.timesteps = self.schedule.timesteps
         self.training = train != "none"
 
         if lora_weights is not None:
@@ -308,7 +297,7 @@ class KStepGenerator:
         # ξ of every step comes from one seed drawn here, so the sampler's generator is the only state.
         xi_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         cond = m.encode_prompts(list(prompts), height=self.height, width=self.width)
-        out = m.unroll(noise, cond, self.timesteps[: last + 1], eta=etas[: last + 1], seed=xi_seed, grad_from_step=grad_from)
+        out = m.unroll(noise, cond, self.schedule.head(last + 1), eta=etas[: last + 1], seed=xi_seed, grad_from_step=grad_from)
         images = m.decode(out.latents)
         state = {
             "noise": noise,
@@ -327,8 +316,10 @@ class KStepGenerator:
 
         LoRA: ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(folder)``;
         full: a whole pipeline for ``DiffusionPipeline.from_pretrained(folder)``. Both get
-        ``scheduler/`` (Euler, trailing spacing: ``num_inference_steps=K`` gives the training
-        timesteps, and Euler equals the η = 0 step) and :data:`EXPORT_META`.
+        ``scheduler/``, the scheduler that reproduces the η = 0 sampler
+        (:attr:`r0kit.diffusion.SamplingSchedule.scheduler`: Euler or first-order
+        DPM-Solver, trailing spacing, so ``num_inference_steps=K`` gives the training
+        timesteps), and :data:`EXPORT_META`.
 
         :param weights: trainable tensors by name to export instead of the current ones (EMA).
         """
@@ -355,18 +346,8 @@ def _load(model: Any, **kw: Any):
 
 
 def export_scheduler(gen: KStepGenerator):
-    """An Euler scheduler whose ``num_inference_steps=K`` reproduces the generator's η = 0 sampler."""
-    from diffusers import EulerDiscreteScheduler
-
-    return EulerDiscreteScheduler.from_config(
-        gen.model.scheduler.config,
-        timestep_spacing="trailing",
-        use_karras_sigmas=False,
-        use_exponential_sigmas=False,
-        use_beta_sigmas=False,
-        interpolation_type="linear",
-        final_sigmas_type="zero",
-    )
+    """The scheduler with which a diffusers pipeline reproduces the generator's η = 0 sampler."""
+    return gen.schedule.scheduler
 
 
 def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, torch.Tensor] | None = None) -> Path:
@@ -398,17 +379,18 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
             pipe.save_pretrained(str(folder), safe_serialization=True)
         sched.save_pretrained(str(folder / "scheduler"))
         info = gen.options()
+        sched_cls = type(sched).__name__
         info.update(
             base_model=gen.source,
             format="lora" if gen.train_mode == "lora" else "pipeline",
-            guidance_scale=1.0,
+            scheduler=sched_cls,
+            guidance_scale=0.0,
             usage=(
                 "pipe = AutoPipelineForText2Image.from_pretrained(base_model); pipe.load_lora_weights(folder); "
-                "pipe.scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder='scheduler'); "
-                "pipe(prompt, num_inference_steps=steps, timesteps=timesteps, guidance_scale=0)"
+                f"pipe.scheduler = {sched_cls}.from_pretrained(folder, subfolder='scheduler'); "
+                "pipe(prompt, timesteps=timesteps, guidance_scale=0)"
                 if gen.train_mode == "lora"
-                else "pipe = AutoPipelineForText2Image.from_pretrained(folder); pipe(prompt, num_inference_steps=steps, "
-                "timesteps=timesteps, guidance_scale=0)"
+                else "pipe = AutoPipelineForText2Image.from_pretrained(folder); pipe(prompt, timesteps=timesteps, guidance_scale=0)"
             ),
         )
         write_json(folder / EXPORT_META, info)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -58,8 +58,118 @@ def write_tiny_clip_tokenizer(folder: Path, max_length: int = MAX_TOKENS) -> Pat
     return folder
 
 
-def build_components(kind: Literal["sd", "sdxl"] = "sd", *, prediction_type: str = "epsilon", seed: int = 0, tmp: Path):
-    """The tiny components as objects: ``dict(unet=, vae=, text_encoder=, tokenizer=, scheduler=, ...)``."""
+#: Published ``scheduler/scheduler_config.json`` files of real pipelines, verbatim.
+SCHEDULER_CONFIGS: dict[str, str] = {
+    "stabilityai/sd-turbo": """{
+  "_class_name": "EulerDiscreteScheduler",
+  "_diffusers_version": "0.24.0.dev0",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "clip_sample": false,
+  "interpolation_type": "linear",
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "sample_max_value": 1.0,
+  "set_alpha_to_one": false,
+  "skip_prk_steps": true,
+  "steps_offset": 1,
+  "timestep_spacing": "trailing",
+  "trained_betas": null,
+  "use_karras_sigmas": false
+}""",
+    "stabilityai/sdxl-turbo": """{
+  "_class_name": "EulerAncestralDiscreteScheduler",
+  "_diffusers_version": "0.24.0.dev0",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "clip_sample": false,
+  "interpolation_type": "linear",
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "sample_max_value": 1.0,
+  "set_alpha_to_one": false,
+  "skip_prk_steps": true,
+  "steps_offset": 1,
+  "timestep_spacing": "trailing",
+  "trained_betas": null,
+  "use_karras_sigmas": false
+}""",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": """{
+  "_class_name": "PNDMScheduler",
+  "_diffusers_version": "0.6.0",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "num_train_timesteps": 1000,
+  "set_alpha_to_one": false,
+  "skip_prk_steps": true,
+  "steps_offset": 1,
+  "trained_betas": null,
+  "clip_sample": false
+}""",
+    "stabilityai/stable-diffusion-xl-base-1.0": """{
+  "_class_name": "EulerDiscreteScheduler",
+  "_diffusers_version": "0.19.0.dev0",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "clip_sample": false,
+  "interpolation_type": "linear",
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "sample_max_value": 1.0,
+  "set_alpha_to_one": false,
+  "skip_prk_steps": true,
+  "steps_offset": 1,
+  "timestep_spacing": "leading",
+  "trained_betas": null,
+  "use_karras_sigmas": false
+}""",
+}
+
+
+def make_scheduler(config: dict[str, Any] | str, **overrides: Any):
+    """A diffusers scheduler from a ``scheduler_config.json`` (a dict or its JSON text; ``_class_name`` picks the class)."""
+    import diffusers
+
+    if isinstance(config, str):
+        config = json.loads(config)
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    return getattr(diffusers, config["_class_name"]).from_config({**cfg, **overrides})
+
+
+def with_scheduler(folder: str | Path, dest: str | Path, config: dict[str, Any] | str) -> Path:
+    """A copy of the pipeline ``folder`` at ``dest`` whose scheduler is ``config`` (a ``scheduler_config.json``)."""
+    import shutil
+
+    dest = Path(dest)
+    shutil.copytree(folder, dest)
+    sched = make_scheduler(config)
+    shutil.rmtree(dest / "scheduler")
+    sched.save_pretrained(str(dest / "scheduler"))
+    index = json.loads((dest / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", type(sched).__name__]
+    (dest / "model_index.json").write_text(json.dumps(index, indent=2))
+    return dest
+
+
+def build_components(
+    kind: Literal["sd", "sdxl"] = "sd",
+    *,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    tmp: Path,
+    scheduler: dict[str, Any] | str | None = None,
+    unet_options: dict[str, Any] | None = None,
+):
+    """The tiny components as objects: ``dict(unet=, vae=, text_encoder=, tokenizer=, scheduler=, ...)``.
+
+    :param scheduler: a ``scheduler_config.json`` (dict or JSON text, e.g. one of
+        :data:`SCHEDULER_CONFIGS`); default SD-Turbo's Euler with trailing spacing.
+    :param unet_options: overrides of the tiny UNet's config (e.g. ``time_cond_proj_dim``).
+    """
     from diffusers import EulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -92,17 +202,21 @@ def build_components(kind: Literal["sd", "sdxl"] = "sd", *, prediction_type: str
             transformer_layers_per_block=1,
         )
     # r0kit.testing's tiny UNet and VAE, drawn from the one stream seeded above.
-    comps["unet"] = tiny_unet(seed=None, **unet_overrides)
-    comps["vae"] = tiny_vae(seed=None)
-    comps["scheduler"] = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        prediction_type=prediction_type,
-        timestep_spacing="trailing",
-        steps_offset=1,
-    )
+    comps["unet"] = tiny_unet(seed=None, **{**unet_overrides, **(unet_options or {})})
+    # force_upcast as the real VAEs' configs (AutoencoderKL's default; SDXL pipelines read it).
+    comps["vae"] = tiny_vae(seed=None, force_upcast=True)
+    if scheduler is not None:
+        comps["scheduler"] = make_scheduler(scheduler, prediction_type=prediction_type)
+    else:
+        comps["scheduler"] = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            prediction_type=prediction_type,
+            timestep_spacing="trailing",
+            steps_offset=1,
+        )
     return comps
 
 
@@ -112,15 +226,25 @@ def build_tiny_pipeline(
     *,
     prediction_type: str = "epsilon",
     seed: int = 0,
+    scheduler: dict[str, Any] | str | None = None,
+    unet_options: dict[str, Any] | None = None,
 ) -> Path:
     """Write a tiny pipeline to ``folder`` with ``save_pretrained`` and return the folder.
 
-    The VAE downsamples by 2, so a 16x16 image has an 8x8x4 latent.
+    The VAE downsamples by 2, so a 16x16 image has an 8x8x4 latent. ``scheduler`` and
+    ``unet_options`` are those of :func:`build_components`.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     folder = Path(folder)
-    comps = build_components(kind, prediction_type=prediction_type, seed=seed, tmp=folder.parent / f".{folder.name}-build")
+    comps = build_components(
+        kind,
+        prediction_type=prediction_type,
+        seed=seed,
+        tmp=folder.parent / f".{folder.name}-build",
+        scheduler=scheduler,
+        unet_options=unet_options,
+    )
     if kind == "sdxl":
         pipe = StableDiffusionXLPipeline(**comps, force_zeros_for_empty_prompt=True)
     else:

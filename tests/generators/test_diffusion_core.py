@@ -49,20 +49,23 @@ def test_missing_hub_model_offline(monkeypatch):
 
 
 def test_step_count_validation(sd_model):
-    with pytest.raises(OptionError, match="supports 1 to 1000"):
-        sd_model.timesteps(0)
-    with pytest.raises(OptionError, match="supports 1 to 1000"):
-        sd_model.timesteps(1001)
+    with pytest.raises(OptionError, match="from 1 to 1000, got K=0"):
+        sd_model.schedule(0)
+    with pytest.raises(OptionError, match="from 1 to 1000, got K=1001"):
+        sd_model.schedule(1001)
     with pytest.raises(OptionError, match="strictly decreasing"):
-        sd_model.timesteps(2, timesteps=[500, 999])
-    assert sd_model.timesteps(2).tolist() == [999, 499]
+        sd_model.schedule(2, timesteps=[500, 999])
+    with pytest.raises(OptionError, match="2 timesteps given for steps=3"):
+        sd_model.schedule(3, timesteps=[999, 500])
+    assert sd_model.schedule(2).timesteps.tolist() == [999, 499]
+    assert sd_model.schedule(None, timesteps=[800, 300]).timesteps.tolist() == [800, 300]
 
 
-def test_lcm_step_limit_is_a_clear_error(tiny_sd):
+def test_lcm_samples_any_step_count_by_the_one_rule(tiny_sd):
+    """LCM's own set_timesteps refuses more than its 50 original steps; r0kit's rule does not ask it."""
     m = load(str(tiny_sd), device="cpu", components=("vae",), scheduler="lcm")
-    assert len(m.timesteps(4)) == 4
-    with pytest.raises(OptionError, match="LCMScheduler does not support 60"):
-        m.timesteps(60)
+    assert m.schedule(4).timesteps.tolist() == [999, 749, 499, 249]
+    assert len(m.schedule(60)) == 60 and m.schedule(60).init_scale == 1.0
 
 
 def test_unknown_scheduler(sd_model):
@@ -134,7 +137,7 @@ def test_unroll_matches_the_diffusers_ddim_pipeline(tiny_sd):
     noise = m.initial_noise(2, 16, 16, seed=0)
     prompts = ["a red cube", "a blue ball"]
     with torch.no_grad():
-        ours = m.decode(m.unroll(noise, m.encode_prompts(prompts), m.timesteps(2)).latents)
+        ours = m.decode(m.unroll(noise, m.encode_prompts(prompts), m.schedule(2)).latents)
         ref = pipe(prompts, num_inference_steps=2, guidance_scale=1.0, latents=noise.clone(), height=16, width=16, output_type="pt").images
     torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=1e-4)
 
@@ -142,7 +145,7 @@ def test_unroll_matches_the_diffusers_ddim_pipeline(tiny_sd):
 def test_unroll_eta_noise_and_stop_gradient(sd_model):
     m = sd_model
     cond = m.encode_prompts(["a", "b"])
-    ts = m.timesteps(3)
+    ts = m.schedule(3)
     noise = m.initial_noise(2, 16, 16, seed=0).requires_grad_(True)
     eta = torch.tensor([[0.0, 1.0], [0.3, 0.3], [0.0, 0.0]])
     u1 = m.unroll(noise, cond, ts, eta=eta, seed=5, return_x0s=True)
@@ -177,7 +180,7 @@ def test_memory_options_keep_the_gradient(tiny_sd, sd_model):
     grads = []
     for model in (m, sd_model):
         z = n.clone().requires_grad_(True)
-        model.decode(model.unroll(z, cond, model.timesteps(2)).latents).square().mean().backward()
+        model.decode(model.unroll(z, cond, model.schedule(2)).latents).square().mean().backward()
         grads.append(z.grad)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
@@ -191,6 +194,6 @@ def test_sdxl_conditioning(tiny_sdxl):
     u = m.encode_negative(2, height=16, width=16)
     assert torch.count_nonzero(u.embeds) == 0  # force_zeros_for_empty_prompt
     n = m.initial_noise(2, 16, 16, seed=0).requires_grad_(True)
-    img = m.decode(m.unroll(n, c, m.timesteps(1), guidance_scale=2.0, uncond=u).latents)
+    img = m.decode(m.unroll(n, c, m.schedule(1), guidance_scale=2.0, uncond=u).latents)
     img.mean().backward()
     assert n.grad.abs().sum() > 0
