@@ -77,6 +77,7 @@ import numpy as np
 import torch
 
 from r0kit.errors import InputError, OptionError, PromptTruncationWarning, WeightsError
+from r0kit.text import TruncationWarner, autocast_regime
 
 log = logging.getLogger(__name__)
 
@@ -451,19 +452,6 @@ def guidance_embedding(guidance_scale: float, batch: int, dim: int, *, device: t
     return emb.to(device)
 
 
-def autocast_regime() -> tuple[Any, ...]:
-    """What the dtype of a value computed now depends on: the autocast state of each device type.
-
-    A cache of computed tensors (text embeddings) keys by ``(input, autocast_regime())``,
-    so a value computed under bf16 autocast is never served outside it, or the reverse.
-    """
-    out: list[Any] = []
-    for dev in ("cpu", "cuda"):
-        on = torch.is_autocast_enabled(dev)
-        out.append(torch.get_autocast_dtype(dev) if on else None)
-    return tuple(out)
-
-
 def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
     if isinstance(v, torch.Tensor):
         v = v.to(device=like.device, dtype=like.dtype)
@@ -517,7 +505,10 @@ class DiffusionModel:
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.vae_checkpointing = False
         self._cache: dict[tuple[str, tuple[Any, ...]], Conditioning] = {}
-        self.truncated: set[str] = set()
+        budget = int(tokenizers[0].model_max_length) if tokenizers else 77
+        self._truncation = TruncationWarner("the text encoder", budget)
+        #: prompts that were longer than the text encoder takes (each warned once)
+        self.truncated: set[str] = self._truncation.truncated
 
     # -- properties ------------------------------------------------------------
     @property
@@ -649,8 +640,8 @@ class DiffusionModel:
         for i, (tok, enc) in enumerate(zip(self.tokenizers, self.text_encoders)):
             max_len = int(tok.model_max_length)
             ids = tok(prompt, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
-            if i == 0 and prompt not in self.truncated:
-                self._warn_truncation(tok, prompt, max_len)
+            if i == 0:
+                self._truncation.check_hf(tok, prompt)
             out = enc(ids.to(enc.device), output_hidden_states=self.kind == "sdxl")
             if self.kind == "sdxl":
                 embeds.append(out.hidden_states[-2])
@@ -668,20 +659,6 @@ class DiffusionModel:
             )
         self._cache[key] = cond
         return cond
-
-    def _warn_truncation(self, tok: Any, prompt: str, max_len: int) -> None:
-        full = tok(prompt, padding=False, truncation=False, verbose=False).input_ids
-        if len(full) <= max_len:
-            return
-        kept = tok.decode(full[1 : max_len - 1])
-        dropped = tok.decode(full[max_len - 1 : -1])
-        self.truncated.add(prompt)
-        msg = (
-            f"prompt truncated: it is {len(full)} tokens and the text encoder takes {max_len}; "
-            f"used {kept!r}, dropped {dropped!r}. Shorten the prompt to keep all of it"
-        )
-        log.warning(msg)
-        warnings.warn(msg, PromptTruncationWarning, stacklevel=2)
 
     # -- schedule ------------------------------------------------------------------------
     def schedule(self, steps: int | None, timesteps: Sequence[int] | None = None) -> SamplingSchedule:

@@ -45,6 +45,7 @@ from r0kit.backbones.common import (
 )
 from r0kit.backbones.heads import ScoreMLP
 from r0kit.errors import OptionError, WeightsError
+from r0kit.text import TruncationWarner
 
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
@@ -359,15 +360,18 @@ class ImageRewardScore(FrozenScorer):
         gradient_checkpointing: bool = False,
         cache_size: int = 4096,
     ) -> None:
-        super().__init__(model, tokenizer, dtype=dtype, device=device)
-        self.model.mlp.float()  # upstream runs the head on .float() features
+        # upstream runs the head in float32 on .float() features: keep the checkpoint's values
+        super().__init__(model, tokenizer, dtype=dtype, device=device, keep_float32=("mlp",))
         self.token_cache = PromptCache(cache_size)
+        self.truncation = TruncationWarner("ImageReward", PROMPT_TOKENS)
         self.embed_cache = PromptCache(cache_size)
         if gradient_checkpointing:
             enable_layer_checkpointing(self.model.blip.visual_encoder.blocks)
         self.eval()
 
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
+        for p in prompts:  # cut at 35 tokens, as ImageReward's BLIP tokenizer call does
+            self.truncation.check_hf(self.tokenizer, p)
         enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=PROMPT_TOKENS, return_tensors="pt")
         return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).to(self.device)
 

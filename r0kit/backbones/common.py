@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from r0kit.errors import InputError, OptionError, PluginError
+from r0kit.text import autocast_regime
 
 _DTYPES = {
     "float32": torch.float32,
@@ -99,18 +100,23 @@ class PromptCache:
     once for the prompts not cached yet (each distinct prompt once) under
     ``torch.no_grad()``, and returns the stacked ``[len(prompts), ...]`` tensor.
     The cached tensors are detached: the reward's weights are frozen.
+
+    Entries are keyed by ``(prompt, autocast regime)`` (:func:`r0kit.text.autocast_regime`):
+    a text embedding computed under bf16 autocast is bf16-rounded, so it is not
+    served to a call outside autocast, nor the reverse.
     """
 
     def __init__(self, max_size: int = 4096) -> None:
         self.max_size = int(max_size)
-        self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._store: OrderedDict[tuple[str, tuple[Any, ...]], torch.Tensor] = OrderedDict()
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._store)
 
     def __contains__(self, prompt: str) -> bool:
-        return prompt in self._store
+        """Whether ``prompt`` is cached for the current autocast regime."""
+        return (prompt, autocast_regime()) in self._store
 
     def clear(self) -> None:
         self._store.clear()
@@ -118,17 +124,18 @@ class PromptCache:
     def get(self, prompts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise OptionError(f"prompts must be a list of strings, got {type(prompts).__name__}")
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._store))
+        regime = autocast_regime()
+        missing = list(dict.fromkeys(p for p in prompts if (p, regime) not in self._store))
         if missing:
             with torch.no_grad():
                 encoded = encode(missing)
             self.misses += len(missing)
             for p, t in zip(missing, encoded):
-                self._store[p] = t.detach()
+                self._store[(p, regime)] = t.detach()
         out = []
         for p in prompts:
-            self._store.move_to_end(p)
-            out.append(self._store[p])
+            self._store.move_to_end((p, regime))
+            out.append(self._store[(p, regime)])
         while len(self._store) > self.max_size:
             self._store.popitem(last=False)
         return torch.stack(out)
@@ -145,6 +152,9 @@ class FrozenScorer(torch.nn.Module):
     Resolves ``dtype`` and ``device``, moves ``model`` there and freezes it as
     ``self.model``, keeps ``tokenizer``, and stays in eval mode whatever its
     parent does. Subclasses add their prompt caches and ``forward``.
+
+    :param keep_float32: submodule names that stay in float32 with their checkpoint
+        values (a score head the upstream runs in float32), not cast to ``dtype`` and back.
     """
 
     def __init__(
@@ -154,11 +164,16 @@ class FrozenScorer(torch.nn.Module):
         *,
         dtype: str | torch.dtype = "float32",
         device: str | torch.device | None = None,
+        keep_float32: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.dtype = resolve_dtype(dtype)
         self.device = resolve_device(device)
-        self.model = freeze(model.to(device=self.device, dtype=self.dtype))
+        kept = {n: {k: v.detach().float().clone() for k, v in model.get_submodule(n).state_dict().items()} for n in keep_float32}
+        model = model.to(device=self.device, dtype=self.dtype)
+        for n, state in kept.items():  # the checkpoint's values, not their round trip through dtype
+            model.get_submodule(n).float().load_state_dict(state)
+        self.model = freeze(model)
         self.tokenizer = tokenizer
 
     def train(self, mode: bool = True) -> FrozenScorer:

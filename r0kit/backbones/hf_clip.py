@@ -26,6 +26,7 @@ from r0kit.backbones.common import (
 )
 from r0kit.errors import WeightsError
 from r0kit.kernels import cosine_head
+from r0kit.text import TruncationWarner
 from r0kit.weights import resolve_file, resolve_repo
 
 TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"]
@@ -93,14 +94,20 @@ class HFClipScore(FrozenScorer):
         gradient_checkpointing: bool = False,
         cache_size: int = 4096,
     ) -> None:
+        # Frozen: read once, from the checkpoint's float32 value before the cast to dtype
+        # (exp of a bf16-rounded ln 100 is 100.4, not 100).
+        logit_scale = float(model.logit_scale.detach().float().exp())
         super().__init__(model, tokenizer, dtype=dtype, device=device)
+        self.logit_scale = logit_scale
         self.text_cache = PromptCache(cache_size)
-        self.logit_scale = float(self.model.logit_scale.float().exp())  # frozen: read once
+        self.truncation = TruncationWarner("PickScore's CLIP text encoder", 77)
         if gradient_checkpointing:
             enable_layer_checkpointing(self.model.vision_model.encoder.layers)
         self.eval()
 
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        for p in prompts:  # cut at 77 tokens, as PickScore's processor does
+            self.truncation.check_hf(self.tokenizer, p)
         enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
         feats = _features(self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
         return F.normalize(feats.float(), dim=-1)

@@ -35,6 +35,7 @@ from r0kit.backbones.common import (
 from r0kit.errors import OptionError, WeightsError
 from r0kit.images import RewardContract
 from r0kit.kernels import cosine_head
+from r0kit.text import TruncationWarner
 from r0kit.weights import load_state_dict
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -179,11 +180,14 @@ class OpenClipScore(FrozenScorer):
         super().__init__(model, tokenizer, dtype=dtype, device=device)
         self.scale = float(scale)
         self.text_cache = PromptCache(cache_size)
+        self.truncation = TruncationWarner("the CLIP text encoder", int(getattr(tokenizer, "context_length", 77) or 77))
         if gradient_checkpointing:
             self.model.visual.set_grad_checkpointing(True)
         self.eval()
 
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        for p in prompts:  # open_clip's tokenizer cuts at its context length (77), keeping the end token
+            self.truncation.check_open_clip(self.tokenizer, p)
         tokens = self.tokenizer(prompts).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
