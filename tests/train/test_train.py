@@ -86,6 +86,22 @@ def test_resume_is_exact_through_ctrl_c_and_max_steps(tiny_sd, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
 
 
+def test_resume_is_exact_with_bf16_autocast_and_sample_grids(tiny_sd, tmp_path):
+    """Sample grids encode prompts outside autocast between bf16 steps; a resumed run must not see the difference."""
+    over = dict(steps=4, mixed_precision="bf16", sample_every=1, export=False,
+                sample_prompts=["a blue car", "a white cat", "a black dog"])
+    straight = train(train_config(tiny_sd, tmp_path / "a", **over))
+    cfg_b = train_config(tiny_sd, tmp_path / "b", **over)
+    train(cfg_b, max_steps=2)
+    resumed = train(cfg_b, resume="latest")
+    assert resumed.step == 4
+    wa, wb = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    for name in ("step-0000003.png", "step-0000004.png"):
+        assert (tmp_path / "a" / "samples" / name).read_bytes() == (tmp_path / "b" / "samples" / name).read_bytes()
+
+
 def test_resume_from_another_model_or_config_says_what_differs(tiny_sd, tiny_sd_other, tmp_path):
     train(train_config(tiny_sd, tmp_path / "run", steps=1, export=False))
     with pytest.raises(r0kit.ConfigError, match=r"generator\.model"):
