@@ -79,3 +79,189 @@ def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="not a state dict"):
         load_state_dict(tmp_path / "list.pt")
+
+
+# ---------------------------------------------------------------------------- diffusion pipelines
+SD15_FILES = """
+.gitattributes README.md model_index.json v1-inference.yaml
+v1-5-pruned-emaonly.ckpt v1-5-pruned-emaonly.safetensors v1-5-pruned.ckpt v1-5-pruned.safetensors
+feature_extractor/preprocessor_config.json
+safety_checker/config.json safety_checker/model.fp16.safetensors safety_checker/model.safetensors
+safety_checker/pytorch_model.bin safety_checker/pytorch_model.fp16.bin
+scheduler/scheduler_config.json
+text_encoder/config.json text_encoder/model.fp16.safetensors text_encoder/model.safetensors
+text_encoder/pytorch_model.bin text_encoder/pytorch_model.fp16.bin
+tokenizer/merges.txt tokenizer/special_tokens_map.json tokenizer/tokenizer_config.json tokenizer/vocab.json
+unet/config.json unet/diffusion_pytorch_model.bin unet/diffusion_pytorch_model.fp16.bin
+unet/diffusion_pytorch_model.fp16.safetensors unet/diffusion_pytorch_model.non_ema.bin
+unet/diffusion_pytorch_model.non_ema.safetensors unet/diffusion_pytorch_model.safetensors
+vae/config.json vae/diffusion_pytorch_model.bin vae/diffusion_pytorch_model.fp16.bin
+vae/diffusion_pytorch_model.fp16.safetensors vae/diffusion_pytorch_model.safetensors
+""".split()
+SD15_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.6.0",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+TOKENIZER = {f"tokenizer/{n}" for n in ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")}
+BASE = {"model_index.json", "scheduler/scheduler_config.json"}
+
+
+class FakeHub:
+    """A hub repository listing and a local cache, behind the hub calls huggingface_hub and diffusers make.
+
+    ``fetched`` records, per download, the files that left the "hub".
+    """
+
+    def __init__(self, root, files, index):
+        import json
+
+        self.files, self.index_text = list(files), json.dumps(index)
+        self.snapshot = root / "snapshot"
+        self.fetched: list[set[str]] = []
+
+    def _content(self, f):
+        if f == "model_index.json":
+            return self.index_text
+        if f == "scheduler/scheduler_config.json":
+            return '{"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}'
+        return ""  # weights and configs that load() cannot read: the test looks only at what was fetched
+
+    def _put(self, names):
+        for f in names:
+            p = self.snapshot / f
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(self._content(f))
+
+    def file(self, repo_id, filename, *a, local_files_only=False, **kw):
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        p = self.snapshot / filename
+        if not p.is_file():
+            if local_files_only:
+                raise LocalEntryNotFoundError(f"{filename} not cached")
+            self._put([filename])
+            self.fetched.append({filename})
+        return str(p)
+
+    def cached(self, repo_id, filename, *a, **kw):
+        p = self.snapshot / filename
+        return str(p) if p.is_file() else None
+
+    def snapshot_download(self, repo_id, *a, allow_patterns=None, ignore_patterns=None, local_files_only=False, **kw):
+        import fnmatch
+
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if local_files_only:
+            if len(self.fetched) > 1:  # a snapshot beyond model_index.json is cached
+                return str(self.snapshot)
+            raise LocalEntryNotFoundError("not cached")
+        pick = [f for f in self.files if (allow_patterns is None or any(fnmatch.fnmatch(f, p) for p in allow_patterns))
+                and not any(fnmatch.fnmatch(f, p) for p in ignore_patterns or [])]
+        new = {f for f in pick if not (self.snapshot / f).is_file()}
+        self._put(pick)
+        self.fetched.append(new)
+        return str(self.snapshot)
+
+    def tree(self, *a, **kw):
+        from types import SimpleNamespace
+
+        from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+        if len(self.fetched) < 2:
+            raise CachedRepoTreeNotFoundError("no cached tree")
+        return [SimpleNamespace(path=f) for f in self.files]
+
+    def info(self, *a, **kw):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in self.files])
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    import huggingface_hub
+    import diffusers.pipelines.pipeline_utils as pu
+
+    def make(files=SD15_FILES, index=SD15_INDEX):
+        hub = FakeHub(tmp_path, files, index)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.file)
+        monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", hub.cached)
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+        monkeypatch.setattr(pu, "hf_hub_download", hub.file)
+        monkeypatch.setattr(pu, "snapshot_download", hub.snapshot_download)
+        monkeypatch.setattr(pu, "model_info", hub.info)
+        monkeypatch.setattr(pu, "get_cached_repo_tree", hub.tree, raising=False)
+        monkeypatch.setattr(pu, "_resolve_revision", lambda name, **kw: kw.get("revision"), raising=False)
+        return hub
+
+    return make
+
+
+def _fetch(components, **kw):
+    from r0kit.diffusion import load
+
+    with pytest.raises(WeightsError, match="cannot load component|scheduler"):  # the fake files hold no weights
+        load("stable-diffusion-v1-5/stable-diffusion-v1-5", device="cpu", components=components, **kw)
+
+
+def test_sd15_fetches_only_the_components_loaded_safetensors_first(fake_hub, monkeypatch):
+    hub = fake_hub()
+    _fetch(("unet", "vae", "text"))
+    got = set().union(*hub.fetched)
+    assert got == BASE | TOKENIZER | {
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json", "text_encoder/model.safetensors",
+    }
+    # cached now: loading again fetches nothing, online or offline
+    n = len(hub.fetched)
+    _fetch(("unet", "vae", "text"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fetch(("unet", "vae", "text"))
+    assert len(hub.fetched) == n
+
+
+def test_vae_only_and_variant(fake_hub):
+    hub = fake_hub()
+    _fetch(("vae",), variant="fp16")
+    assert set().union(*hub.fetched) == BASE | {"vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"}
+
+
+def test_legacy_bin_weights_when_there_are_no_safetensors(fake_hub):
+    files = [f for f in SD15_FILES if not f.endswith(".safetensors")]
+    hub = fake_hub(files=files)
+    _fetch(("vae",))
+    assert set().union(*hub.fetched) == BASE | {"vae/config.json", "vae/diffusion_pytorch_model.bin"}
+
+
+def test_a_transformer_pipeline_is_refused_before_any_weight_is_fetched(fake_hub):
+    from r0kit.diffusion import load
+
+    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
+    hub = fake_hub(files=["model_index.json", "transformer/diffusion_pytorch_model.safetensors",
+                          "text_encoder_2/model.safetensors"], index=index)
+    with pytest.raises(WeightsError, match="FluxTransformer2DModel transformer"):
+        load("black-forest-labs/FLUX.1-schnell", device="cpu")
+    assert hub.fetched == [{"model_index.json"}]
+
+
+def test_offline_with_nothing_cached_names_the_fix(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    from r0kit.weights import resolve_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE.*hf download stabilityai/sd-turbo"):
+        resolve_pipeline("stabilityai/sd-turbo", components=["unet"])
