@@ -217,14 +217,15 @@ def run_torch(model, rewards, prompts, height, width, steps_sampler, iters, reg_
     """The same loop by hand: no r0kit objects on the hot path."""
     import torch.nn.functional as F
 
-    unet, vae, sched = model.unet, model.vae, model.scheduler
+    unet, vae = model.unet, model.vae
     dev, dt = model.device, model.dtype
     if ckpt:
         unet.enable_gradient_checkpointing()
-    sched.set_timesteps(steps_sampler)
-    ts = sched.timesteps.round().long().tolist()
-    ac = sched.alphas_cumprod.float()
-    levels = [(float(ac[t].sqrt()), float((1 - ac[t]).sqrt())) for t in ts] + [(1.0, 0.0)]
+    # r0kit's few-step rule (trailing timesteps, the scheduler's initial scale), read once off the hot path
+    schedule = model.schedule(steps_sampler)
+    ts = schedule.timesteps.tolist()
+    levels = list(zip(schedule.alphas.tolist(), schedule.sigmas.tolist()))
+    init_scale = schedule.init_scale
     b = len(prompts)
     with torch.no_grad():
         ids = model.tokenizers[0](prompts, padding="max_length", max_length=model.tokenizers[0].model_max_length,
@@ -246,7 +247,7 @@ def run_torch(model, rewards, prompts, height, width, steps_sampler, iters, reg_
         last = step == iters
         opt.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(not last):
-            x = noise
+            x = noise * init_scale
             for i, t in enumerate(ts):
                 a, s = levels[i]
                 eps = unet(x.to(dt), torch.full((b,), float(t), device=dev), encoder_hidden_states=emb, return_dict=False)[0].float()

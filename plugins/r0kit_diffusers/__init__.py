@@ -115,6 +115,7 @@ class NoiseGenerator(_Base):
         unconditional pass (``0`` or ``1``: turbo models).
     :param negative_prompt: the unconditional prompt when ``guidance > 1``.
     :param dtype: ``float32``, ``float16`` or ``bfloat16`` for the networks; the noise stays float32.
+    :param variant: the weights variant to fetch and load (``"fp16"``), see :func:`r0kit.diffusion.load`.
     :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` the same for the decode.
     """
 
@@ -140,6 +141,7 @@ class NoiseGenerator(_Base):
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         revision: str | None = None,
+        variant: str | None = None,
     ):
         _check_size("noise", height, width)
         n = len(timesteps) if timesteps is not None else steps
@@ -159,6 +161,7 @@ class NoiseGenerator(_Base):
             scheduler=scheduler,
             scheduler_options=scheduler_options,
             revision=revision,
+            variant=variant,
             gradient_checkpointing=gradient_checkpointing,
             vae_checkpointing=vae_checkpointing,
             vae_slicing=vae_slicing,
@@ -227,6 +230,7 @@ class LatentGenerator(_Base):
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         revision: str | None = None,
+        variant: str | None = None,
     ):
         _check_size("latent", height, width)
         if init not in ("noise", "pipeline"):
@@ -244,6 +248,7 @@ class LatentGenerator(_Base):
             device=device,
             scheduler=scheduler,
             revision=revision,
+            variant=variant,
             vae_checkpointing=vae_checkpointing,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,

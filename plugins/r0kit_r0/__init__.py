@@ -81,6 +81,7 @@ class KStepGenerator:
     :param intermediate_supervision: R0+: decode ``x̂₀`` of a random step, no gradient before it.
     :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` for the decode.
     :param init_seed: seeds the LoRA initialization, so a rebuilt generator starts identical.
+    :param variant: the weights variant to fetch and load (``"fp16"``), see :func:`r0kit.diffusion.load`.
     """
 
     name = "kstep"
@@ -107,6 +108,7 @@ class KStepGenerator:
         device: str = "auto",
         init_seed: int = 0,
         revision: str | None = None,
+        variant: str | None = None,
     ):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise OptionError(f"kstep: steps (K) must be an int >= 1, got {steps!r}")
@@ -133,6 +135,7 @@ class KStepGenerator:
             vae_dtype=vae_dtype,
             device=device,
             revision=revision,
+            variant=variant,
             gradient_checkpointing=gradient_checkpointing,
             vae_checkpointing=vae_checkpointing,
         )
