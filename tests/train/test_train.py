@@ -86,7 +86,17 @@ def test_resume_is_exact_through_ctrl_c_and_max_steps(tiny_sd, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
 
 
-def test_resume_is_exact_with_bf16_autocast_and_sample_grids(tiny_sd, tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state: a run with another mixed_precision needs it reset, before and after."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_resume_is_exact_with_bf16_autocast_and_sample_grids(tiny_sd, tmp_path, fresh_accelerate_state):
     """Sample grids encode prompts outside autocast between bf16 steps; a resumed run must not see the difference."""
     over = dict(steps=4, mixed_precision="bf16", sample_every=1, export=False,
                 sample_prompts=["a blue car", "a white cat", "a black dog"])
