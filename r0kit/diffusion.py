@@ -46,9 +46,10 @@ same, so that an image is a function of its noise alone:
 * Euler-ancestral adds fresh noise at every step but the last: it equals r0kit
   at K = 1 (SDXL-Turbo's setting), and Euler otherwise.
 * DPM-Solver multistep of order 2 equals it for K ≤ 2 (its first and last
-  steps are first-order); PNDM's linear multistep and LCM's re-noising
-  (η = 1) differ for K > 1; at K = 1 LCM equals it up to its boundary
-  condition ``c_skip(999) ≈ 3·10⁻⁹``.
+  steps are first-order). LCM re-noises between steps (η = 1), so it differs
+  for K > 1; at K = 1 it equals r0kit up to its boundary condition
+  ``c_skip(999) ≈ 3·10⁻⁹``. PNDM differs: a linear multistep, which also
+  ends on ``ᾱ₀`` rather than 1 unless ``set_alpha_to_one``.
 * ``DDIMScheduler`` (trailing, ``set_alpha_to_one=True``) equals it for every
   K that divides the training steps; for other K, diffusers' DDIM steps to
   ``t − T//K`` instead of its own next timestep.
