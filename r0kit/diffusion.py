@@ -67,6 +67,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
@@ -534,10 +535,20 @@ class DiffusionModel:
         """
         return self.kind == "sdxl" and self.vae_dtype == torch.float16 and bool(getattr(self.vae.config, "force_upcast", False))
 
-    def _vae_ready(self) -> None:
+    def _vae_ready(self) -> contextlib.AbstractContextManager:
+        """Upcast a force_upcast VAE left in float16; the context to run it in (no float16 autocast for it either)."""
         if self.vae_needs_upcast:
             log.warning("the SDXL VAE says force_upcast: running it in float32, as diffusers does")
             self.vae.to(torch.float32)
+        dev = self.vae.device.type
+        if (
+            self.kind == "sdxl"
+            and bool(getattr(self.vae.config, "force_upcast", False))
+            and torch.is_autocast_enabled(dev)
+            and torch.get_autocast_dtype(dev) == torch.float16
+        ):
+            return torch.autocast(dev, enabled=False)
+        return contextlib.nullcontext()
 
     @property
     def vae_scale_factor(self) -> int:
@@ -797,7 +808,10 @@ class DiffusionModel:
         Honors VAE-decode gradient checkpointing and the VAE's slicing/tiling settings.
         """
         self._need("vae")
-        self._vae_ready()
+        with self._vae_ready():
+            return self._decode(latents)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         cfg = self.vae.config
         z = latents.to(self.vae_dtype) / cfg.scaling_factor
         if getattr(cfg, "shift_factor", None):
@@ -817,9 +831,9 @@ class DiffusionModel:
     def encode_images(self, images: torch.Tensor, *, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
         """VAE-encode ``[B, 3, H, W]`` images in [0, 1] to VP-space latents (the mean, or a sample)."""
         self._need("vae")
-        self._vae_ready()
+        with self._vae_ready():
+            dist = self.vae.encode((images.to(self.device, self.vae_dtype) * 2 - 1), return_dict=False)[0]
         cfg = self.vae.config
-        dist = self.vae.encode((images.to(self.device, self.vae_dtype) * 2 - 1), return_dict=False)[0]
         z = dist.sample(generator) if sample else dist.mode()
         if getattr(cfg, "shift_factor", None):
             z = z - cfg.shift_factor

@@ -37,6 +37,9 @@ def test_sdxl_fp16_decode_and_encode_of_an_overflowing_vae_are_finite(overflowin
     torch.testing.assert_close(img, ref.decode(z), atol=0, rtol=0)
     enc = half.encode_images(img)
     assert torch.isfinite(enc).all()
+    # nor does float16 autocast around it bring float16 back
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert torch.isfinite(half.decode(z)).all() and torch.isfinite(half.encode_images(img)).all()
     # a VAE cast to float16 afterwards is upcast again before it runs
     half.vae.to(torch.float16)
     assert half.vae_needs_upcast
