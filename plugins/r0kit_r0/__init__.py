@@ -389,7 +389,8 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
             scheduler=sched_cls,
             guidance_scale=0.0,
             usage=(
-                "pipe = AutoPipelineForText2Image.from_pretrained(base_model); pipe.load_lora_weights(folder); "
+                "pipe = AutoPipelineForText2Image.from_pretrained(base_model); "
+                "pipe.load_lora_weights(folder, weight_name='pytorch_lora_weights.safetensors'); "
                 f"pipe.scheduler = {sched_cls}.from_pretrained(folder, subfolder='scheduler'); "
                 "pipe(prompt, timesteps=timesteps, guidance_scale=0)"
                 if gen.train_mode == "lora"

@@ -37,7 +37,7 @@ def test_exported_lora_loads_in_plain_diffusers_and_samples_in_k_steps(tiny_sd, 
     assert meta["guidance_scale"] == 0.0 and meta["scheduler"] in meta["usage"]
 
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
-    pipe.load_lora_weights(str(export))
+    pipe.load_lora_weights(str(export), weight_name="pytorch_lora_weights.safetensors")  # as kstep.json's usage says
     pipe.scheduler = getattr(diffusers, meta["scheduler"]).from_pretrained(str(export), subfolder="scheduler")
     pipe.set_progress_bar_config(disable=True)
     base_pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
