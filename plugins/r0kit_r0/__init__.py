@@ -1,15 +1,17 @@
 """R0: a trainable K-step generator (``kstep``) and the ``weight_l2`` regularizer.
 
 ``kstep``
-    A pretrained diffusers UNet model (SD 1.x/2.x, SD-Turbo, SDXL) unrolled for
-    K steps (4 by default) from pure noise. Each step predicts ``x̂₀`` and moves
-    to the next noise level with
+    A pretrained diffusers model unrolled for K steps (4 by default) from pure
+    noise: a UNet (SD 1.x/2.x, SD-Turbo, SDXL) or a rectified-flow transformer
+    (SD3/SD3.5, FLUX.1). Each step predicts ``x̂₀`` and moves to the next noise
+    level with
 
     ``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)``
 
-    where ``η`` is drawn per sample and per step from ``U[eta_min, eta_max]``
-    while training (R0's random-η regularization) and is 0 when evaluating.
-    The UNet is trained by LoRA (peft, on the attention projections) or in full.
+    (``α' = 1 − t'``, ``σ' = t'`` for rectified flow) where ``η`` is drawn per
+    sample and per step from ``U[eta_min, eta_max]`` while training (R0's
+    random-η regularization) and is 0 when evaluating. The network is trained by
+    LoRA (peft, on the attention projections) or in full.
     Options select truncated back-propagation through the last ``backprop_steps``
     steps and R0+ intermediate supervision: a random step ``j`` is picked, the
     path before it runs without autograd (stop-gradient), and the image is the
@@ -49,6 +51,9 @@ from r0kit.errors import InputError, OptionError, WeightsError
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: The UNet attention projections LoRA adapts by default.
 LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+#: The SD3/FLUX transformer attention projections LoRA adapts by default: the image stream's and the
+#: joint attention's text stream (``add_*_proj``, ``to_add_out``), as diffusers' SD3 and FLUX LoRA scripts do.
+FLOW_LORA_TARGETS: tuple[str, ...] = LORA_TARGETS + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 #: Written beside an exported generator; describes how to sample it.
 EXPORT_META = "kstep.json"
 
@@ -75,13 +80,15 @@ class KStepGenerator:
     :param eta: ``[min, max]`` of the per-sample, per-step ``η`` drawn while training.
     :param train: ``"lora"``, ``"full"``, or ``"none"`` (frozen: evaluation and baselines).
     :param lora_rank: LoRA rank; ``lora_alpha`` defaults to the rank (scale 1).
-    :param lora_targets: module-name suffixes LoRA adapts (the attention projections).
+    :param lora_targets: module-name suffixes LoRA adapts (default the attention projections:
+        :data:`LORA_TARGETS` for a UNet, :data:`FLOW_LORA_TARGETS` for a transformer).
     :param lora_weights: a folder or ``.safetensors`` file of LoRA weights to load (an export).
     :param backprop_steps: back-propagate through the last this-many steps only (truncated backprop).
     :param intermediate_supervision: R0+: decode ``x̂₀`` of a random step, no gradient before it.
     :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` for the decode.
     :param init_seed: seeds the LoRA initialization, so a rebuilt generator starts identical.
     :param variant: the weights variant to fetch and load (``"fp16"``), see :func:`r0kit.diffusion.load`.
+    :param drop_t5, max_sequence_length: an SD3 model without its T5; the T5 prompt length (see :func:`r0kit.diffusion.load`).
     """
 
     name = "kstep"
@@ -97,7 +104,7 @@ class KStepGenerator:
         train: Literal["lora", "full", "none"] = "lora",
         lora_rank: int = 16,
         lora_alpha: float | None = None,
-        lora_targets: Sequence[str] = LORA_TARGETS,
+        lora_targets: Sequence[str] | None = None,
         lora_weights: str | None = None,
         backprop_steps: int | None = None,
         intermediate_supervision: bool = False,
@@ -109,6 +116,8 @@ class KStepGenerator:
         init_seed: int = 0,
         revision: str | None = None,
         variant: str | None = None,
+        drop_t5: bool = False,
+        max_sequence_length: int | None = None,
     ):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise OptionError(f"kstep: steps (K) must be an int >= 1, got {steps!r}")
@@ -127,7 +136,6 @@ class KStepGenerator:
         self.intermediate_supervision = bool(intermediate_supervision)
         self.lora_rank = lora_rank
         self.lora_alpha = float(lora_alpha if lora_alpha is not None else lora_rank)
-        self.lora_targets = tuple(lora_targets)
         self.init_seed = int(init_seed)
         self.model = _load(
             model,
@@ -138,13 +146,17 @@ class KStepGenerator:
             variant=variant,
             gradient_checkpointing=gradient_checkpointing,
             vae_checkpointing=vae_checkpointing,
+            drop_t5=drop_t5,
+            max_sequence_length=max_sequence_length,
         )
         self.source = self.model.source
-        self.unet = self.model.unet  # the unwrapped module (config, names, export)
+        self.unet = self.model.unet  # the unwrapped denoising network, UNet or transformer (config, names, export)
+        default_targets = LORA_TARGETS if self.model.family == "vp" else FLOW_LORA_TARGETS
+        self.lora_targets = tuple(lora_targets if lora_targets is not None else default_targets)
         self.latent_shape = self.model.latent_shape(height, width)
         if timesteps is not None and len(timesteps) != steps:
             raise OptionError(f"kstep: {len(timesteps)} timesteps given for steps={steps}; give exactly K of them")
-        self.schedule = self.model.schedule(steps, None if timesteps is None else list(timesteps))
+        self.schedule = self.model.schedule(steps, None if timesteps is None else list(timesteps), height=height, width=width)
         self.timesteps = self.schedule.timesteps
         self.training = train != "none"
 
@@ -192,7 +204,8 @@ class KStepGenerator:
             raise WeightsError(f"kstep: lora_weights {str(p)!r} does not exist; pass an exported folder or its .safetensors file")
         try:
             folder, name = (p, "pytorch_lora_weights.safetensors") if p.is_dir() else (p.parent, p.name)
-            self.unet.load_lora_adapter(str(folder), weight_name=name, prefix="unet", adapter_name="default", use_safetensors=True)
+            prefix = "unet" if self.model.family == "vp" else "transformer"  # the key prefix of diffusers' LoRA files
+            self.unet.load_lora_adapter(str(folder), weight_name=name, prefix=prefix, adapter_name="default", use_safetensors=True)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise WeightsError(f"kstep: cannot load the LoRA weights in {str(p)!r}: {str(exc).splitlines()[0]}") from None
         self.unet.requires_grad_(False)
@@ -228,7 +241,7 @@ class KStepGenerator:
             "model": self.source,
             "kind": self.model.kind,
             "steps": self.steps,
-            "timesteps": [int(t) for t in self.timesteps.tolist()],
+            "timesteps": self.timesteps.tolist(),  # int (vp) or float 1000·t (flow)
             "height": self.height,
             "width": self.width,
             "eta": list(self.eta_range),
@@ -239,7 +252,13 @@ class KStepGenerator:
             "backprop_steps": self.backprop_steps,
             "intermediate_supervision": self.intermediate_supervision,
             "prediction_type": self.model.prediction_type,
+            **self._flow_options(),
         }
+
+    def _flow_options(self) -> dict[str, Any]:
+        """The text-side options of an SD3/FLUX model (what its conditioning depends on); none for a UNet."""
+        m = self.model
+        return {} if m.family == "vp" else {"drop_t5": not m.has_t5, "max_sequence_length": m.max_sequence_length}
 
     # -- sampling -----------------------------------------------------------------
     def prepare(self, prompts: list[str], seed: int) -> None:
@@ -322,7 +341,9 @@ class KStepGenerator:
         ``scheduler/``, the scheduler that reproduces the η = 0 sampler
         (:attr:`r0kit.diffusion.SamplingSchedule.scheduler`: Euler or first-order
         DPM-Solver, trailing spacing, so ``num_inference_steps=K`` gives the training
-        timesteps), and :data:`EXPORT_META`.
+        timesteps; for SD3/FLUX ``FlowMatchEulerDiscreteScheduler`` with the model's shift,
+        sampled with the ``sigmas`` :data:`EXPORT_META` holds), and :data:`EXPORT_META`
+        (``usage`` there is the diffusers call).
 
         :param weights: trainable tensors by name to export instead of the current ones (EMA).
         """
@@ -345,7 +366,7 @@ def _load(model: Any, **kw: Any):
         return model
     if not isinstance(model, str) or not model:
         raise OptionError(f"kstep: model must be a hub id, a pipeline folder or a loaded DiffusionModel, got {model!r}")
-    return load(model, components=("unet", "vae", "text"), **kw)
+    return load(model, components=("backbone", "vae", "text"), **kw)
 
 
 def export_scheduler(gen: KStepGenerator):
@@ -374,8 +395,9 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
             pipe_cls = _pipeline_class(m.kind)
             meta = gen.unet.peft_config["default"].to_dict()
             meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+            key = "unet" if m.family == "vp" else "transformer"  # save_lora_weights' argument names
             with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
-                pipe_cls.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=meta)
+                pipe_cls.save_lora_weights(tmp, **{f"{key}_lora_layers": state, f"{key}_lora_adapter_metadata": meta})
                 os.replace(Path(tmp) / "pytorch_lora_weights.safetensors", folder / "pytorch_lora_weights.safetensors")
         else:
             pipe = _full_pipeline(gen, sched)
@@ -383,20 +405,26 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
         sched.save_pretrained(str(folder / "scheduler"))
         info = gen.options()
         sched_cls = type(sched).__name__
+        # what the pipeline takes for the training steps: timesteps (vp) or the unshifted sigmas (flow)
+        (arg, values), = gen.schedule.pipeline_kwargs.items()
+        pipe_name = _pipeline_class(m.kind).__name__
+        extra = f", max_sequence_length={m.max_sequence_length}" if m.family == "flow" else ""
         info.update(
             base_model=gen.source,
             format="lora" if gen.train_mode == "lora" else "pipeline",
+            pipeline=pipe_name,
             scheduler=sched_cls,
             guidance_scale=0.0,
             usage=(
-                "pipe = AutoPipelineForText2Image.from_pretrained(base_model); "
+                f"pipe = {pipe_name}.from_pretrained(base_model); "
                 "pipe.load_lora_weights(folder, weight_name='pytorch_lora_weights.safetensors'); "
                 f"pipe.scheduler = {sched_cls}.from_pretrained(folder, subfolder='scheduler'); "
-                "pipe(prompt, timesteps=timesteps, guidance_scale=0)"
+                f"pipe(prompt, {arg}={arg}, guidance_scale=0{extra})"
                 if gen.train_mode == "lora"
-                else "pipe = AutoPipelineForText2Image.from_pretrained(folder); pipe(prompt, timesteps=timesteps, guidance_scale=0)"
+                else f"pipe = {pipe_name}.from_pretrained(folder); pipe(prompt, {arg}={arg}, guidance_scale=0{extra})"
             ),
         )
+        info[arg] = values
         write_json(folder / EXPORT_META, info)
     finally:
         if saved is not None:
@@ -411,14 +439,23 @@ def _assign(gen: KStepGenerator, weights: dict[str, torch.Tensor]) -> None:
 
 
 def _pipeline_class(kind: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
-    return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    from r0kit.diffusion import PIPELINE_CLASSES
+
+    return getattr(diffusers, PIPELINE_CLASSES[kind])
 
 
 def _full_pipeline(gen: KStepGenerator, sched):
     m = gen.model
-    comps: dict[str, Any] = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], unet=gen.unet, scheduler=sched)
+    comps: dict[str, Any] = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], scheduler=sched)
+    if m.family == "flow":
+        comps.update(transformer=gen.unet, text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
+        if m.kind == "sd3":  # without T5 when it was dropped: text_encoder_3=None loads in diffusers as it did here
+            t5 = m.has_t5
+            comps.update(text_encoder_3=m.text_encoders[2] if t5 else None, tokenizer_3=m.tokenizers[2] if t5 else None)
+        return _pipeline_class(m.kind)(**comps)
+    comps["unet"] = gen.unet
     if m.kind == "sdxl":
         comps.update(text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
         return _pipeline_class("sdxl")(**comps, force_zeros_for_empty_prompt=m.force_zeros_for_empty_prompt)
@@ -440,6 +477,7 @@ def load_export(folder: str | Path, **overrides: Any) -> KStepGenerator:
     """A frozen :class:`KStepGenerator` from an export folder (LoRA on its base model, or a full pipeline)."""
     info = read_export(folder)
     kw: dict[str, Any] = dict(steps=info["steps"], timesteps=info["timesteps"], height=info["height"], width=info["width"], train="none")
+    kw.update({k: info[k] for k in ("drop_t5", "max_sequence_length") if k in info})
     if info.get("format") == "lora":
         kw.update(model=info["base_model"], lora_weights=str(folder))
     else:
@@ -474,7 +512,11 @@ class WeightL2:
 
 @r0kit.hookimpl
 def r0kit_register_generators(register):
-    register("kstep", KStepGenerator, description="K-step generator from a diffusers UNet model, trainable by LoRA or in full (R0)")
+    register(
+        "kstep",
+        KStepGenerator,
+        description="K-step generator from a diffusers UNet or SD3/FLUX transformer, trainable by LoRA or in full (R0)",
+    )
 
 
 @r0kit.hookimpl

@@ -1,10 +1,21 @@
 """Tiny random-weight diffusers pipelines of the real architectures, written to disk.
 
-``build_tiny_pipeline(folder, kind="sd")`` writes a complete Stable Diffusion
-(or SDXL) pipeline folder with ``save_pretrained``: the tiny UNet2DConditionModel
-and AutoencoderKL of r0kit.testing.models, CLIP text encoder(s) and a CLIP
-tokenizer whose vocab.json and merges.txt are generated here (byte-level, no
-merges), so nothing is downloaded.
+``build_tiny_pipeline(folder, kind)`` writes a complete pipeline folder with
+``save_pretrained``, so nothing is downloaded:
+
+* ``"sd"`` / ``"sdxl"``: Stable Diffusion (XL): the tiny UNet2DConditionModel and
+  AutoencoderKL of r0kit.testing.models, CLIP text encoder(s) and a CLIP tokenizer
+  whose vocab.json and merges.txt are generated here (byte-level, no merges).
+* ``"sd3"``: Stable Diffusion 3 (``StableDiffusion3Pipeline``): an
+  SD3Transformer2DModel (patch 2), a 16-channel-style VAE with a ``shift_factor``,
+  two CLIP text encoders with projection and a T5 encoder, whose Unigram tokenizer is
+  generated here too (:func:`write_tiny_t5_tokenizer`).
+* ``"flux"``: FLUX.1 (``FluxPipeline``): a FluxTransformer2DModel over 2×2-packed
+  latents, a CLIP text encoder (pooled) and a T5 encoder; ``guidance_embeds=True``
+  gives a FLUX.1-dev-style guidance-distilled transformer.
+
+The flow pipelines ship FLUX.1-schnell's and SD3's published scheduler configs
+(:data:`FLOW_SCHEDULER_CONFIGS`).
 Tests load it back by folder path through the same code a user's model goes through.
 
 Shipped in ``r0kit.testing`` so that a generator or training plugin can be tried
@@ -24,6 +35,8 @@ from r0kit.testing.models import tiny_unet, tiny_vae
 
 #: Token budget of the tiny tokenizer, small so that truncation is easy to hit.
 MAX_TOKENS = 16
+#: Token budget of the tiny T5 tokenizer (the T5 prompt length of the tiny flow pipelines' tests).
+T5_TOKENS = 24
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -54,6 +67,23 @@ def write_tiny_clip_tokenizer(folder: Path, max_length: int = MAX_TOKENS) -> Pat
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def write_tiny_t5_tokenizer(folder: Path, max_length: int = T5_TOKENS) -> Path:
+    """A T5 (SentencePiece Unigram) tokenizer whose vocabulary is generated here: every printable ASCII character,
+    alone and word-initial (``▁a``), after T5's ``<pad>`` (0), ``</s>`` (1) and ``<unk>`` (2). No sentinel ids.
+
+    Written with ``save_pretrained`` (``tokenizer.json``), as ``T5TokenizerFast`` reads it.
+    """
+    from transformers import T5TokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [("▁" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
+    tok = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
     tok.save_pretrained(str(folder))
     return folder
 
@@ -126,6 +156,43 @@ SCHEDULER_CONFIGS: dict[str, str] = {
   "timestep_spacing": "leading",
   "trained_betas": null,
   "use_karras_sigmas": false
+}""",
+}
+
+
+#: ``scheduler/scheduler_config.json`` of the rectified-flow pipelines. FLUX.1-schnell's is the
+#: published file (static shift 1); FLUX.1-dev's turns on the resolution-dependent shift
+#: (``use_dynamic_shifting``, μ from the image's token count); SD3-Medium and SD3.5 ship a static
+#: shift of 3. The SD3 and FLUX.1-dev files are as their repositories are reported to hold them
+#: (not fetched here: those repositories are gated).
+FLOW_SCHEDULER_CONFIGS: dict[str, str] = {
+    "black-forest-labs/FLUX.1-schnell": """{
+  "_class_name": "FlowMatchEulerDiscreteScheduler",
+  "_diffusers_version": "0.30.0.dev0",
+  "base_image_seq_len": 256,
+  "base_shift": 0.5,
+  "max_image_seq_len": 4096,
+  "max_shift": 1.15,
+  "num_train_timesteps": 1000,
+  "shift": 1.0,
+  "use_dynamic_shifting": false
+}""",
+    "black-forest-labs/FLUX.1-dev": """{
+  "_class_name": "FlowMatchEulerDiscreteScheduler",
+  "_diffusers_version": "0.30.0.dev0",
+  "base_image_seq_len": 256,
+  "base_shift": 0.5,
+  "max_image_seq_len": 4096,
+  "max_shift": 1.15,
+  "num_train_timesteps": 1000,
+  "shift": 3.0,
+  "use_dynamic_shifting": true
+}""",
+    "stabilityai/stable-diffusion-3-medium-diffusers": """{
+  "_class_name": "FlowMatchEulerDiscreteScheduler",
+  "_diffusers_version": "0.29.0.dev0",
+  "num_train_timesteps": 1000,
+  "shift": 3.0
 }""",
 }
 
@@ -220,23 +287,123 @@ def build_components(
     return comps
 
 
+def build_flow_components(
+    kind: Literal["sd3", "flux"],
+    *,
+    seed: int = 0,
+    tmp: Path,
+    scheduler: dict[str, Any] | str | None = None,
+    transformer_options: dict[str, Any] | None = None,
+    t5_tokens: int = T5_TOKENS,
+):
+    """The tiny components of an SD3 or FLUX.1 pipeline as objects (the pipeline class's keyword arguments).
+
+    The VAE downsamples by 2 and has 4 latent channels with the real ``shift_factor`` and
+    ``scaling_factor`` of its family (SD3: 0.0609 and 1.5305; FLUX: 0.1159 and 0.3611) and,
+    as theirs, no quant convs. SD3: CLIP-L-like and CLIP-G-like encoders with projection
+    (pooled 32 + 32 = the transformer's ``pooled_projection_dim``) and a T5 encoder whose width is
+    the transformer's ``joint_attention_dim`` (the CLIP features are zero-padded to it). FLUX: a
+    CLIP encoder (``pooler_output``, 32) and a T5 encoder of width ``joint_attention_dim``.
+
+    :param scheduler: a ``scheduler_config.json``; default FLUX.1-schnell's (flux) or SD3's (sd3),
+        see :data:`FLOW_SCHEDULER_CONFIGS`.
+    :param transformer_options: overrides of the tiny transformer's config (``guidance_embeds=True``).
+    """
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        T5Config,
+        T5EncoderModel,
+        T5TokenizerFast,
+    )
+
+    torch.manual_seed(seed)
+    clip_tok = CLIPTokenizer.from_pretrained(str(write_tiny_clip_tokenizer(tmp / "_tokenizer")))
+    t5_tok = T5TokenizerFast.from_pretrained(str(write_tiny_t5_tokenizer(tmp / "_t5_tokenizer", t5_tokens)))
+    clip_cfg = dict(
+        vocab_size=len(clip_tok.get_vocab()),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=clip_tok.bos_token_id,
+        eos_token_id=clip_tok.eos_token_id,
+        pad_token_id=clip_tok.pad_token_id,
+        projection_dim=32,
+    )
+    joint = 64 if kind == "sd3" else 32
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok.get_vocab()), d_model=joint, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, relative_attention_max_distance=32, dense_act_fn="gelu_new",
+            feed_forward_proj="gated-gelu", is_gated_act=True, pad_token_id=0, eos_token_id=1,
+        )
+    ).eval()
+    if kind == "sd3":
+        comps: dict[str, Any] = dict(
+            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg)).eval(),
+            tokenizer=clip_tok,
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg)).eval(),
+            tokenizer_2=CLIPTokenizer.from_pretrained(str(tmp / "_tokenizer")),
+            text_encoder_3=t5,
+            tokenizer_3=t5_tok,
+        )
+        tcfg: dict[str, Any] = dict(
+            sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=joint, caption_projection_dim=16, pooled_projection_dim=64,
+            pos_embed_max_size=16,
+        )
+        comps["transformer"] = SD3Transformer2DModel(**{**tcfg, **(transformer_options or {})}).eval()
+        vae = dict(shift_factor=0.0609, scaling_factor=1.5305)
+    elif kind == "flux":
+        comps = dict(text_encoder=CLIPTextModel(CLIPTextConfig(**clip_cfg)).eval(), tokenizer=clip_tok,
+                     text_encoder_2=t5, tokenizer_2=t5_tok)
+        tcfg = dict(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=joint, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
+            guidance_embeds=False,
+        )
+        comps["transformer"] = FluxTransformer2DModel(**{**tcfg, **(transformer_options or {})}).eval()
+        vae = dict(shift_factor=0.1159, scaling_factor=0.3611)
+    else:
+        raise ValueError(f"kind must be 'sd3' or 'flux', got {kind!r}")
+    comps["vae"] = tiny_vae(seed=None, use_quant_conv=False, use_post_quant_conv=False, force_upcast=True, **vae)
+    default = "stabilityai/stable-diffusion-3-medium-diffusers" if kind == "sd3" else "black-forest-labs/FLUX.1-schnell"
+    comps["scheduler"] = make_scheduler(scheduler if scheduler is not None else FLOW_SCHEDULER_CONFIGS[default])
+    return comps
+
+
 def build_tiny_pipeline(
     folder: str | Path,
-    kind: Literal["sd", "sdxl"] = "sd",
+    kind: Literal["sd", "sdxl", "sd3", "flux"] = "sd",
     *,
     prediction_type: str = "epsilon",
     seed: int = 0,
     scheduler: dict[str, Any] | str | None = None,
     unet_options: dict[str, Any] | None = None,
+    transformer_options: dict[str, Any] | None = None,
 ) -> Path:
     """Write a tiny pipeline to ``folder`` with ``save_pretrained`` and return the folder.
 
     The VAE downsamples by 2, so a 16x16 image has an 8x8x4 latent. ``scheduler`` and
-    ``unet_options`` are those of :func:`build_components`.
+    ``unet_options`` are those of :func:`build_components` (``"sd"``, ``"sdxl"``);
+    ``scheduler`` and ``transformer_options`` those of :func:`build_flow_components`
+    (``"sd3"``, ``"flux"``).
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     folder = Path(folder)
+    if kind in ("sd3", "flux"):
+        comps = build_flow_components(
+            kind, seed=seed, tmp=folder.parent / f".{folder.name}-build", scheduler=scheduler,
+            transformer_options=transformer_options,
+        )
+        (StableDiffusion3Pipeline if kind == "sd3" else FluxPipeline)(**comps).save_pretrained(str(folder))
+        return folder
     comps = build_components(
         kind,
         prediction_type=prediction_type,
@@ -253,7 +420,7 @@ def build_tiny_pipeline(
     return folder
 
 
-if __name__ == "__main__":  # build one by hand: python -m r0kit.testing.pipelines /tmp/tiny-sd [sd|sdxl]
+if __name__ == "__main__":  # build one by hand: python -m r0kit.testing.pipelines /tmp/tiny-sd [sd|sdxl|sd3|flux]
     import sys
 
     print(build_tiny_pipeline(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "sd"))
