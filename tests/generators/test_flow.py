@@ -7,7 +7,6 @@ goes through r0kit and through ``StableDiffusion3Pipeline`` / ``FluxPipeline``.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -275,12 +274,21 @@ def test_objective_rises_latent_from_the_pipeline_init(which, sd3_model, flux_mo
 
 
 def test_presets_for_flux_schnell_and_sd35_turbo_validate():
-    from r0kit.commands.optimize import preset_path
-    from r0kit.config import load_run_config
+    """ReNO's loop and rewards; FLUX.1-schnell as ReNO's code runs it (1 step, 512 px, 256 T5 tokens),
+    SD3.5-Large-Turbo as it is documented (4 steps, 1024 px); every generator option is one the noise generator takes."""
+    import inspect
 
-    for name, model, steps in (("reno_flux", "black-forest-labs/FLUX.1-schnell", 1),
-                               ("reno_sd35", "stabilityai/stable-diffusion-3.5-large-turbo", 1)):
-        cfg = load_run_config(preset_path(name))
-        assert cfg.generator.name == "noise" and cfg.generator.options()["model"] == model, name
-        assert cfg.generator.options()["steps"] == steps
-        assert json.dumps(cfg.model_dump(mode="json"))
+    from r0kit.commands.optimize import preset_path
+    from r0kit.config import load_run
+    from r0kit_diffusers import NoiseGenerator
+
+    accepted = set(inspect.signature(NoiseGenerator).parameters)
+    reno = load_run(preset_path("reno"))
+    for name, model, steps, size in (("reno_flux", "black-forest-labs/FLUX.1-schnell", 1, 512),
+                                     ("reno_sd35", "stabilityai/stable-diffusion-3.5-large-turbo", 4, 1024)):
+        cfg = load_run(preset_path(name))
+        opts = cfg.generator.options
+        assert cfg.generator.name == "noise" and opts["model"] == model, name
+        assert (opts["steps"], opts["height"], opts["width"], cfg.dtype) == (steps, size, size, "bfloat16")
+        assert set(opts) <= accepted, set(opts) - accepted
+        assert cfg.optimizer == reno.optimizer and cfg.objective == reno.objective and cfg.steps == reno.steps
