@@ -644,6 +644,7 @@ class DiffusionModel:
         self.vae_checkpointing = False
         self._cache: dict[tuple[str, tuple[Any, ...]], Conditioning] = {}
         self._ids: dict[tuple[int, int], torch.Tensor] = {}
+        self._forward_module: torch.nn.Module | None = None
         if self.has_t5:  # the encoder that reads the whole prompt (CLIP's 77 tokens feed the pooled vector)
             reader, budget = "the T5 text encoder", int(self.max_sequence_length or 0)
         else:
@@ -661,6 +662,12 @@ class DiffusionModel:
     @unet.setter
     def unet(self, module: Any) -> None:
         self.backbone = module
+
+    def set_forward_module(self, module: torch.nn.Module | None) -> None:
+        """Call the backbone through ``module`` (its DDP or FSDP wrapper from ``accelerator.prepare``);
+        ``None`` or the backbone itself calls it directly again. Its config and parameters are still
+        read from :attr:`backbone`, which a wrapper hides (``DistributedDataParallel`` has no ``.config``)."""
+        self._forward_module = None if module is None or module is self.backbone else module
 
     @property
     def prediction_type(self) -> PredictionType:
@@ -1022,7 +1029,8 @@ class DiffusionModel:
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
         """The backbone's raw output for ``[B, C, h, w]`` input, called as the kind's diffusers pipeline calls it."""
-        net, b = self.backbone, x.shape[0]
+        net, b = self._forward_module or self.backbone, x.shape[0]
+        config = self.backbone.config
         if self.kind == "sd3":  # StableDiffusion3Pipeline: timestep = 1000·t
             return net(
                 hidden_states=x, timestep=t, encoder_hidden_states=cond.embeds, pooled_projections=cond.pooled, return_dict=False
@@ -1031,7 +1039,7 @@ class DiffusionModel:
             _, c, h, w = x.shape
             packed = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
             guidance = None
-            if getattr(net.config, "guidance_embeds", False):
+            if getattr(config, "guidance_embeds", False):
                 guidance = torch.full((b,), float(guidance_scale), device=x.device, dtype=torch.float32)
             out = net(
                 hidden_states=packed,
@@ -1045,7 +1053,7 @@ class DiffusionModel:
             )[0]
             return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
         extra: dict[str, Any] = {}
-        cond_dim = getattr(net.config, "time_cond_proj_dim", None)
+        cond_dim = getattr(config, "time_cond_proj_dim", None)
         if cond_dim is not None:
             extra["timestep_cond"] = guidance_embedding(guidance_scale, b, int(cond_dim), device=self.device).to(self.dtype)
         return net(x, t, **cond.unet_kwargs(), **extra, return_dict=False)[0]

@@ -169,11 +169,11 @@ class KStepGenerator:
             self._add_lora()
         elif train == "full":
             self.unet.requires_grad_(True)
-        self._trainable = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
-        if train != "none" and not self._trainable:
+        trainable = self.named_parameters()
+        if train != "none" and not trainable:
             raise OptionError(f"kstep: train={train!r} left no trainable parameter; check lora_targets {self.lora_targets}")
         # θ₀ for weight_l2: the trainable tensors as built (deterministic given init_seed).
-        self._reference = [p.detach().clone() for _, p in self._trainable]
+        self._reference = [p.detach().clone() for _, p in trainable]
         self.prompts: list[str] | None = None
         self._rng: torch.Generator | None = None
 
@@ -211,21 +211,29 @@ class KStepGenerator:
         self.unet.requires_grad_(False)
 
     def parameters(self) -> list[torch.Tensor]:
-        return [p for _, p in self._trainable]
+        return [p for _, p in self.named_parameters()]
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """The trainable tensors with their UNet parameter names (checkpoint keys)."""
-        return list(self._trainable)
+        """The trainable tensors with their network parameter names (checkpoint keys), read off the network
+        now: under FSDP the sharded parameters, or the full ones inside :func:`r0kit.sharding.gathered`."""
+        return [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
 
     def weight_reference(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(θ, θ₀)``: the trainable tensors and their values when the generator was built."""
-        if not self._trainable:
+        if self.train_mode == "none":
             raise OptionError("weight_l2: the kstep generator has no trainable weights (train='none')")
         return self.parameters(), self._reference
 
     def set_forward_module(self, module: torch.nn.Module) -> None:
-        """Run the UNet through ``module`` (a DDP/FSDP wrapper of it from ``accelerator.prepare``)."""
-        self.model.unet = module
+        """Run the network through ``module`` (a DDP/FSDP wrapper of it from ``accelerator.prepare``).
+
+        Under FSDP2 the parameters are sharded ``DTensor`` s from then on; θ₀ of ``weight_l2`` is
+        sharded the same way (its local shards, no communication), so ``θ − θ₀`` stays elementwise.
+        """
+        from r0kit.sharding import shard_like
+
+        self.model.set_forward_module(module)
+        self._reference = [shard_like(r, p) for r, p in zip(self._reference, self.parameters())]
 
     def train(self, mode: bool = True) -> KStepGenerator:
         """Training mode draws random η (and the R0+ step); evaluation mode uses η = 0 and all K steps."""
@@ -287,12 +295,17 @@ class KStepGenerator:
         *,
         noise: torch.Tensor | None = None,
         eta: torch.Tensor | float | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> r0kit.Sample:
         """Unroll K steps for ``prompts``; differentiable with respect to :meth:`parameters`.
 
         :param generator: draws ``x_T``, η, ξ and the R0+ step (default: the one seeded by :meth:`prepare`).
         :param noise: an explicit ``x_T`` instead of drawing one.
         :param eta: explicit η (float, ``[K]`` or ``[K, B]``) instead of drawing it.
+        :param shard: ``(rank, world)``: ``prompts`` are rank's part of a global batch of ``world·B``.
+            ``x_T``, η, the R0+ step and the ξ seed are drawn for the global batch from ``generator``
+            (the same stream on every rank) and this rank keeps its rows, so N processes sample what
+            one process samples for the combined batch; ξ itself is drawn from the seed plus the rank.
         """
         if not prompts:
             raise InputError("kstep: sample() needs at least one prompt")
@@ -300,12 +313,16 @@ class KStepGenerator:
         b = len(prompts)
         m = self.model
         k = self.steps
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise InputError(f"kstep: shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        rows = slice(rank * b, (rank + 1) * b)
         if noise is None:
-            noise = self.draw_noise(b, gen)
+            noise = self.draw_noise(world * b, gen)[rows]
         elif noise.shape[0] != b:
             raise InputError(f"kstep: noise has batch {noise.shape[0]} for {b} prompt(s)")
         if eta is None:
-            etas = self.draw_etas(b, gen) if self.training else torch.zeros(k, b)
+            etas = self.draw_etas(world * b, gen)[:, rows].contiguous() if self.training else torch.zeros(k, b)
         else:
             etas = torch.as_tensor(eta, dtype=torch.float32)
             etas = etas.expand(k, b).clone() if etas.dim() == 0 else (etas.view(k, 1).expand(k, b).clone() if etas.dim() == 1 else etas)
@@ -317,7 +334,7 @@ class KStepGenerator:
         elif self.training and self.backprop_steps is not None:
             grad_from = k - self.backprop_steps
         # ξ of every step comes from one seed drawn here, so the sampler's generator is the only state.
-        xi_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        xi_seed = (int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) + rank) % (2**31 - 1)
         cond = m.encode_prompts(list(prompts), height=self.height, width=self.width)
         out = m.unroll(noise, cond, self.schedule.head(last + 1), eta=etas[: last + 1], seed=xi_seed, grad_from_step=grad_from)
         images = m.decode(out.latents)
@@ -507,6 +524,11 @@ class WeightL2:
                 f"got {type(generator).__name__}"
             )
         params, refs = ref()
+        from r0kit.sharding import is_sharded
+
+        if any(is_sharded(p) for p in params):  # FSDP2: elementwise on the shards; full_tensor() sums them (all-reduce)
+            partial = sum(((p - r).float() ** 2).sum() for p, r in zip(params, refs))
+            return partial.full_tensor()
         return weight_l2(params, refs, 1.0, accumulate_grad=False)
 
 
