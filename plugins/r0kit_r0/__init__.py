@@ -426,6 +426,7 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
         (arg, values), = gen.schedule.pipeline_kwargs.items()
         pipe_name = _pipeline_class(m.kind).__name__
         extra = f", max_sequence_length={m.max_sequence_length}" if m.family == "flow" else ""
+        no_t5 = ", text_encoder_3=None, tokenizer_3=None" if m.kind == "sd3" and not m.has_t5 else ""
         info.update(
             base_model=gen.source,
             format="lora" if gen.train_mode == "lora" else "pipeline",
@@ -438,7 +439,7 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
                 f"pipe.scheduler = {sched_cls}.from_pretrained(folder, subfolder='scheduler'); "
                 f"pipe(prompt, {arg}={arg}, guidance_scale=0{extra})"
                 if gen.train_mode == "lora"
-                else f"pipe = {pipe_name}.from_pretrained(folder); pipe(prompt, {arg}={arg}, guidance_scale=0{extra})"
+                else f"pipe = {pipe_name}.from_pretrained(folder{no_t5}); pipe(prompt, {arg}={arg}, guidance_scale=0{extra})"
             ),
         )
         info[arg] = values
