@@ -10,17 +10,15 @@ weight-L2 reference, exports and sample grids) work on both kinds of tensor:
 * :func:`full_tensor` gathers a sharded tensor (a collective: every rank calls it,
   in the same order) and returns a plain tensor unchanged;
 * :func:`shard_like` turns a full tensor into the local shard of a sharded one,
-  with no communication;
-* :func:`gathered` holds a model's full parameters on every rank for a while
-  (exports read them as plain tensors).
+  with no communication.
+
+Exports are written from gathered whole tensors, never from the sharded module
+(its ``state_dict`` hooks hand out shards).
 
 Importing this module imports nothing of ``torch.distributed`` until a helper needs it.
 """
 
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 import torch
 
@@ -61,30 +59,4 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return full.to(like.device, like.dtype)
 
 
-def fsdp_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The submodules of ``module`` that ``fully_shard`` was applied to (outermost first)."""
-    if not torch.distributed.is_available():
-        return []
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in module.modules() if isinstance(m, FSDPModule)]
-
-
-@contextlib.contextmanager
-def gathered(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Every sharded group of ``module`` holds its full parameters while inside, as plain tensors.
-
-    Every rank must enter (the unshard is an all-gather). Nothing happens for a module
-    that is not sharded. Do not run the module's forward inside: FSDP reshards after it.
-    """
-    groups = fsdp_modules(module)
-    for m in groups:
-        m.unshard()
-    try:
-        yield module
-    finally:
-        for m in reversed(groups):
-            m.reshard()
-
-
-__all__ = ["fsdp_modules", "full_tensor", "gathered", "is_sharded", "shard_like"]
+__all__ = ["full_tensor", "is_sharded", "shard_like"]

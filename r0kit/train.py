@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from r0kit.config import ObjectiveConfig, StrictModel, format_validation_error, load_toml, read_prompts
 from r0kit.errors import ConfigError, NonFiniteError, OptionError, WeightsError
-from r0kit.sharding import full_tensor, gathered, is_sharded, shard_like
+from r0kit.sharding import full_tensor, is_sharded, shard_like
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
 
@@ -567,6 +567,9 @@ def train(
     if "tensorboard" in cfg.trackers and tensorboard_available():
         trackers.append("tensorboard")
     accelerator = Accelerator(
+        # without CUDA, accelerate treats a multi-process launch as MULTI_CPU (gloo) only when told:
+        # otherwise every process trains alone on the same output folder (as r0kit.optimize.shard_prompts)
+        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
@@ -719,10 +722,11 @@ def train(
         last_ckpt = checkpoint()
     export_path = None
     if not interrupted and step >= cfg.steps and cfg.export and (accelerator.is_main_process or sharded):
-        weights = {n: full_tensor(v) for n, v in ema.shadow.items()} if ema is not None else None
-        with gathered(unet):  # under FSDP2 every rank holds the full network while the main process writes
-            if accelerator.is_main_process:
-                export_path = gen.export(output / "export", weights=weights)
+        weights = ema.shadow if ema is not None else None
+        if sharded:  # the export is written from whole tensors, which every rank gathers
+            weights = {n: full_tensor(v).detach() for n, v in (weights or dict(named)).items()}
+        if accelerator.is_main_process:
+            export_path = gen.export(output / "export", weights=weights)
         if cfg.sample_every:
             sample_grid(gen, sample_prompts, output / "samples" / "final.png", seed=cfg.seed, ema=ema,
                         write=accelerator.is_main_process)

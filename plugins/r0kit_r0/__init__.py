@@ -169,11 +169,11 @@ class KStepGenerator:
             self._add_lora()
         elif train == "full":
             self.unet.requires_grad_(True)
-        trainable = self.named_parameters()
-        if train != "none" and not trainable:
+        self._trainable = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
+        if train != "none" and not self._trainable:
             raise OptionError(f"kstep: train={train!r} left no trainable parameter; check lora_targets {self.lora_targets}")
         # θ₀ for weight_l2: the trainable tensors as built (deterministic given init_seed).
-        self._reference = [p.detach().clone() for _, p in trainable]
+        self._reference = [p.detach().clone() for _, p in self._trainable]
         self.prompts: list[str] | None = None
         self._rng: torch.Generator | None = None
 
@@ -214,9 +214,9 @@ class KStepGenerator:
         return [p for _, p in self.named_parameters()]
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """The trainable tensors with their network parameter names (checkpoint keys), read off the network
-        now: under FSDP the sharded parameters, or the full ones inside :func:`r0kit.sharding.gathered`."""
-        return [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
+        """The trainable tensors with their network parameter names (checkpoint keys): under FSDP2 the
+        sharded parameters the optimizer steps (FSDP swaps whole ones in while the network runs)."""
+        return list(self._trainable)
 
     def weight_reference(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(θ, θ₀)``: the trainable tensors and their values when the generator was built."""
@@ -233,6 +233,7 @@ class KStepGenerator:
         from r0kit.sharding import shard_like
 
         self.model.set_forward_module(module)
+        self._trainable = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
         self._reference = [shard_like(r, p) for r, p in zip(self._reference, self.parameters())]
 
     def train(self, mode: bool = True) -> KStepGenerator:
@@ -394,11 +395,16 @@ def export_scheduler(gen: KStepGenerator):
 def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, torch.Tensor] | None = None) -> Path:
     from r0kit.io import write_json
 
+    from r0kit.sharding import is_sharded
+
     if gen.train_mode == "none":
         raise OptionError("kstep: nothing to export from an untrained generator (train='none')")
+    sharded = any(is_sharded(p) for p in gen.parameters())
+    if sharded and weights is None:
+        raise OptionError("kstep: a sharded (FSDP) generator exports whole tensors: pass weights gathered with r0kit.sharding.full_tensor")
     folder.mkdir(parents=True, exist_ok=True)
     saved = None
-    if weights is not None:
+    if weights is not None and gen.train_mode == "full" and not sharded:
         saved = {n: p.detach().clone() for n, p in gen.named_parameters()}
         _assign(gen, weights)
     try:
@@ -407,7 +413,8 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
         if gen.train_mode == "lora":
             from peft.utils import get_peft_model_state_dict
 
-            state = get_peft_model_state_dict(gen.unet)
+            current = weights if weights is not None else {n: p.detach() for n, p in gen.named_parameters()}
+            state = get_peft_model_state_dict(gen.unet, state_dict=dict(current))  # from tensors, not the (sharded) module
             state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
             pipe_cls = _pipeline_class(m.kind)
             meta = gen.unet.peft_config["default"].to_dict()
@@ -417,7 +424,7 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
                 pipe_cls.save_lora_weights(tmp, **{f"{key}_lora_layers": state, f"{key}_lora_adapter_metadata": meta})
                 os.replace(Path(tmp) / "pytorch_lora_weights.safetensors", folder / "pytorch_lora_weights.safetensors")
         else:
-            pipe = _full_pipeline(gen, sched)
+            pipe = _full_pipeline(gen, sched, _unsharded(gen.unet, weights) if sharded else gen.unet)
             pipe.save_pretrained(str(folder), safe_serialization=True)
         sched.save_pretrained(str(folder / "scheduler"))
         info = gen.options()
@@ -464,16 +471,26 @@ def _pipeline_class(kind: str):
     return getattr(diffusers, PIPELINE_CLASSES[kind])
 
 
-def _full_pipeline(gen: KStepGenerator, sched):
+def _unsharded(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A plain copy of a fully fine-tuned network that FSDP has sharded, from its whole ``weights`` (every
+    parameter) and its buffers (FSDP leaves them whole), built on the meta device and assigned, so no
+    second random initialization is paid for."""
+    with torch.device("meta"):
+        copy = type(net).from_config(net.config)
+    copy.load_state_dict({**{n: b for n, b in net.named_buffers()}, **weights}, strict=True, assign=True)
+    return copy.eval()
+
+
+def _full_pipeline(gen: KStepGenerator, sched, backbone: torch.nn.Module):
     m = gen.model
     comps: dict[str, Any] = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], scheduler=sched)
     if m.family == "flow":
-        comps.update(transformer=gen.unet, text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
+        comps.update(transformer=backbone, text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
         if m.kind == "sd3":  # without T5 when it was dropped: text_encoder_3=None loads in diffusers as it did here
             t5 = m.has_t5
             comps.update(text_encoder_3=m.text_encoders[2] if t5 else None, tokenizer_3=m.tokenizers[2] if t5 else None)
         return _pipeline_class(m.kind)(**comps)
-    comps["unet"] = gen.unet
+    comps["unet"] = backbone
     if m.kind == "sdxl":
         comps.update(text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
         return _pipeline_class("sdxl")(**comps, force_zeros_for_empty_prompt=m.force_zeros_for_empty_prompt)
