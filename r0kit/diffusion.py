@@ -136,6 +136,12 @@ PIPELINE_CLASSES: dict[str, str] = {
 }
 #: The denoising network's class of each flow kind (``model_index.json``'s ``transformer``).
 _TRANSFORMER_KINDS: dict[str, Kind] = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+#: The attention projections LoRA adapts by default, per family: a UNet's, and an SD3/FLUX transformer's image
+#: stream and joint-attention text stream (``add_*_proj``, ``to_add_out``), as diffusers' SD3 and FLUX LoRA scripts do.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "vp": ("to_q", "to_k", "to_v", "to_out.0"),
+    "flow": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+}
 #: diffusers' default T5 prompt length of each flow pipeline (``max_sequence_length``).
 MAX_SEQUENCE_LENGTH: dict[str, int] = {"sd3": 256, "flux": 512}
 DTYPES: dict[str, torch.dtype] = {
@@ -1413,6 +1419,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "Kind",
+    "LORA_TARGETS",
     "PIPELINE_CLASSES",
     "PromptTruncationWarning",
     "SCHEDULERS",

@@ -45,15 +45,15 @@ from typing import Any, Literal, Sequence
 import torch
 
 import r0kit
+from r0kit.diffusion import LORA_TARGETS as _LORA_TARGETS
 from r0kit.diffusion import trailing_timesteps  # noqa: F401  (the spacing kstep samples with; re-exported)
 from r0kit.errors import InputError, OptionError, WeightsError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-#: The UNet attention projections LoRA adapts by default.
-LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-#: The SD3/FLUX transformer attention projections LoRA adapts by default: the image stream's and the
-#: joint attention's text stream (``add_*_proj``, ``to_add_out``), as diffusers' SD3 and FLUX LoRA scripts do.
-FLOW_LORA_TARGETS: tuple[str, ...] = LORA_TARGETS + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+#: The UNet attention projections LoRA adapts by default (:data:`r0kit.diffusion.LORA_TARGETS`).
+LORA_TARGETS: tuple[str, ...] = _LORA_TARGETS["vp"]
+#: The SD3/FLUX transformer attention projections LoRA adapts by default, joint attention's text stream included.
+FLOW_LORA_TARGETS: tuple[str, ...] = _LORA_TARGETS["flow"]
 #: Written beside an exported generator; describes how to sample it.
 EXPORT_META = "kstep.json"
 
@@ -151,8 +151,7 @@ class KStepGenerator:
         )
         self.source = self.model.source
         self.unet = self.model.unet  # the unwrapped denoising network, UNet or transformer (config, names, export)
-        default_targets = LORA_TARGETS if self.model.family == "vp" else FLOW_LORA_TARGETS
-        self.lora_targets = tuple(lora_targets if lora_targets is not None else default_targets)
+        self.lora_targets = tuple(lora_targets if lora_targets is not None else _LORA_TARGETS[self.model.family])
         self.latent_shape = self.model.latent_shape(height, width)
         if timesteps is not None and len(timesteps) != steps:
             raise OptionError(f"kstep: {len(timesteps)} timesteps given for steps={steps}; give exactly K of them")

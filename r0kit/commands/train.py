@@ -2,7 +2,9 @@
 
 ``r0kit train --config train.toml`` runs the config (see ``r0kit/presets/train_r0.toml``);
 ``--resume latest`` continues from the newest checkpoint under the output folder.
-Multi-GPU: ``accelerate launch -m r0kit.cli train --config train.toml``.
+Multi-GPU: ``accelerate launch -m r0kit.cli train --config train.toml`` (DDP), or with an FSDP
+config file (``fsdp_version: 2``) to shard SD3/FLUX-size networks; ``--dry-run`` prints the memory a
+run needs before anything is loaded.
 Ctrl-C writes a checkpoint before exiting.
 """
 
@@ -24,6 +26,11 @@ def add_parser(sub) -> None:
     p.add_argument("--max-steps", type=int, help="stop at this step with a checkpoint (resume later)")
     p.add_argument("--output", "-o", type=Path, help="override output folder")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress line")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="print the memory the run needs (weights, gradients, optimizer state, activations with and without "
+        "checkpointing, per FSDP process count) from the model's configs alone, and exit",
+    )
     p.set_defaults(run=run)
 
 
@@ -53,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from r0kit.train import train
 
     cfg = build_config(args)
+    if args.dry_run:
+        from r0kit.memory import estimate_training
+
+        print(estimate_training(cfg).table())
+        return 0
     result = train(cfg, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
     where = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
     if result.interrupted:

@@ -424,3 +424,101 @@ if __name__ == "__main__":  # build one by hand: python -m r0kit.testing.pipelin
     import sys
 
     print(build_tiny_pipeline(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "sd"))
+
+
+# ---------------------------------------------------------------------------- real-size architectures
+_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768,
+               vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu")
+_CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, projection_dim=1280,
+               vocab_size=49408, max_position_embeddings=77, hidden_act="gelu")
+_T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128, feed_forward_proj="gated-gelu",
+               dense_act_fn="gelu_new", is_gated_act=True, relative_attention_num_buckets=32, relative_attention_max_distance=128)
+_VAE_16 = dict(in_channels=3, out_channels=3, block_out_channels=[128, 256, 512, 512], latent_channels=16, layers_per_block=2,
+               down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32,
+               sample_size=1024, use_quant_conv=False, use_post_quant_conv=False, force_upcast=True)
+
+#: The component configs of real pipelines, for random-weight models at their true size (benchmarks) and
+#: config-only folders (memory estimates): ``{name: {component: (library, class, config)}}``. Transformer,
+#: VAE and text-encoder dimensions are those of the published ``config.json`` files of
+#: stabilityai/stable-diffusion-3-medium-diffusers, stabilityai/stable-diffusion-3.5-large(-turbo) and
+#: black-forest-labs/FLUX.1-schnell / FLUX.1-dev.
+ARCHITECTURES: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
+    "sd3-medium": {
+        "transformer": ("diffusers", "SD3Transformer2DModel", dict(
+            sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+            num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+            pos_embed_max_size=192)),
+        "vae": ("diffusers", "AutoencoderKL", dict(_VAE_16, scaling_factor=1.5305, shift_factor=0.0609)),
+        "text_encoder": ("transformers", "CLIPTextModelWithProjection", _CLIP_L),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", _CLIP_G),
+        "text_encoder_3": ("transformers", "T5EncoderModel", _T5_XXL),
+        "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler", json.loads(FLOW_SCHEDULER_CONFIGS["stabilityai/stable-diffusion-3-medium-diffusers"])),
+    },
+    "sd3.5-large": {
+        "transformer": ("diffusers", "SD3Transformer2DModel", dict(
+            sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
+            num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048,
+            pos_embed_max_size=192, qk_norm="rms_norm")),
+        "vae": ("diffusers", "AutoencoderKL", dict(_VAE_16, scaling_factor=1.5305, shift_factor=0.0609)),
+        "text_encoder": ("transformers", "CLIPTextModelWithProjection", _CLIP_L),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", _CLIP_G),
+        "text_encoder_3": ("transformers", "T5EncoderModel", _T5_XXL),
+        "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler", json.loads(FLOW_SCHEDULER_CONFIGS["stabilityai/stable-diffusion-3-medium-diffusers"])),
+    },
+    "flux-schnell": {
+        "transformer": ("diffusers", "FluxTransformer2DModel", dict(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+            joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=False, axes_dims_rope=[16, 56, 56])),
+        "vae": ("diffusers", "AutoencoderKL", dict(_VAE_16, scaling_factor=0.3611, shift_factor=0.1159)),
+        "text_encoder": ("transformers", "CLIPTextModel", _CLIP_L),
+        "text_encoder_2": ("transformers", "T5EncoderModel", _T5_XXL),
+        "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler", json.loads(FLOW_SCHEDULER_CONFIGS["black-forest-labs/FLUX.1-schnell"])),
+    },
+}
+ARCHITECTURES["flux-dev"] = {
+    **ARCHITECTURES["flux-schnell"],
+    "transformer": ("diffusers", "FluxTransformer2DModel", dict(ARCHITECTURES["flux-schnell"]["transformer"][2], guidance_embeds=True)),
+    "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler", json.loads(FLOW_SCHEDULER_CONFIGS["black-forest-labs/FLUX.1-dev"])),
+}
+_PIPELINES = {"sd3-medium": "StableDiffusion3Pipeline", "sd3.5-large": "StableDiffusion3Pipeline",
+              "flux-schnell": "FluxPipeline", "flux-dev": "FluxPipeline"}
+
+
+def write_architecture(folder: str | Path, name: str) -> Path:
+    """A config-only pipeline folder of a real architecture (:data:`ARCHITECTURES`): ``model_index.json`` and
+    each component's ``config.json``, no weights, no tokenizers. Enough for :func:`r0kit.memory.estimate_training`."""
+    folder = Path(folder)
+    index: dict[str, Any] = {"_class_name": _PIPELINES[name], "_diffusers_version": "0.42.1"}
+    for key, (library, cls, cfg) in ARCHITECTURES[name].items():
+        index[key] = [library, cls]
+        sub = folder / key
+        sub.mkdir(parents=True, exist_ok=True)
+        if library == "transformers":
+            import transformers
+
+            model_cls = getattr(transformers, cls)
+            model_cls.config_class(**cfg).save_pretrained(str(sub))
+        else:
+            target = "scheduler_config.json" if key == "scheduler" else "config.json"
+            (sub / target).write_text(json.dumps({"_class_name": cls, **cfg}, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def build_architecture(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       components: tuple[str, ...] = ("transformer", "vae")) -> dict[str, torch.nn.Module]:
+    """Random-weight modules of a real architecture, built directly on ``device`` in ``dtype``, frozen and in eval mode."""
+    import diffusers
+    import transformers
+
+    out: dict[str, torch.nn.Module] = {}
+    for key in components:
+        library, cls, cfg = ARCHITECTURES[name][key]
+        with torch.device(device):
+            if library == "diffusers":
+                m = getattr(diffusers, cls).from_config(cfg)
+            else:
+                klass = getattr(transformers, cls)
+                m = klass(klass.config_class(**cfg))
+        out[key] = m.to(dtype).requires_grad_(False).eval()
+    return out
