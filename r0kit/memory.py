@@ -63,10 +63,10 @@ class MemoryEstimate:
     model: str
     kind: str
     setting: dict[str, Any]
-    params: dict[str, int]  #: component -> parameter count
+    params: dict[str, int]  #: component (and "LoRA" for its added weights) -> parameter count
     param_bytes: dict[str, int]  #: component -> bytes of its weights
     trainable: int
-    trainable_bytes: int  #: the trainable weights (part of the backbone's)
+    trainable_bytes: int  #: the trainable weights (the LoRA entry, or all of the backbone)
     grads: int
     optimizer: int
     ema: int
@@ -77,11 +77,12 @@ class MemoryEstimate:
 
     @property
     def shardable(self) -> int:
-        """What FSDP divides among processes: the backbone's weights and every per-trainable-parameter state."""
-        return self.param_bytes.get("backbone", 0) + self.grads + self.optimizer + self.ema + self.reference
+        """What FSDP divides among processes: the backbone's (and LoRA's) weights and every per-trainable-parameter state."""
+        weights = self.param_bytes.get("backbone", 0) + self.param_bytes.get("LoRA", 0)
+        return weights + self.grads + self.optimizer + self.ema + self.reference
 
     def total(self, *, checkpointing: bool, processes: int = 1) -> int:
-        replicated = sum(v for k, v in self.param_bytes.items() if k != "backbone")
+        replicated = sum(v for k, v in self.param_bytes.items() if k not in ("backbone", "LoRA"))
         act = self.activations_ckpt if checkpointing else self.activations
         return replicated + self.shardable // max(1, processes) + act
 
@@ -99,7 +100,8 @@ class MemoryEstimate:
         lines.append(row.format("item", "parameters", "memory"))
         for k, n in self.params.items():
             lines.append(row.format(f"weights: {k}", f"{n:,}", _size(self.param_bytes[k])))
-        lines.append(row.format("trainable (inside the backbone's weights)", f"{self.trainable:,}", _size(self.trainable_bytes)))
+        where = "the LoRA weights" if "LoRA" in self.params else "all of the backbone"
+        lines.append(row.format(f"trainable ({where})", f"{self.trainable:,}", _size(self.trainable_bytes)))
         for label, v in (("gradients", self.grads), ("optimizer state", self.optimizer), ("EMA (float32)", self.ema),
                          ("weight_l2 reference θ₀", self.reference)):
             lines.append(row.format(label, "", _size(v)))
@@ -296,6 +298,7 @@ def estimate_training(cfg: Any) -> MemoryEstimate:
     height, width = height or size.native_size, width or size.native_size
     size.latent_shape(height, width)
 
+    params = {k_: sum(p.numel() for p in m.parameters()) for k_, m in components.items()}
     # trainable parameters: LoRA added to the meta backbone, or all of it
     train = g.get("train", "lora")
     if train == "lora":
@@ -309,7 +312,8 @@ def estimate_training(cfg: Any) -> MemoryEstimate:
         trainable = sum(p.numel() for n, p in backbone.named_parameters() if "lora_" in n)
     else:
         trainable = sum(p.numel() for p in backbone.parameters())
-    params = {k_: sum(p.numel() for p in m.parameters()) for k_, m in components.items()}
+    if train == "lora":
+        params["LoRA"] = trainable
     el = torch.finfo(dtype).bits // 8
     vae_el = el if g.get("vae_dtype") is None else torch.finfo(resolve_dtype(g["vae_dtype"])).bits // 8
     if kind == "sdxl" and vae_el == 2:
