@@ -522,3 +522,49 @@ def build_architecture(name: str, *, device: str | torch.device = "cpu", dtype: 
                 m = klass(klass.config_class(**cfg))
         out[key] = m.to(dtype).requires_grad_(False).eval()
     return out
+
+
+def architecture_model(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       max_sequence_length: int | None = None, tmp: Path | None = None):
+    """A :class:`r0kit.diffusion.DiffusionModel` of a real architecture with random weights, for benchmarks.
+
+    The transformer and the VAE have their real sizes (:func:`build_architecture`); the text encoders are
+    one-layer stand-ins with the real output widths (CLIP-L 768, CLIP-G 1280, T5 4096) and the generated
+    byte-level tokenizers: prompts are encoded once and cached, so they take no part in a step's time, and
+    their weights (T5-XXL: 4.7B parameters) are left out of its peak memory.
+    """
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import T5TokenizerFast
+
+    from r0kit.diffusion import MAX_SEQUENCE_LENGTH, DiffusionModel
+
+    kind = "sd3" if name.startswith("sd3") else "flux"
+    t5_len = max_sequence_length or MAX_SEQUENCE_LENGTH[kind]
+    tmp = Path(tmp or tempfile.mkdtemp(prefix="r0kit-arch-"))
+    clip_tok = CLIPTokenizer.from_pretrained(str(write_tiny_clip_tokenizer(tmp / "clip", max_length=77)))
+    t5_tok = T5TokenizerFast.from_pretrained(str(write_tiny_t5_tokenizer(tmp / "t5", max_length=t5_len)))
+    parts = build_architecture(name, device=device, dtype=dtype)
+
+    def clip(width: int, projection: bool):
+        cfg = CLIPTextConfig(vocab_size=len(clip_tok.get_vocab()), hidden_size=width, intermediate_size=width,
+                             num_attention_heads=width // 64, num_hidden_layers=1, max_position_embeddings=77,
+                             projection_dim=width, bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
+                             pad_token_id=clip_tok.pad_token_id)
+        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+    with torch.device(device):
+        t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok.get_vocab()), d_model=4096, d_kv=64, d_ff=1024, num_heads=8,
+                                     num_layers=1, feed_forward_proj="gated-gelu", is_gated_act=True))
+        if kind == "sd3":
+            encoders, tokenizers = [clip(768, True), clip(1280, True), t5], [clip_tok, clip_tok, t5_tok]
+        else:
+            encoders, tokenizers = [clip(768, False), t5], [clip_tok, t5_tok]
+    encoders = [e.to(dtype).requires_grad_(False).eval() for e in encoders]
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(ARCHITECTURES[name]["scheduler"][2])
+    return DiffusionModel(backbone=parts["transformer"], vae=parts["vae"], text_encoders=encoders, tokenizers=tokenizers,
+                          scheduler=scheduler, kind=kind, dtype=dtype, device=torch.device(device),
+                          source=f"{name} architecture (random weights; 1-layer text-encoder stand-ins)",
+                          max_sequence_length=t5_len)
