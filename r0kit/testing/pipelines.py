@@ -75,16 +75,29 @@ def write_tiny_t5_tokenizer(folder: Path, max_length: int = T5_TOKENS) -> Path:
     """A T5 (SentencePiece Unigram) tokenizer whose vocabulary is generated here: every printable ASCII character,
     alone and word-initial (``▁a``), after T5's ``<pad>`` (0), ``</s>`` (1) and ``<unk>`` (2). No sentinel ids.
 
-    Written with ``save_pretrained`` (``tokenizer.json``), as ``T5TokenizerFast`` reads it.
+    Built with the ``tokenizers`` library as T5's fast tokenizer is (Metaspace pre-tokenizer, ``</s>``
+    appended) and written as ``tokenizer.json``, which ``T5TokenizerFast.from_pretrained`` reads.
     """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
     from transformers import T5TokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     chars = [chr(c) for c in range(33, 127)]
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     vocab += [("▁" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
-    tok = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
-    tok.save_pretrained(str(folder))
+    tok = Tokenizer(Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5Tokenizer", "model_max_length": max_length, "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<pad>", "extra_ids": 0, "additional_special_tokens": [],
+    }))
+    T5TokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
     return folder
 
 
