@@ -51,6 +51,10 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """
     if tuple(full.shape) != tuple(like.shape):
         raise ValueError(f"a tensor of shape {tuple(full.shape)} cannot stand for one of shape {tuple(like.shape)}")
+    if is_sharded(full):  # already laid out (a second prepare of the same parameters)
+        if not is_sharded(like) or (full.device_mesh, tuple(full.placements)) != (like.device_mesh, tuple(like.placements)):
+            raise ValueError("a sharded tensor cannot stand for one sharded differently, or for a whole one")
+        return full
     if is_sharded(like):
         from torch.distributed.tensor import distribute_tensor
 
