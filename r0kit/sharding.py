@@ -51,9 +51,9 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """
     if tuple(full.shape) != tuple(like.shape):
         raise ValueError(f"a tensor of shape {tuple(full.shape)} cannot stand for one of shape {tuple(like.shape)}")
-    if is_sharded(full):  # already laid out (a second prepare of the same parameters)
-        if not is_sharded(like) or (full.device_mesh, tuple(full.placements)) != (like.device_mesh, tuple(like.placements)):
-            raise ValueError("a sharded tensor cannot stand for one sharded differently, or for a whole one")
+    if is_sharded(full):  # already laid out: the same parameters handed over again
+        if not is_sharded(like):
+            raise ValueError("a sharded tensor cannot stand for a whole one; gather it with full_tensor first")
         return full
     if is_sharded(like):
         from torch.distributed.tensor import distribute_tensor

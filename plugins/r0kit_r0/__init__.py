@@ -229,11 +229,14 @@ class KStepGenerator:
         Under FSDP2 the parameters are sharded ``DTensor`` s from then on; θ₀ of ``weight_l2`` is
         sharded the same way (its local shards, no communication), so ``θ − θ₀`` stays elementwise.
         """
-        from r0kit.sharding import shard_like
+        from r0kit.sharding import is_sharded, shard_like
 
         self.model.set_forward_module(module)
-        self._trainable = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
-        self._reference = [shard_like(r, p) for r, p in zip(self._reference, self.parameters())]
+        registered = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
+        if any(is_sharded(p) for _, p in registered) and not any(is_sharded(p) for p in self.parameters()):
+            # prepare has just sharded them (later, a forward swaps whole ones in: keep the sharded handles)
+            self._trainable = registered
+            self._reference = [shard_like(r, p) for r, p in zip(self._reference, self.parameters())]
 
     def train(self, mode: bool = True) -> KStepGenerator:
         """Training mode draws random η (and the R0+ step); evaluation mode uses η = 0 and all K steps."""
