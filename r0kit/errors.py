@@ -39,3 +39,15 @@ class NonFiniteError(R0kitError, FloatingPointError):
 
 class WeightsError(R0kitError, FileNotFoundError):
     """Model weights that cannot be found, fetched or read."""
+
+
+class R0kitWarning(UserWarning):
+    """Something the user should know that does not stop the run (a plugin filtered out or disabled).
+
+    The command line prints it as ``r0kit: warning: <message>``.
+    """
+
+
+class RunError(R0kitError):
+    """A run that failed part-way. Its message says what failed, what was kept and where;
+    the original exception is ``__cause__``."""
