@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
         with warnings.catch_warnings():
+            warnings.simplefilter("always", R0kitWarning)
             warnings.showwarning = _show_warning
             return int(args.run(args) or 0)
     except KeyboardInterrupt:

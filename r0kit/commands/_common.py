@@ -33,11 +33,16 @@ SHORT_FLAGS: dict[str, str] = {
 }
 
 
+def describe(doc: str | None) -> str:
+    """A command's ``--help`` description: the first paragraph of its module docstring, as plain text."""
+    return " ".join((doc or "").split("\n\n")[0].replace("``", "").split())
+
+
 def add_output(p: argparse.ArgumentParser, *, default: Path | None, what: str, resume: bool = False) -> None:
     """``--output``/``-o`` and ``--overwrite``, worded for ``what`` (a folder, or a file's description)."""
     shown = f" (default {default})" if default is not None else ""
-    p.add_argument("--output", "-o", type=Path, default=default, metavar="PATH", help=f"the {what} to write{shown}")
-    more = "; it never deletes files the earlier run did not write" if what.endswith("folder") else ""
+    p.add_argument("--output", "-o", type=Path, default=default, metavar="PATH", help=f"where to write: {what}{shown}")
+    more = "; it never deletes files the earlier run did not write" if "folder" in what else ""
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -16,12 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import add_output, int_at_least, key_values
+from r0kit.commands._common import add_output, describe, int_at_least, key_values
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score generators or image folders on prompts (R0-style table)",
-                       description=__doc__.split("\n\n")[0])
+                       description=describe(__doc__))
     p.add_argument("sources", nargs="+", help="exported generator folders, pipeline folders/hub ids, or image folders")
     p.add_argument("--prompts-file", type=Path, help="prompts, one a line (.txt) or JSONL")
     p.add_argument("--reward", "-r", action="append", default=[], help="a reward to score (repeatable)")
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the first prompt; prompt i uses seed + i")
     p.add_argument("--batch-size", type=int_at_least(1), default=4, help="prompts sampled together (default 4)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default auto)")
-    add_output(p, default=Path("r0kit-eval"), what="output folder")
+    add_output(p, default=Path("r0kit-eval"), what="the output folder")
     p.set_defaults(run=run)
 
 

@@ -25,12 +25,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from r0kit.commands._common import add_output, finite_float, int_at_least, key_values
+from r0kit.commands._common import add_output, describe, finite_float, int_at_least, key_values
 from r0kit.errors import ConfigError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("optimize", help="optimize images for prompts (test-time)", description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("optimize", help="optimize images for prompts (test-time)", description=describe(__doc__))
     p.add_argument("prompts", nargs="*", help="prompts (default: the config's, or the preset's)")
     p.add_argument("--config", "-c", type=Path, help="run config TOML (see r0kit/presets/demo.toml)")
     p.add_argument("--preset", default=None, help=f"built-in preset to start from: {', '.join(preset_names())} "
@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
     p.add_argument("--best-by", choices=["reward", "total"], help="rank iterates by the weighted rewards (default, as ReNO) "
                    "or by the total with the regularizers")
     p.add_argument("--normalize-gradients", action="store_true", default=None, help="R0 per-reward gradient normalization")
-    add_output(p, default=None, what="output folder (default: the config's, r0kit-out)")
+    add_output(p, default=None, what="the output folder (default: the config's, r0kit-out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 

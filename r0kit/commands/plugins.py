@@ -11,11 +11,14 @@ generators with their descriptions and factory options.
 from __future__ import annotations
 
 import argparse
+
+from r0kit.commands._common import describe
 from typing import Any
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="list rewards, regularizers and generators, and plugin status")
+    p = sub.add_parser("plugins", help="list rewards, regularizers and generators, and plugin status",
+                       description=describe(__doc__))
     p.add_argument(
         "--verbose",
         "-v",

@@ -14,18 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from r0kit.commands._common import add_output, int_at_least, key_values
+from r0kit.commands._common import add_output, describe, int_at_least, key_values
 from r0kit.errors import OptionError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("score", help="score a folder of images with rewards", description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("score", help="score a folder of images with rewards", description=describe(__doc__))
     p.add_argument("folder", help="folder of images (png, jpg, webp, bmp, tif, gif)")
     p.add_argument("--reward", "-r", action="append", required=True, dest="rewards", metavar="NAME",
                    help="a registered reward; repeat for several (r0kit plugins lists them)")
     p.add_argument("--prompts-file", metavar="FILE",
                    help="one prompt per line (or JSONL), matched to the images in sorted file-name order")
-    add_output(p, default=None, what="CSV file of the scores (default: none, the table only)")
+    add_output(p, default=None, what="a CSV file of the scores (default: none, the table only)")
     p.add_argument("--reward-option", "-R", action="append", default=[],
                    metavar="REWARD.KEY=VALUE", help="a reward factory option; VALUE is read as TOML (clip.device='cpu')")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass (default 8)")

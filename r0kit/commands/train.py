@@ -14,14 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import add_output, int_at_least
+from r0kit.commands._common import add_output, describe, int_at_least
 
 
 def add_parser(sub) -> None:
     from r0kit.commands.optimize import preset_names
 
     trainable = [n for n in preset_names() if n.startswith("train")]
-    p = sub.add_parser("train", help="train a K-step generator with rewards (R0)", description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("train", help="train a K-step generator with rewards (R0)", description=describe(__doc__))
     p.add_argument("--config", "-c", type=Path, help="training config TOML (default: the train_r0 preset)")
     p.add_argument("--preset", help=f"built-in preset to start from: {', '.join(trainable)}")
     p.add_argument("--resume", help="a checkpoint folder, or 'latest' (the newest under the output folder)")
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompts-file", type=Path, help="the training prompts (.txt one a line, or .jsonl)")
     p.add_argument("--steps", type=int, help="override steps (total optimizer steps)")
     p.add_argument("--max-steps", type=int_at_least(1), help="stop at this step with a checkpoint (resume later)")
-    add_output(p, default=None, what="output folder (default: the config's)", resume=True)
+    add_output(p, default=None, what="the output folder (default: the config's)", resume=True)
     p.add_argument("--no-progress", action="store_true", help="no per-step progress line")
     p.set_defaults(run=run)
 
@@ -79,9 +79,12 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from r0kit.checks import check_device, check_output_dir
     from r0kit.config import read_prompts
+    from r0kit.errors import ConfigError
     from r0kit.testing.pipelines import resolve_tiny_model
     from r0kit.train import read_checkpoint_state, resolve_resume, train
 
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume continues the run in the output folder and --overwrite replaces it; give one of them")
     cfg, origins, where = build_config(args)
     what = origins.get("output", f"output in {where}")
     check_output_dir(cfg.output, what, overwrite=args.overwrite, resume=args.resume is not None, resume_hint="--resume latest")
