@@ -242,8 +242,9 @@ class $cls:
         self.coeffs_init: torch.Tensor | None = None
 
     def prepare(self, prompts: list[str], seed: int) -> None:
-        g = torch.Generator().manual_seed(int(seed))
-        self.coeffs = (torch.randn(len(prompts), 3, 3, generator=g) * self.init_scale).requires_grad_(True)
+        # Sample i draws from seed + i: a prompt starts the same whatever batch it is in.
+        starts = [torch.randn(3, 3, generator=torch.Generator().manual_seed(int(seed) + i)) for i in range(len(prompts))]
+        self.coeffs = (torch.stack(starts) * self.init_scale).requires_grad_(True)
         self.coeffs_init = self.coeffs.detach().clone()
 
     def parameters(self) -> list[torch.Tensor]:
