@@ -1,8 +1,12 @@
 """The test-time optimization loop (the ReNO class).
 
 Optimize the per-problem parameters of a generator (pixels, a latent, an
-initial noise) to maximize an objective, for a batch of prompts at once:
-every sample is its own problem, and the best iterate of each is kept.
+initial noise) to maximize an objective, for a batch of prompts at once.
+Every sample is its own problem, as in ReNO, which optimizes one prompt at a
+time: the loss is summed over the batch, the gradient norm is clipped per
+sample, a sample that goes NaN stops alone, and the best iterate of each is
+kept, ranked by the weighted rewards (the regularizers left out). A prompt
+therefore gets the same result at any batch size.
 
 ReNO's defaults are ``optimizer="sgd"`` (Nesterov momentum 0.9), ``lr=5``,
 ``grad_clip=0.1`` and 50 steps.

@@ -7,7 +7,6 @@ same three prompts at batch sizes 1 and 3, with clipping active, give identical 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest

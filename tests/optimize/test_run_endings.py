@@ -231,3 +231,45 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "r0kit: interrupted" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_train_write_error_names_the_last_good_checkpoint(tiny_sd, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("peft")
+    import r0kit.train
+
+    real = r0kit.train.save_checkpoint
+
+    def disk_full_after_the_first(folder, **kw):
+        if kw["step"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        return real(folder, **kw)
+
+    monkeypatch.setattr(r0kit.train, "save_checkpoint", disk_full_after_the_first)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "--config", str(_train_toml(tmp_path, tiny_sd)), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "No space left on device" in err
+    assert "the last checkpoint is 'run/checkpoints/step-0000002' (step 2)" in err
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000002"]
+
+
+def test_evaluate_stopped_part_way_keeps_the_finished_rows(scripted, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            info = PngInfo()
+            info.add_text("prompt", f"prompt {i}")
+            Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / folder / f"{i}.png", pnginfo=info)
+    # scored one image at a time: the third call (the second folder's first image) raises
+    (tmp_path / "obj.toml").write_text("[objective.rewards.scripted]\nat = 2\nmode = 'raise'\n")
+    rc = main(["evaluate", "first", "second", "--train-config", "obj.toml", "--held-out", "contrast", "-o", "ev"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "kept the rows of first in 'ev'; not evaluated: second" in err and "raised ValueError" in err
+    rows = (tmp_path / "ev" / "evaluation.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(r.startswith("first,") for r in rows[1:])
+    assert json.loads((tmp_path / "ev" / "r0kit-run.json").read_text())["status"] == "failed"
