@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 
 from r0kit.checks import check_weight
-from r0kit.errors import InputError, NonFiniteError, OptionError, PluginError, R0kitError
+from r0kit.errors import InputError, NonFiniteError, OptionError, PluginError, R0kitError, is_out_of_memory
 from r0kit.generator import Sample
 from r0kit.images import RewardContract, check_images, preprocess_many
 
@@ -420,9 +420,7 @@ class _plugin_call:
         return None
 
     def __exit__(self, tp, exc, tb) -> bool:
-        if exc is None or not isinstance(exc, Exception) or isinstance(exc, (R0kitError, MemoryError)):
-            return False
-        if isinstance(exc, torch.OutOfMemoryError):
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, R0kitError) or is_out_of_memory(exc):
             return False
         raise PluginError(f"{_where(self.term)} raised {type(exc).__name__}: {exc}") from exc
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from r0kit.errors import OptionError, PluginError, R0kitError
+from r0kit.errors import OptionError, PluginError, R0kitError, describe_failure, is_out_of_memory
 from r0kit.generator import Generator, Sample
 from r0kit.objective import Objective, ObjectiveResult, Term
 
@@ -160,7 +160,8 @@ def optimize(
       every parameter to have the batch as its leading dimension;
     * the best iterate of each sample is kept, ranked by ``best_by``:
       ``"reward"`` (default, as ReNO) is the weighted sum of the rewards
-      alone, ``"total"`` includes the regularizers;
+      alone, ``"total"`` includes the regularizers (an objective without
+      rewards is ranked by its total);
     * a NaN or Inf in a sample's terms, images or gradient stops that sample
       (its best finite iterate is kept) and the others go on; ``callback(info)``
       runs after every evaluation and stops the run by returning ``True``, or some
@@ -243,7 +244,7 @@ def optimize(
                     stop(i, f"the term(s) {', '.join(bad)} went NaN or Inf" if bad else "the image gradient went NaN or Inf")
             good = [j for j in range(len(rows)) if finite[j]]
             values = result.as_floats()
-            score = result.reward_total(rewards) if best_by == "reward" else result.total.detach().float()
+            score = result.reward_total(rewards) if best_by == "reward" and rewards else result.total.detach().float()
             best.update(
                 step,
                 [rows[j] for j in good],
@@ -302,7 +303,7 @@ def optimize(
         for i in range(batch):
             if stops[i] is None:
                 stops[i] = f"stopped at step {step}: {why}"
-        if _is_oom(exc) and torch.cuda.is_available():
+        if is_out_of_memory(exc) and torch.cuda.is_available():
             torch.cuda.empty_cache()
     finally:
         if bar is not None:
@@ -325,23 +326,6 @@ def optimize(
     )
     result.stopped = summarize_stops(result)
     return result
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line saying what an exception that ended a run was, with advice where there is some."""
-    if _is_oom(exc):
-        first = (str(exc).splitlines() or [""])[0]
-        return (
-            f"out of memory ({first[:160]}); lower the batch size or the image size, "
-            "or turn on gradient checkpointing (-G gradient_checkpointing=true)"
-        )
-    if isinstance(exc, R0kitError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
 
 
 def summarize_stops(result: OptimizeResult) -> str | None:
@@ -391,9 +375,9 @@ def _plugin(generator: Any, method: str, call: Callable[[], Any]) -> Any:
     """Call a generator method; an exception from inside it becomes a :class:`PluginError` naming it."""
     try:
         return call()
-    except (R0kitError, MemoryError, torch.OutOfMemoryError):
-        raise
     except Exception as exc:
+        if isinstance(exc, R0kitError) or is_out_of_memory(exc):
+            raise
         raise PluginError(f"{_name(generator)}.{method}() raised {type(exc).__name__}: {exc}") from exc
 
 

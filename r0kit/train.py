@@ -57,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from r0kit.checks import MAX_LR, MAX_SEED
 from r0kit.config import ObjectiveConfig, StrictModel, check_prompts, format_validation_error, load_toml, read_prompts
-from r0kit.errors import ConfigError, NonFiniteError, OptionError, RunError, WeightsError
+from r0kit.errors import ConfigError, NonFiniteError, OptionError, RunError, WeightsError, describe_failure, is_out_of_memory
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
 
@@ -728,7 +728,7 @@ def train(
     sampler.set_state(sampler_state)  # a step cut short is redone on resume
     for p in params:  # a partial step's gradients must not leak into the checkpoint's next step
         p.grad = None
-    if failure is not None and _is_oom(failure) and torch.cuda.is_available():
+    if failure is not None and is_out_of_memory(failure) and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
     earned = step > start_step
@@ -762,8 +762,6 @@ def train(
     finally:
         _end(accelerator, gen, unet)
     if failure is not None:
-        from r0kit.optimize import describe_failure
-
         where = (
             f"the last checkpoint is {str(last_ckpt)!r} (step {last_ckpt.name.removeprefix('step-').lstrip('0') or '0'}); "
             "continue with --resume latest"
@@ -777,10 +775,6 @@ def train(
 def _end(accelerator: Any, gen: Any, unet: Any) -> None:
     accelerator.end_training()
     gen.set_forward_module(unet)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
 
 
 def _restore(ckpt_path: Path, resume_state: dict[str, Any], fp: dict[str, Any], named, optimizer, ema, sampler) -> None:

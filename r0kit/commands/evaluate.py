@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print(note)
     print(f"wrote evaluation.csv, summary.csv and {len(result.rows)} grid image(s) under {out}")
     if result.interrupted or result.error is not None:
-        from r0kit.optimize import describe_failure
+        from r0kit.errors import describe_failure
 
         what = "interrupted" if result.interrupted else f"error: {describe_failure(result.error)}"
         print(f"r0kit: {what}; kept the rows of {', '.join(r.label for r in result.rows)} in {str(out)!r}; "

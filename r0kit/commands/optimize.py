@@ -272,6 +272,9 @@ def _finish(result, objective, cfg, shard, staged, argv) -> int:
                               n_prompts=len(shard.prompts), shard=shard_info, argv=argv)
         files = staged.commit()
         where = staged.target
+    except KeyboardInterrupt:  # a second Ctrl-C while writing: leave the folder as it was
+        staged.discard()
+        raise
     except OSError as exc:
         staged.discard()
         rescue = Path(tempfile.mkdtemp(prefix="r0kit-rescue-"))
