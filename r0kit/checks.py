@@ -161,3 +161,31 @@ def check_output_file(path: str | os.PathLike, what: str = "--output", *, overwr
         return p
     _check_creatable(p, what)
     return p
+
+
+def check_model(model: object, what: str = "--model") -> None:
+    """A model given as a local folder must be a diffusers pipeline folder; a hub id is left to the loader.
+
+    The same rule as :func:`r0kit.weights.resolve_repo`: an existing folder, or a string
+    that can only be a path (absolute, ``./``, ``~``, or more than one ``/``), is local.
+
+    :raises ConfigError: naming ``what``, for a local path that does not exist, is a
+        file, or is a folder without ``model_index.json``.
+    """
+    if not isinstance(model, str) or not model:
+        return
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            from r0kit.diffusion import read_model_index
+            from r0kit.errors import WeightsError
+
+            try:
+                read_model_index(local)
+            except WeightsError as exc:
+                raise ConfigError(f"{what}: {exc}") from None
+        return
+    if local.exists():
+        raise ConfigError(f"{what} {model!r} is a file; give a diffusers pipeline folder or a hub id")
+    if local.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+        raise ConfigError(f"{what} {model!r}: the local folder does not exist")

@@ -171,7 +171,7 @@ def generator_options(cfg, device: str | None = None) -> dict[str, Any]:
 
 def check_devices(cfg, origins: dict[str, str]) -> None:
     """Every device the run names (its own, the generator's, the rewards') exists here."""
-    from r0kit.checks import check_device
+    from r0kit.checks import check_device, check_model
     from r0kit.commands._common import check_option_devices
 
     where = origins["<source>"]
@@ -186,6 +186,7 @@ def check_devices(cfg, origins: dict[str, str]) -> None:
 
     check_device(cfg.device, named("device"))
     check_option_devices({"generator": cfg.generator.options}, named)
+    check_model(cfg.generator.options.get("model"), named("generator.model"))
     terms = {kind: {label: t.options for label, t in getattr(cfg.objective, kind).items()} for kind in ("rewards", "regularizers")}
     check_option_devices({"objective": terms}, named)
 
@@ -198,6 +199,10 @@ def run(args: argparse.Namespace) -> int:
     from r0kit.optimize import shard_prompts
 
     cfg, origins = build_config_and_origins(args)
+    if isinstance(cfg.generator.model_extra, dict) and isinstance(cfg.generator.model_extra.get("model"), str):
+        from r0kit.testing.pipelines import resolve_tiny_model
+
+        cfg.generator.model_extra["model"] = resolve_tiny_model(cfg.generator.model_extra["model"])
     check_devices(cfg, origins)
     if args.log_every:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

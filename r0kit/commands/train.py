@@ -77,7 +77,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from r0kit.checks import check_device, check_output_dir
+    from r0kit.checks import check_device, check_model, check_output_dir
     from r0kit.config import read_prompts
     from r0kit.errors import ConfigError
     from r0kit.testing.pipelines import resolve_tiny_model
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = resolve_resume(args.resume, Path(cfg.output))
     if ckpt is not None:
         read_checkpoint_state(ckpt)
+    check_model(cfg.generator.model, origins.get("generator.model", f"generator.model in {where}"))
     cfg.generator.model = resolve_tiny_model(cfg.generator.model)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, progress=not args.no_progress)
     if result.interrupted:
