@@ -86,7 +86,9 @@ class StagedDir:
             p = p.parent
         self.target.mkdir(parents=True, exist_ok=True)
         self._created = missing  # innermost first
-        shutil.rmtree(self.path, ignore_errors=True)
+        for stale in self.target.glob(".r0kit-partial-*"):  # left by a run that was killed outright
+            if stale == self.path or not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)
         self.path.mkdir()
         return self.path
 
@@ -197,6 +199,16 @@ class ClaimedDir:
             except OSError:
                 break
         self._moved, self._copied, self._created = [], [], []
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def _under(p: Path, folder: Path) -> bool:
