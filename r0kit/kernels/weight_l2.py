@@ -5,7 +5,15 @@ pointers ``[T, 5]`` (θ, θ₀, grad, numel, has-grad) and a chunk list (tensor
 index and start of each CHUNK-element piece), and each program reduces one
 chunk, adding ``2λ(θ − θ₀)`` into ``θ.grad`` in place (creating ``.grad`` when
 it is None, without reading zeros). The chunk list depends only on the tensor
-sizes and is cached; the pointer table is rebuilt per call (T int64s).
+sizes and is cached; the table is cached by its contents (the pointers do not
+move between steps unless the gradients are re-created), and a new one goes to
+the device through pinned memory without blocking the host.
+
+Edges: the loss and gradient are computed in float32, or float64 when θ or θ₀
+is float64 (then on the torch path); the same tensor twice in ``params`` is
+refused (two programs would read-modify-write one ``.grad``); a numel-0
+parameter gets an empty ``.grad``, as autograd gives it; NaN and Inf propagate
+into the loss and the gradient as in the reference.
 
 Bytes (N = total elements, s = element size):
 
@@ -19,35 +27,55 @@ Bytes (N = total elements, s = element size):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
 
 from r0kit.errors import InputError
-from r0kit.kernels._common import HAS_TRITON, interpreter_enabled, tl_dtype, triton, tl
-from r0kit.kernels._dispatch import check_float, compiler_disable, select_backend
+from r0kit.kernels._common import (
+    HAS_TRITON,
+    backward_through_reference,
+    compile_friendly,
+    interpreter_enabled,
+    tl_dtype,
+    triton,
+    tl,
+)
+from r0kit.kernels._dispatch import check_float, select_backend
 
 __all__ = ["weight_l2", "weight_l2_reference", "WeightL2Function"]
 
 
 # --------------------------------------------------------------------------- reference
+def _acc_dtype(p: torch.Tensor, r: torch.Tensor) -> torch.dtype:
+    """float32, or float64 when either side is float64: at least the inputs' precision."""
+    return torch.float64 if torch.float64 in (p.dtype, r.dtype) else torch.float32
+
+
 def weight_l2_reference(
     params: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], lam: float, *, accumulate_grad: bool = True
 ) -> torch.Tensor:
     """Pure torch. With ``accumulate_grad`` adds ``2λ(θ − θ₀)`` to each ``.grad`` and returns the
-    detached fp32 loss; without, returns the loss differentiable through autograd."""
+    detached loss; without, returns the loss differentiable through autograd (twice too).
+
+    Computes in float32 (float64 where θ or θ₀ is float64); the loss is float64 if any term is.
+    """
     if not accumulate_grad:
         total = None
         for p, r in zip(params, refs):
-            d = p.float() - r.float() if p.dtype != torch.float64 else p - r.to(p.dtype)
+            acc = _acc_dtype(p, r)
+            d = p.to(acc) - r.to(acc)
             term = (d * d).sum()
             total = term if total is None else total + term
         return lam * total
     with torch.no_grad():
-        total = torch.zeros((), dtype=torch.float32, device=params[0].device)
+        total = None
         for p, r in zip(params, refs):
-            d = p.float() - r.float()
-            total += (d * d).sum()
+            acc = _acc_dtype(p, r)
+            d = p.to(acc) - r.to(acc)
+            term = (d * d).sum()
+            total = term if total is None else total + term
             g = (2.0 * lam * d).to(p.dtype)
             if p.grad is None:
                 p.grad = g
@@ -102,6 +130,7 @@ def _chunking() -> tuple[int, int]:
 
 
 _LAYOUT_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_TABLE_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
 
 def _chunk_layout(numels: tuple[int, ...], chunk: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,40 +143,66 @@ def _chunk_layout(numels: tuple[int, ...], chunk: int, device: torch.device) -> 
         tensor_idx = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), counts)
         first = torch.cumsum(counts, 0) - counts
         starts = (torch.arange(int(counts.sum()), dtype=torch.int64) - first.repeat_interleave(counts)) * chunk
-        hit = (tensor_idx.to(device), starts.to(device))
+        hit = (_to_device(tensor_idx, device), _to_device(starts, device))
         if len(_LAYOUT_CACHE) > 64:
             _LAYOUT_CACHE.clear()
         _LAYOUT_CACHE[key] = hit
     return hit
 
 
-@compiler_disable
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA through pinned memory, without blocking the host."""
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def _table(rows: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
+    """``int64 [T, 5]`` on ``device``, cached by content: the same pointers next step cost no copy.
+
+    A table holds addresses and sizes only, so it stays right for whatever tensors occupy them.
+    """
+    key = (str(device), rows)
+    tab = _TABLE_CACHE.get(key)
+    if tab is None:
+        tab = _to_device(torch.tensor(rows, dtype=torch.int64), device)
+        _TABLE_CACHE[key] = tab
+        if len(_TABLE_CACHE) > 16:
+            _TABLE_CACHE.popitem(last=False)
+    else:
+        _TABLE_CACHE.move_to_end(key)
+    return tab
+
+
+def _fake_launch(params, refs, grads, has_grad, scale):
+    return params[0].new_empty((), dtype=torch.float32)
+
+
+@compile_friendly("weight_l2_launch", _fake_launch, mutates_args=("grads",))
 def weight_l2_triton_launch(
-    params: list[torch.Tensor], refs: list[torch.Tensor], grads: list[torch.Tensor] | None,
+    params: list[torch.Tensor], refs: list[torch.Tensor], grads: list[torch.Tensor],
     has_grad: list[bool], scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """One launch over contiguous same-dtype tensors; returns the fp32 ``Σ‖θ − θ₀‖²``.
 
-    ``grads`` None: loss only. Otherwise writes ``grad (+)= scale·(θ − θ₀)`` (add where
+    ``grads`` empty: loss only. Otherwise writes ``grad (+)= scale·(θ − θ₀)`` (add where
     ``has_grad``, plain store elsewhere).
     """
     device = params[0].device
     CHUNK, BLOCK = _chunking()
     numels = tuple(p.numel() for p in params)
     tensor_idx, starts = _chunk_layout(numels, CHUNK, device)
-    gl = grads if grads is not None else params
-    rows = [
-        (p.data_ptr(), r.data_ptr(), g.data_ptr(), p.numel(), int(h))
-        for p, r, g, h in zip(params, refs, gl, has_grad if grads is not None else [False] * len(params))
-    ]
-    tab = torch.tensor(rows, dtype=torch.int64, device=device)
+    write = len(grads) > 0
+    gl = grads if write else params
+    rows = tuple(
+        (p.data_ptr(), r.data_ptr(), g.data_ptr(), n, int(h))
+        for p, r, g, n, h in zip(params, refs, gl, numels, has_grad if write else [False] * len(params))
+    )
     part = torch.empty(tensor_idx.numel(), dtype=torch.float32, device=device)
-    if scale is None:
-        scale = torch.zeros(1, dtype=torch.float32, device=device)
     _weight_l2_kernel[(tensor_idx.numel(),)](
-        tab, tensor_idx, starts, part, scale,
+        _table(rows, device), tensor_idx, starts, part, scale if scale is not None else part,
         P_DTYPE=tl_dtype(params[0]), R_DTYPE=tl_dtype(refs[0]), G_DTYPE=tl_dtype(gl[0]),
-        WRITE_GRAD=grads is not None, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=8,
+        WRITE_GRAD=write, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=8,
     )
     return part.sum()
 
@@ -167,11 +222,13 @@ def _triton_accumulate(params, refs, lam: float) -> torch.Tensor:
     scale = torch.full((1,), 2.0 * lam, dtype=torch.float32, device=device)
     fast_p, fast_r, fast_g, fast_h = [], [], [], []
     for p, r in zip(params, refs):
-        if p.numel() == 0:
-            continue
         g = p.grad
+        if p.numel() == 0:  # nothing to add; the gradient of an empty parameter is empty, as autograd has it
+            if g is None:
+                p.grad = torch.zeros_like(p)
+            continue
         if not p.is_contiguous() or (g is not None and not g.is_contiguous()):
-            total = total + weight_l2_reference([p], [r], 1.0, accumulate_grad=False).detach()
+            total = total + weight_l2_reference([p.detach()], [r], 1.0, accumulate_grad=False)
             with torch.no_grad():
                 gnew = (2.0 * lam * (p.float() - r.float())).to(p.dtype)
                 p.grad = gnew if g is None else g.add_(gnew)
@@ -180,7 +237,7 @@ def _triton_accumulate(params, refs, lam: float) -> torch.Tensor:
         if not has:
             p.grad = g = torch.empty_like(p)
         fast_p.append(p.detach())
-        fast_r.append(r.detach().contiguous())
+        fast_r.append(r.detach() if r.is_contiguous() else r.detach().contiguous())
         fast_g.append(g)
         fast_h.append(has)
     for idx in _groups(fast_p, fast_r, fast_g):
@@ -192,18 +249,21 @@ def _triton_accumulate(params, refs, lam: float) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- autograd
 class WeightL2Function(torch.autograd.Function):
-    """``(lam, T, *params, *refs) -> λ Σ‖θ − θ₀‖²`` (fp32 scalar); backward is one multi-tensor launch."""
+    """``(lam, T, *params, *refs) -> λ Σ‖θ − θ₀‖²`` (fp32 scalar); backward is one multi-tensor launch.
+
+    Double backward (``create_graph=True``) goes through :func:`weight_l2_reference`.
+    """
 
     @staticmethod
     def forward(ctx, lam: float, T: int, *tensors: torch.Tensor):
         params = [t.contiguous() for t in tensors[:T]]
         refs = [t.contiguous() for t in tensors[T:]]
+        ctx.save_for_backward(*tensors)
         keep = [i for i, p in enumerate(params) if p.numel() > 0]
         total = torch.zeros((), dtype=torch.float32, device=params[0].device)
         for idx in _groups([params[i] for i in keep], [refs[i] for i in keep]):
             sel = [keep[i] for i in idx]
-            total = total + weight_l2_triton_launch([params[i] for i in sel], [refs[i] for i in sel], None, [], None)
-        ctx.save_for_backward(*params, *refs)
+            total = total + weight_l2_triton_launch([params[i] for i in sel], [refs[i] for i in sel], [], [], None)
         ctx.lam, ctx.T = lam, T
         return lam * total
 
@@ -212,6 +272,11 @@ class WeightL2Function(torch.autograd.Function):
         T = ctx.T
         saved = ctx.saved_tensors
         params, refs = list(saved[:T]), list(saved[T:])
+        if torch.is_grad_enabled():  # create_graph: a differentiable backward, through the reference
+            ref = lambda *ts: weight_l2_reference(ts[:T], ts[T:], ctx.lam, accumulate_grad=False)  # noqa: E731
+            return (None, None, *backward_through_reference(ref, (*params, *refs), (gout,)))
+        params = [t.contiguous() for t in params]
+        refs = [t.contiguous() for t in refs]
         need_p = ctx.needs_input_grad[2 : 2 + T]
         need_r = ctx.needs_input_grad[2 + T :]
         scale = (2.0 * ctx.lam * gout.float()).reshape(1)
@@ -250,13 +315,25 @@ def _check(params, refs, lam) -> None:
             raise InputError(f"weight_l2: params[{i}]/refs[{i}] are on {p.device}/{r.device}, params[0] on {params[0].device}; keep all on one device")
     if not isinstance(lam, (int, float)) or isinstance(lam, bool):
         raise InputError(f"weight_l2: lam must be a float, got {type(lam).__name__}")
+    if len({id(p) for p in params}) != len(params):
+        seen: dict[int, int] = {}
+        for i, p in enumerate(params):
+            if id(p) in seen:
+                raise InputError(
+                    f"weight_l2: params[{i}] is params[{seen[id(p)]}] (the same tensor twice); pass each parameter once "
+                    "(e.g. dict.fromkeys(params)), or scale lam"
+                )
+            seen[id(p)] = i
 
 
 def weight_l2(
     params: list[torch.Tensor], refs: list[torch.Tensor], lam: float, *, accumulate_grad: bool = True
 ) -> torch.Tensor:
-    """``λ Σ‖θ − θ₀‖²`` over the tensors, in fp32.
+    """``λ Σ‖θ − θ₀‖²`` over the tensors: a 0-d float32 tensor (float64 if any θ or θ₀ is float64).
 
+    :param params: θ, each parameter once (a repeat raises :class:`InputError`).
+    :param refs: θ₀, one per θ, same shapes, same device.
+    :param lam: λ.
     ``accumulate_grad=True`` (the fused optimizer-side form): also adds ``2λ(θ − θ₀)`` into
     each ``θ.grad`` in place, creating it when None, and returns the detached loss.
     ``accumulate_grad=False``: returns the loss connected to autograd, for use inside a
