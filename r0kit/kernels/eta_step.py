@@ -435,7 +435,7 @@ def eta_step(
     """
     _check(x0, eps, alpha, sigma, eta, seed, offset)
     tensors = [x0, eps] + [v for v in (alpha, sigma, eta) if isinstance(v, torch.Tensor)]
-    if select_backend("eta_step", tensors) == "torch":
+    if select_backend("eta_step", tensors) == "torch" or x0.numel() == 0:
         return eta_step_reference(x0, eps, alpha, sigma, eta, seed=seed, offset=offset)
     return EtaStepFunction.apply(x0, eps, alpha, sigma, eta, seed, offset)
 
@@ -456,6 +456,8 @@ def eta_noise(
     shape = tuple(int(s) for s in shape)
     if not shape or shape[0] <= 0:
         raise InputError(f"eta_noise: shape must be [B, ...] with B > 0, got {shape}")
+    if any(s == 0 for s in shape):
+        backend = "torch"  # nothing to draw
     _check_key("eta_noise", seed, offset)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InputError(f"eta_noise: dtype must be a floating torch.dtype (the step's input dtype), got {dtype!r}")

@@ -8,7 +8,8 @@ gradient is one number per sample: its norm is ``|gᵢ[b]|``.
 
 Backward, with ``cᵢ = wᵢ / (nᵢ + ε)`` and upstream ``G`` (combined) and ``Gnᵢ`` (norms)::
 
-    ∂L/∂gᵢ = cᵢ G + kᵢ gᵢ,   kᵢ = (Gnᵢ − wᵢ ⟨G, gᵢ⟩ / (nᵢ + ε)²) / nᵢ   (kᵢ = 0 where nᵢ = 0)
+    ∂L/∂gᵢ = cᵢ G + kᵢ gᵢ,   kᵢ = (Gnᵢ − wᵢ ⟨G, gᵢ⟩ / (nᵢ + ε)²) / nᵢ   (kᵢ = 0 where nᵢ = 0,
+                                                                       NaN there if ε = 0: 0/0)
 
 The sums ``Σ gᵢ²`` and ``⟨G, gᵢ⟩`` are taken in float64 on both paths: in fp32
 a gradient of 1e20 squares to Inf (its norm would be Inf and its direction
@@ -231,8 +232,10 @@ if HAS_TRITON:
                 gn = tl.load(gn_ptr + r).to(tl.float64)
             else:
                 gn = 0.0
-            # kᵢ = (Gnᵢ − wᵢ⟨G, gᵢ⟩/(nᵢ + ε)²)/nᵢ, 0 where nᵢ = 0 (then gᵢ = 0 too)
-            k = tl.where(norm > 0, (gn - w * dot / (d * d)) / tl.where(norm > 0, norm, 1.0), 0.0)
+            # kᵢ = ∂L/∂nᵢ / nᵢ, ∂L/∂nᵢ = Gnᵢ − wᵢ⟨G, gᵢ⟩/(nᵢ + ε)². Where nᵢ = 0 (so gᵢ = 0) torch's norm
+            # backward gives 0 · ∂L/∂nᵢ: 0, or NaN when ∂L/∂nᵢ is not finite (ε = 0: 0/0)
+            dldn = gn - w * dot / (d * d)
+            k = tl.where(norm > 0, dldn / tl.where(norm > 0, norm, 1.0), dldn * 0.0)
             c = (w / d).to(tl.float32)
             g = tl.load(g_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(dg_ptr + (i0 + i) * B * M + row + offs, (c * go + k.to(tl.float32) * g).to(DTYPE), mask=mask)
@@ -402,6 +405,6 @@ def grad_combine(
     """
     _check(grads, weights, eps)
     weights = tuple(float(w) for w in weights)
-    if select_backend("grad_combine", grads) == "torch":
+    if select_backend("grad_combine", grads) == "torch" or grads[0].numel() == 0:
         return grad_combine_reference(list(grads), weights, float(eps))
     return GradCombineFunction.apply(weights, float(eps), *grads)
