@@ -75,15 +75,22 @@ def pointer_args(tensors: Sequence[torch.Tensor]) -> list[int]:
     return ptrs + [ptrs[0]] * (MAX_PTR_ARGS - len(ptrs))
 
 
-@functools.lru_cache(maxsize=1)
+def _clamp_probe() -> bool:
+    with torch.enable_grad():
+        x = torch.tensor([0.0, 1.0], requires_grad=True)
+        (g,) = torch.autograd.grad(x.clamp(0.0, 1.0).sum(), x)
+    return bool(g[0] != 0)
+
+
+# Asked at import: inside a custom op (torch.compile) autograd is switched off below the dispatcher.
+_CLAMP_PASSES_BOUNDS = _clamp_probe()
+
+
 def clamp_passes_gradient_at_bounds() -> bool:
     """Whether ``torch.clamp(x, lo, hi)`` with float bounds passes the gradient where ``x`` equals
     a bound. torch has answered both ways across releases (2.14: it does not); the kernels ask
     once, so that their clamp backward always agrees with the torch reference."""
-    with torch.enable_grad():  # callers may be inside a backward pass
-        x = torch.tensor([0.0, 1.0], requires_grad=True)
-        (g,) = torch.autograd.grad(x.clamp(0.0, 1.0).sum(), x)
-    return bool(g[0] != 0)
+    return _CLAMP_PASSES_BOUNDS
 
 
 if HAS_TRITON:
@@ -124,6 +131,15 @@ def compile_friendly(name: str, fake: Callable, *, mutates_args: tuple[str, ...]
         return call
 
     return wrap
+
+
+def creating_graph() -> bool:
+    """Inside an autograd.Function's backward: was ``create_graph=True`` asked for?
+
+    Autograd runs a backward with grad mode on exactly then. Under ``torch.compile`` the backward
+    is traced (with grad mode on) and cannot itself be differentiated, so the answer is no.
+    """
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 def backward_through_reference(reference: Callable, inputs: Sequence, grads: Sequence) -> tuple:

@@ -20,7 +20,6 @@ error that names the fix.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Iterable, Literal
 
@@ -38,15 +37,22 @@ class KernelBackendError(R0kitError, RuntimeError):
     """The requested kernel backend cannot run here."""
 
 
-@functools.lru_cache(maxsize=1)
+_UNCHECKED = "unchecked"
+_triton_error: str | None = _UNCHECKED
+
+
 def triton_import_error() -> str | None:
-    """``None`` when ``import triton`` works, else the reason it does not."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising anything else
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    """``None`` when ``import triton`` works, else the reason it does not (tried once)."""
+    global _triton_error
+    if _triton_error is _UNCHECKED:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _triton_error = None
+        except Exception as exc:  # ImportError, or a broken install raising anything else
+            _triton_error = f"{type(exc).__name__}: {exc}"
+    return _triton_error
 
 
 def triton_available() -> bool:

@@ -29,6 +29,7 @@ from r0kit.errors import InputError
 from r0kit.kernels._common import (
     HAS_TRITON,
     backward_through_reference,
+    creating_graph,
     clamp_passes_gradient_at_bounds,
     compile_friendly,
     next_pow2,
@@ -190,7 +191,7 @@ class CosineHeadFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         a, t, stats = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a differentiable backward, through the reference
+        if creating_graph():  # create_graph: a differentiable backward, through the reference
             ref = lambda x, y: cosine_head_reference(x, y, ctx.scale)  # noqa: E731
             return (*backward_through_reference(ref, (a, t), (gy,)), None)
         da, dt = cosine_head_triton_backward(a.contiguous(), t.contiguous(), gy.contiguous(), stats, ctx.scale)

@@ -52,6 +52,7 @@ from r0kit.errors import InputError
 from r0kit.kernels._common import (
     HAS_TRITON,
     backward_through_reference,
+    creating_graph,
     compile_friendly,
     elementwise_block,
     num_warps_for,
@@ -293,18 +294,8 @@ def eta_step_triton_forward(
     return x
 
 
-def _fake_backward(gx, x0, eps, alpha_t, sigma_t, eta_t, alpha, sigma, eta, seed, offset, scalar_grads):
-    B = gx.shape[0]
-    NC = triton.cdiv(gx.numel() // B, elementwise_block(gx.numel() // B)) if scalar_grads else 1
-    return torch.empty_like(gx), torch.empty_like(gx), gx.new_empty((3, B) if scalar_grads else (0,), dtype=torch.float32)
-
-
-@compile_friendly("eta_step_bwd", _fake_backward)
-def eta_step_triton_backward(
-    gx: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, alpha_t: torch.Tensor | None, sigma_t: torch.Tensor | None,
-    eta_t: torch.Tensor | None, alpha: float, sigma: float, eta: float, seed: int, offset: int, scalar_grads: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One launch: ∂x̂₀, ∂ε̂ and (when ``scalar_grads``) ∂α, ∂σ, ∂η per sample ``[3, B]`` (else empty)."""
+def _backward(gx, x0, eps, alpha_t, sigma_t, eta_t, alpha, sigma, eta, seed, offset, scalar_grads: bool):
+    """One launch: ∂x̂₀, ∂ε̂ and, when ``scalar_grads``, per-chunk partials ``[3, B, NC]`` of ∂α, ∂σ, ∂η."""
     B = x0.shape[0]
     M = x0.numel() // B
     BLOCK = elementwise_block(M)
@@ -317,7 +308,35 @@ def eta_step_triton_backward(
         gx, x0, eps, dx0, deps, *args, part, M, B, NC, seed, offset, **flags,
         SCALAR_GRADS=scalar_grads, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK),
     )
-    return dx0, deps, (part.sum(-1) if scalar_grads else gx.new_empty((0,), dtype=torch.float32))
+    return dx0, deps, part
+
+
+def _fake_backward(gx, alpha_t, sigma_t, eta_t, alpha, sigma, eta, seed, offset):
+    return torch.empty_like(gx), torch.empty_like(gx)
+
+
+@compile_friendly("eta_step_bwd", _fake_backward)
+def eta_step_triton_backward(
+    gx: torch.Tensor, alpha_t: torch.Tensor | None, sigma_t: torch.Tensor | None, eta_t: torch.Tensor | None,
+    alpha: float, sigma: float, eta: float, seed: int, offset: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂x̂₀, ∂ε̂ in one launch (it reads neither x̂₀ nor ε̂, nor draws ξ)."""
+    dx0, deps, _ = _backward(gx, gx, gx, alpha_t, sigma_t, eta_t, alpha, sigma, eta, seed, offset, False)
+    return dx0, deps
+
+
+def _fake_backward_scalars(gx, x0, eps, alpha_t, sigma_t, eta_t, alpha, sigma, eta, seed, offset):
+    return torch.empty_like(gx), torch.empty_like(gx), gx.new_empty((3, gx.shape[0]), dtype=torch.float32)
+
+
+@compile_friendly("eta_step_bwd_scalars", _fake_backward_scalars)
+def eta_step_triton_backward_scalars(
+    gx: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, alpha_t: torch.Tensor | None, sigma_t: torch.Tensor | None,
+    eta_t: torch.Tensor | None, alpha: float, sigma: float, eta: float, seed: int, offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """∂x̂₀, ∂ε̂ and the per-sample ∂α, ∂σ, ∂η ``[3, B]`` in one launch (+ the sum of its chunk partials)."""
+    dx0, deps, part = _backward(gx, x0, eps, alpha_t, sigma_t, eta_t, alpha, sigma, eta, seed, offset, True)
+    return dx0, deps, part.sum(-1)
 
 
 # --------------------------------------------------------------------------- autograd
@@ -358,15 +377,16 @@ class EtaStepFunction(torch.autograd.Function):
     def backward(ctx, gx):
         saved = list(ctx.saved_tensors)
         coefs = [saved.pop(0) if t else v for v, t in zip(ctx.floats, ctx.scalar_inputs)]
-        if torch.is_grad_enabled():  # create_graph: a differentiable backward, through the reference
+        if creating_graph():  # create_graph: a differentiable backward, through the reference
             return _backward_through_reference(ctx, gx, coefs, saved)
         g = gx if gx.is_contiguous() else gx.contiguous()
-        # without [B] gradients the kernel reads neither x̂₀ nor ε̂: g stands in (dense, so ∂x̂₀ is too)
-        x0, eps = ((t if t.is_contiguous() else t.contiguous()) for t in saved) if ctx.scalar_grads else (g, g)
         (at, af), (st, sf), (et, ef) = (_split(v) for v in coefs)
-        dx0, deps, sums = eta_step_triton_backward(g, x0, eps, at, st, et, af, sf, ef, ctx.seed, ctx.offset, ctx.scalar_grads)
         scal = [None, None, None]
-        if ctx.scalar_grads:
+        if not ctx.scalar_grads:
+            dx0, deps = eta_step_triton_backward(g, at, st, et, af, sf, ef, ctx.seed, ctx.offset)
+        else:
+            x0, eps = ((t if t.is_contiguous() else t.contiguous()) for t in saved)
+            dx0, deps, sums = eta_step_triton_backward_scalars(g, x0, eps, at, st, et, af, sf, ef, ctx.seed, ctx.offset)
             need = ctx.needs_input_grad[2:5]
             for i in range(3):
                 if need[i] and ctx.scalar_inputs[i]:

@@ -55,6 +55,7 @@ from r0kit.kernels._common import (
     HAS_TRITON,
     MAX_PTR_ARGS,
     backward_through_reference,
+    creating_graph,
     compile_friendly,
     elementwise_block,
     num_warps_for,
@@ -360,7 +361,7 @@ class GradCombineFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor | None, grad_norms: torch.Tensor | None):
         part, *grads = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a differentiable backward, through the reference
+        if creating_graph():  # create_graph: a differentiable backward, through the reference
             ref = lambda *gs: grad_combine_reference(gs, ctx.weights, ctx.eps)  # noqa: E731
             return (None, None, *backward_through_reference(ref, grads, (grad_out, grad_norms)))
         B = grads[0].shape[0]

@@ -70,6 +70,7 @@ from r0kit.kernels._common import (
     HAS_TRITON,
     MAX_PTR_ARGS,
     backward_through_reference,
+    creating_graph,
     clamp_passes_gradient_at_bounds,
     compile_friendly,
     interpreter_enabled,
@@ -545,7 +546,7 @@ class PreprocessFunction(torch.autograd.Function):
     def backward(ctx, *grads: torch.Tensor):
         (images,) = ctx.saved_tensors
         plan = _plan_at(ctx.plan_index)
-        if torch.is_grad_enabled():  # create_graph: a differentiable backward, through the reference
+        if creating_graph():  # create_graph: a differentiable backward, through the reference
             ref = lambda im: preprocess_reference(im, plan.contracts)  # noqa: E731
             return backward_through_reference(ref, (images,), grads)[0], None
         x = images if images.is_contiguous() else images.contiguous()
@@ -591,6 +592,22 @@ def preprocess_fused(images: torch.Tensor, contracts: Sequence[RewardContract]) 
     by_contract: dict[RewardContract, torch.Tensor] = {}
     for i in range(0, len(distinct), MAX_PTR_ARGS):  # the kernels take up to 8 contracts per launch
         group = distinct[i : i + MAX_PTR_ARGS]
-        plan = _plan(images.shape[2], images.shape[3], group, images.device)
-        by_contract.update(zip(group, PreprocessFunction.apply(images, plan.index)))
+        specs = tuple(_spec(c) for c in group)
+        index = _plan_index(images.shape[2], images.shape[3], specs, str(images.device))
+        by_contract.update(zip(group, PreprocessFunction.apply(images, index)))
     return [by_contract[c] for c in contracts]
+
+
+_SPEC_FIELDS = ("size", "resize", "antialias", "crop", "crop_offset", "mean", "std")
+
+
+def _spec(c: RewardContract) -> tuple:
+    """What the preprocessing of ``c`` depends on, as plain values (torch.compile can hold those as constants)."""
+    return tuple(getattr(c, f) for f in _SPEC_FIELDS)
+
+
+@torch._dynamo.assume_constant_result
+def _plan_index(h: int, w: int, specs: tuple[tuple, ...], device: str) -> int:
+    """The plan's index; torch.compile runs this once while tracing and keeps the number (a constant)."""
+    contracts = tuple(RewardContract(**dict(zip(_SPEC_FIELDS, s))) for s in specs)
+    return _plan(h, w, contracts, torch.device(device)).index
