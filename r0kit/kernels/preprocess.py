@@ -96,13 +96,15 @@ __all__ = [
 
 # --------------------------------------------------------------------------- reference
 def preprocess_reference(images: torch.Tensor, contracts: Sequence[RewardContract]) -> list[torch.Tensor]:
-    """:func:`r0kit.images.preprocess` once per distinct contract, in order."""
-    cache: dict[RewardContract, torch.Tensor] = {}
+    """:func:`r0kit.images.preprocess` once per distinct preprocessing, in order (contracts that differ
+    only in ``needs_prompt`` or ``differentiable`` share one output)."""
+    cache: dict[tuple, torch.Tensor] = {}
     out = []
     for c in contracts:
-        if c not in cache:
-            cache[c] = preprocess(images, c)
-        out.append(cache[c])
+        key = _spec(c)
+        if key not in cache:
+            cache[key] = preprocess(images, c)
+        out.append(cache[key])
     return out
 
 
@@ -576,7 +578,7 @@ def preprocess_fused(images: torch.Tensor, contracts: Sequence[RewardContract]) 
     """One tensor per contract, in order, each equal to ``r0kit.images.preprocess(images, contract)``.
 
     :param images: ``[B, 3, H, W]`` float, in [0, 1] (values outside are clamped; NaN stays NaN).
-    :param contracts: the rewards' contracts; equal contracts share one output tensor.
+    :param contracts: the rewards' contracts; contracts with the same preprocessing share one output tensor.
     :returns: ``[B, 3, size, size]`` per contract (``[B, 3, H, W]`` for ``size=None``), in the
         images' dtype. Differentiable with respect to ``images``; the Triton path reads the image
         once for all contracts and its backward writes one summed image gradient.
@@ -588,14 +590,13 @@ def preprocess_fused(images: torch.Tensor, contracts: Sequence[RewardContract]) 
         return []
     if select_backend("preprocess", (images,)) == "torch" or images.shape[0] == 0:
         return preprocess_reference(images, list(contracts))
-    distinct = tuple(dict.fromkeys(contracts))
-    by_contract: dict[RewardContract, torch.Tensor] = {}
-    for i in range(0, len(distinct), MAX_PTR_ARGS):  # the kernels take up to 8 contracts per launch
-        group = distinct[i : i + MAX_PTR_ARGS]
-        specs = tuple(_spec(c) for c in group)
+    distinct = tuple(dict.fromkeys(_spec(c) for c in contracts))
+    by_spec: dict[tuple, torch.Tensor] = {}
+    for i in range(0, len(distinct), MAX_PTR_ARGS):  # the kernels take up to 8 preprocessings per launch
+        specs = distinct[i : i + MAX_PTR_ARGS]
         index = _plan_index(images.shape[2], images.shape[3], specs, str(images.device))
-        by_contract.update(zip(group, PreprocessFunction.apply(images, index)))
-    return [by_contract[c] for c in contracts]
+        by_spec.update(zip(specs, PreprocessFunction.apply(images, index)))
+    return [by_spec[_spec(c)] for c in contracts]
 
 
 _SPEC_FIELDS = ("size", "resize", "antialias", "crop", "crop_offset", "mean", "std")

@@ -209,3 +209,14 @@ def test_double_backward_goes_through_the_reference(triton_backend, device):
     close(grads[0][0], grads[1][0], "preprocess", torch.float32, scale=10.0)
     close(grads[0][1], grads[1][1], "preprocess", torch.float32, scale=10.0)
     assert grads[1][1].abs().sum() > 0  # the Hessian-vector product is not trivially zero
+
+
+def test_contracts_with_the_same_preprocessing_share_one_output(triton_backend, device):
+    """PickScore and the aesthetic predictor differ only in needs_prompt: one plan entry, one output."""
+    import dataclasses
+
+    a = RewardContract(size=16, crop_offset="floor")
+    b = dataclasses.replace(a, needs_prompt=False)
+    x = torch.rand(1, 3, 30, 41, device=device)
+    for outs in (preprocess_fused(x, [a, b, CLIP]), preprocess_many(x, [a, b])):
+        assert outs[0] is outs[1]
