@@ -221,6 +221,6 @@ def cosine_head(img_emb: torch.Tensor, txt_emb: torch.Tensor, scale: float = 1.0
             f"cosine_head: img_emb is {img_emb.dtype} on {img_emb.device} but txt_emb is {txt_emb.dtype} on "
             f"{txt_emb.device}; cast/move one to match"
         )
-    if select_backend("cosine_head", (img_emb, txt_emb)) == "torch" or img_emb.numel() == 0:
+    if select_backend("cosine_head", (img_emb, txt_emb), img_emb.numel()) == "torch" or img_emb.numel() == 0:
         return cosine_head_reference(img_emb, txt_emb, scale)
     return CosineHeadFunction.apply(img_emb, txt_emb, float(scale))

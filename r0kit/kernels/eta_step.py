@@ -455,7 +455,7 @@ def eta_step(
     """
     _check(x0, eps, alpha, sigma, eta, seed, offset)
     tensors = [x0, eps] + [v for v in (alpha, sigma, eta) if isinstance(v, torch.Tensor)]
-    if select_backend("eta_step", tensors) == "torch" or x0.numel() == 0:
+    if select_backend("eta_step", tensors, x0.numel()) == "torch" or x0.numel() == 0:
         return eta_step_reference(x0, eps, alpha, sigma, eta, seed=seed, offset=offset)
     return EtaStepFunction.apply(x0, eps, alpha, sigma, eta, seed, offset)
 
@@ -483,7 +483,10 @@ def eta_noise(
         raise InputError(f"eta_noise: dtype must be a floating torch.dtype (the step's input dtype), got {dtype!r}")
     probe = torch.empty(0, device=device, dtype=dtype)
     if backend is None:
-        backend = select_backend("eta_noise", (probe,))
+        numel = 1
+        for d in shape:
+            numel *= d
+        backend = select_backend("eta_step", (probe,), numel)  # as eta_step decides for this input
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     if backend == "torch":
         return _torch_noise(shape, seed, offset, probe.device, compute)

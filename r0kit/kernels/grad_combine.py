@@ -406,6 +406,6 @@ def grad_combine(
     """
     _check(grads, weights, eps)
     weights = tuple(float(w) for w in weights)
-    if select_backend("grad_combine", grads) == "torch" or grads[0].numel() == 0:
+    if select_backend("grad_combine", grads, grads[0].numel()) == "torch" or grads[0].numel() == 0:
         return grad_combine_reference(list(grads), weights, float(eps))
     return GradCombineFunction.apply(weights, float(eps), *grads)

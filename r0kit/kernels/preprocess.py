@@ -588,7 +588,7 @@ def preprocess_fused(images: torch.Tensor, contracts: Sequence[RewardContract]) 
     _check(images, contracts)
     if not contracts:
         return []
-    if select_backend("preprocess", (images,)) == "torch" or images.shape[0] == 0:
+    if select_backend("preprocess", (images,), images.numel()) == "torch" or images.shape[0] == 0:
         return preprocess_reference(images, list(contracts))
     distinct = tuple(dict.fromkeys(_spec(c) for c in contracts))
     by_spec: dict[tuple, torch.Tensor] = {}

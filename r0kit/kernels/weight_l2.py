@@ -389,7 +389,7 @@ def weight_l2(
         _check(params, refs, lam)
     params, refs = list(params), list(refs)
     _check(params, refs, lam)
-    backend = select_backend("weight_l2", params + refs)
+    backend = select_backend("weight_l2", params + refs, lambda: sum(p.numel() for p in params))
     if backend == "torch":
         return weight_l2_reference(params, refs, float(lam), accumulate_grad=accumulate_grad)
     if accumulate_grad:
