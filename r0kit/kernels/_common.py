@@ -50,19 +50,6 @@ def tl_dtype(t: torch.Tensor):
     return TL_DTYPES[t.dtype]
 
 
-def pointer_table(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """``int64 [len(tensors)]`` of data pointers, on ``device``, for kernels that walk many tensors.
-
-    The caller keeps ``tensors`` alive for the launch (the kernels run in stream order, so
-    the caching allocator cannot hand their memory to anything that runs before them).
-    On CUDA the copy goes through pinned memory without blocking the host.
-    """
-    host = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
-    if torch.device(device).type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
-
-
 def pointer_args(tensors: Sequence[torch.Tensor]) -> list[int]:
     """``MAX_PTR_ARGS`` data pointers as ints, for kernels that take them as scalar arguments.
 

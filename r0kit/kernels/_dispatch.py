@@ -159,10 +159,3 @@ def check_float(name: str, t: torch.Tensor) -> None:
         raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor, got {t.dtype}; cast it with .float()")
-
-
-def compiler_disable(fn):
-    """``torch.compiler.disable`` where it exists: torch.compile must not trace into a Triton launch
-    (it fails under the interpreter, and the kernel is already fused)."""
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(fn) if disable is not None else fn
