@@ -41,7 +41,9 @@ def eta_step(x0, eps, alpha, sigma, eta, xi, g):
     shape = (B,) + (1,) * (x0.dim() - 1)
 
     def per(v):
-        return v.detach().to(F64).reshape(-1).expand(B).reshape(shape) if isinstance(v, torch.Tensor) else torch.full(shape, float(v), dtype=F64)
+        if isinstance(v, torch.Tensor):
+            return v.detach().to(F64).reshape(-1).expand(B).reshape(shape)
+        return torch.full(shape, float(v), dtype=F64, device=x0.device)
 
     a, s, e = per(alpha), per(sigma), per(eta)
     x0, eps, xi, g = (t.detach().to(F64) for t in (x0, eps, xi, g))
@@ -105,8 +107,8 @@ def preprocess(x, contract):
                 x = TF.center_crop(x, [s, s])
             else:
                 x = x[..., (nh - s) // 2 : (nh - s) // 2 + s, (nw - s) // 2 : (nw - s) // 2 + s]
-    mean = torch.tensor(contract.mean, dtype=F64).view(1, 3, 1, 1)
-    std = torch.tensor(contract.std, dtype=F64).view(1, 3, 1, 1)
+    mean = torch.tensor(contract.mean, dtype=F64, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(contract.std, dtype=F64, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

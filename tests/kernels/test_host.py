@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from r0kit.images import CLIP_MEAN, CLIP_STD, RewardContract
 from r0kit.kernels import cosine_head, eta_step, grad_combine, preprocess_fused, weight_l2
 
-from kt_helpers import INTERPRETER_UNAVAILABLE
+from kt_helpers import DEVICE, INTERPRETER_UNAVAILABLE
 
 MOD = {name: sys.modules[f"r0kit.kernels.{name}"] for name in ("grad_combine", "preprocess", "eta_step", "cosine_head", "weight_l2")}
 KERNELS = {
@@ -75,14 +75,17 @@ def stubs(monkeypatch):
 
 def _cases():
     """(op, forward thunk returning differentiable outputs and their inputs, upstream gradients)."""
-    g = [torch.randn(2, 3, 16, 16, requires_grad=True) for _ in range(4)]
-    x = torch.rand(2, 3, 40, 48, requires_grad=True)
+    def leaf(t):
+        return t.to(DEVICE).requires_grad_(True)
+
+    g = [leaf(torch.randn(2, 3, 16, 16)) for _ in range(4)]
+    x = leaf(torch.rand(2, 3, 40, 48))
     contracts = [RewardContract(size=16), RewardContract(size=16, crop="pad"), RewardContract(size=12, crop_offset="floor")]
-    x0, ep = torch.randn(2, 4, 8, 8, requires_grad=True), torch.randn(2, 4, 8, 8, requires_grad=True)
-    eta = torch.tensor([0.3, 0.7], requires_grad=True)
-    a, t = torch.randn(3, 64, requires_grad=True), torch.randn(3, 64, requires_grad=True)
-    ps = [torch.randn(s, requires_grad=True) for s in ((100,), (7, 9), (3,))]
-    rs = [torch.randn(s) for s in ((100,), (7, 9), (3,))]
+    x0, ep = leaf(torch.randn(2, 4, 8, 8)), leaf(torch.randn(2, 4, 8, 8))
+    eta = leaf(torch.tensor([0.3, 0.7]))
+    a, t = leaf(torch.randn(3, 64)), leaf(torch.randn(3, 64))
+    ps = [leaf(torch.randn(s)) for s in ((100,), (7, 9), (3,))]
+    rs = [torch.randn(s).to(DEVICE) for s in ((100,), (7, 9), (3,))]
     return {
         # op: (thunk, inputs, expected allocations forward, backward)
         "grad_combine": (lambda: grad_combine(g, [1.0, 2.0, 0.5, 3.0])[0], g, 3, 2),  # part, out, norms | dpart, dg
@@ -117,8 +120,8 @@ def test_a_launch_is_sync_free_copy_free_and_allocates_only_outputs(stubs, op):
 
 
 def test_weight_l2_accumulate_is_sync_free_and_reuses_its_table(stubs):
-    ps = [torch.randn(s, requires_grad=True) for s in ((1000,), (30, 7), (5,))]
-    rs = [torch.randn(s) for s in ((1000,), (30, 7), (5,))]
+    ps = [torch.randn(s).to(DEVICE).requires_grad_(True) for s in ((1000,), (30, 7), (5,))]
+    rs = [torch.randn(s).to(DEVICE) for s in ((1000,), (30, 7), (5,))]
     for p in ps:
         p.grad = torch.zeros_like(p)
     weight_l2(ps, rs, 0.1)
@@ -143,13 +146,14 @@ def test_constexprs_do_not_change_across_the_real_shapes(stubs, monkeypatch):
     with torch.no_grad():
         for B in (1, 4, 8):  # R0's and ReNO's images: 512²
             for n in (2, 4, 5):
-                grad_combine([torch.empty(B, 3, 512, 512) for _ in range(n)], [1.0] * n)
-            preprocess_fused(torch.empty(B, 3, 512, 512), [RewardContract(), hps, pick])
+                grad_combine([torch.empty(B, 3, 512, 512, device=DEVICE) for _ in range(n)], [1.0] * n)
+            preprocess_fused(torch.empty(B, 3, 512, 512, device=DEVICE), [RewardContract(), hps, pick])
         for B in (1, 2, 4, 8, 16):  # latents
             for R in (64, 128):
-                eta_step(torch.empty(B, 4, R, R), torch.empty(B, 4, R, R), 0.8, 0.6, 0.5, seed=0)
+                z = torch.empty(B, 4, R, R, device=DEVICE)
+                eta_step(z, z, 0.8, 0.6, 0.5, seed=0)
         for B in (1, 4, 16):
-            cosine_head(torch.empty(B, 1024), torch.empty(B, 1024), 100.0)
+            cosine_head(torch.empty(B, 1024, device=DEVICE), torch.empty(B, 1024, device=DEVICE), 100.0)
     variants: dict[str, set] = {}
     for name, kw in stubs:
         variants.setdefault(name, set()).add(tuple(sorted((k, str(v)) for k, v in kw.items())))
@@ -200,11 +204,11 @@ def test_ops_compile_in_one_graph(monkeypatch, backend, op):
 def test_weight_l2_accumulate_compiles_in_one_graph(monkeypatch):
     monkeypatch.setenv("R0KIT_KERNELS", "triton")
     torch._dynamo.reset()
-    ps = [torch.randn(5, requires_grad=True), torch.randn(3, 3, requires_grad=True)]
-    ps[0].grad = torch.ones(5)
+    ps = [torch.randn(5, device=DEVICE, requires_grad=True), torch.randn(3, 3, device=DEVICE, requires_grad=True)]
+    ps[0].grad = torch.ones(5, device=DEVICE)
     qs = [p.detach().clone().requires_grad_(True) for p in ps]
-    qs[0].grad = torch.ones(5)
-    rs = [torch.randn(5), torch.randn(3, 3)]
+    qs[0].grad = torch.ones(5, device=DEVICE)
+    rs = [torch.randn(5, device=DEVICE), torch.randn(3, 3, device=DEVICE)]
     loss = torch.compile(lambda a, b: weight_l2([a, b], rs, 0.1), fullgraph=True, backend="aot_eager")(*ps)
     want = weight_l2(qs, rs, 0.1)
     torch.testing.assert_close(loss, want)
