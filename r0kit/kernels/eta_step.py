@@ -51,6 +51,7 @@ import torch
 from r0kit.errors import InputError
 from r0kit.kernels._common import (
     HAS_TRITON,
+    cdiv,
     backward_through_reference,
     creating_graph,
     compile_friendly,
@@ -288,7 +289,7 @@ def eta_step_triton_forward(
     x = torch.empty_like(x0)
     BLOCK = elementwise_block(M)
     args, flags = _coef_args(_coef_pair(alpha_t, alpha), _coef_pair(sigma_t, sigma), _coef_pair(eta_t, eta), x0)
-    _eta_fwd_kernel[(triton.cdiv(M, BLOCK), B)](
+    _eta_fwd_kernel[(cdiv(M, BLOCK), B)](
         x0, eps, x, *args, M, seed, offset, **flags, NOISE_ONLY=False, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK)
     )
     return x
@@ -299,7 +300,7 @@ def _backward(gx, x0, eps, alpha_t, sigma_t, eta_t, alpha, sigma, eta, seed, off
     B = x0.shape[0]
     M = x0.numel() // B
     BLOCK = elementwise_block(M)
-    NC = triton.cdiv(M, BLOCK)
+    NC = cdiv(M, BLOCK)
     dx0 = torch.empty_like(gx)
     deps = torch.empty_like(gx)
     part = torch.empty((3, B, NC), dtype=torch.float32, device=x0.device) if scalar_grads else dx0  # dx0: unused
@@ -506,7 +507,7 @@ def _triton_noise(shape, seed: int, offset: int, device) -> torch.Tensor:
     out = torch.empty(shape, dtype=torch.float32, device=device)
     M = out.numel() // B
     BLOCK = elementwise_block(M)
-    _eta_fwd_kernel[(triton.cdiv(M, BLOCK), B)](
+    _eta_fwd_kernel[(cdiv(M, BLOCK), B)](
         out, out, out, out, out, out, 0.0, 0.0, 0.0, 0, 0, 0, M, int(seed), int(offset),
         A_T=False, S_T=False, E_T=False, NOISE_ONLY=True, BLOCK=BLOCK, num_warps=num_warps_for(BLOCK),
     )

@@ -53,11 +53,13 @@ import torch
 from r0kit.errors import InputError
 from r0kit.kernels._common import (
     HAS_TRITON,
+    cdiv,
     MAX_PTR_ARGS,
     backward_through_reference,
     creating_graph,
     compile_friendly,
     elementwise_block,
+    next_pow2,
     num_warps_for,
     pointer_args,
     tl_dtype,
@@ -243,9 +245,13 @@ if HAS_TRITON:
 
 
 # --------------------------------------------------------------------------- host launchers
-def _aligned(tensors: Sequence[torch.Tensor]) -> bool:
-    """Every data pointer 16-byte aligned (fresh allocations are; views with an offset may not be)."""
-    return all(t.data_ptr() % 16 == 0 for t in tensors)
+def _groups(g2d: list[torch.Tensor]):
+    """``(i0, group, pointer args, aligned)`` per launch of up to 8 gradients; ``aligned``: every data
+    pointer is 16-byte aligned (fresh allocations are; views with an offset may not be)."""
+    for i0 in range(0, len(g2d), MAX_PTR_ARGS):
+        group = g2d[i0 : i0 + MAX_PTR_ARGS]
+        ptrs = pointer_args(group)
+        yield i0, group, ptrs, all(p % 16 == 0 for p in ptrs)
 
 
 def _spans(M: int, B: int, N: int, block: int) -> tuple[int, int]:
@@ -254,26 +260,25 @@ def _spans(M: int, B: int, N: int, block: int) -> tuple[int, int]:
     Enough programs to fill a GPU (≈ 2048 over the N·B rows), but few spans, so that the pass
     that reads them back (every program of the next kernel sums its row's NC values) stays cheap.
     """
-    blocks = triton.cdiv(M, block)
-    nc = max(1, min(blocks, triton.cdiv(2048, B * N), 256))
-    per = triton.cdiv(blocks, nc)
-    return triton.cdiv(blocks, per), per * block
+    blocks = cdiv(M, block)
+    nc = max(1, min(blocks, cdiv(2048, B * N), 256))
+    per = cdiv(blocks, nc)
+    return cdiv(blocks, per), per * block
 
 
 def _launch_sums(g2d: list[torch.Tensor], other: torch.Tensor | None, part: torch.Tensor, NC: int, SPAN: int, BLOCK: int):
     B, M = g2d[0].shape
-    for i0 in range(0, len(g2d), MAX_PTR_ARGS):
-        group = g2d[i0 : i0 + MAX_PTR_ARGS]
-        tensors = group + ([other] if other is not None else [])
+    other_aligned = other is None or other.data_ptr() % 16 == 0
+    for i0, group, ptrs, aligned in _groups(g2d):
         _sumsq_kernel[(NC, B, len(group))](
-            *pointer_args(group), other if other is not None else group[0], part, i0, M, B, NC, SPAN,
-            DTYPE=tl_dtype(group[0]), DOT=other is not None, ALIGNED=_aligned(tensors), BLOCK=BLOCK,
+            *ptrs, other if other is not None else group[0], part, i0, M, B, NC, SPAN,
+            DTYPE=tl_dtype(group[0]), DOT=other is not None, ALIGNED=aligned and other_aligned, BLOCK=BLOCK,
             num_warps=num_warps_for(BLOCK),
         )
 
 
 def _ncb(NC: int) -> int:
-    return max(16, min(64, triton.next_power_of_2(NC)))
+    return max(16, min(64, next_pow2(NC)))
 
 
 def _weights8(weights: Sequence[float]) -> list[float]:
@@ -301,11 +306,10 @@ def grad_combine_triton_forward(
     _launch_sums(g2d, None, part, NC, SPAN, BLOCK)
     out = torch.empty_like(g0)
     norms = torch.empty((N, B), dtype=torch.float32, device=g0.device)
-    for i0 in range(0, N, MAX_PTR_ARGS):
-        group = g2d[i0 : i0 + MAX_PTR_ARGS]
-        _combine_fwd_kernel[(triton.cdiv(M, BLOCK), B)](
-            *pointer_args(group), *_weights8(weights[i0 : i0 + MAX_PTR_ARGS]), part, out, norms, i0, len(group),
-            M, B, NC, eps, DTYPE=tl_dtype(g0), ACCUMULATE=i0 > 0, ALIGNED=_aligned(group), BLOCK=BLOCK,
+    for i0, group, ptrs, aligned in _groups(g2d):
+        _combine_fwd_kernel[(cdiv(M, BLOCK), B)](
+            *ptrs, *_weights8(weights[i0 : i0 + MAX_PTR_ARGS]), part, out, norms, i0, len(group),
+            M, B, NC, eps, DTYPE=tl_dtype(g0), ACCUMULATE=i0 > 0, ALIGNED=aligned, BLOCK=BLOCK,
             NCB=_ncb(NC), num_warps=num_warps_for(BLOCK),
         )
     return out, norms, part
@@ -326,16 +330,15 @@ def grad_combine_triton_backward(
     N = len(g2d)
     BLOCK = elementwise_block(M)
     NC = part.shape[2]
-    SPAN = triton.cdiv(triton.cdiv(M, BLOCK), NC) * BLOCK
+    SPAN = cdiv(cdiv(M, BLOCK), NC) * BLOCK
     dpart = torch.empty_like(part)
     _launch_sums(g2d, grad_out, dpart, NC, SPAN, BLOCK)
     dg = torch.empty((N, B, M), dtype=g0.dtype, device=g0.device)
-    for i0 in range(0, N, MAX_PTR_ARGS):
-        group = g2d[i0 : i0 + MAX_PTR_ARGS]
-        _combine_bwd_kernel[(triton.cdiv(M, BLOCK), B)](
-            *pointer_args(group), *_weights8(weights[i0 : i0 + MAX_PTR_ARGS]), part, dpart, grad_out,
+    for i0, group, ptrs, aligned in _groups(g2d):
+        _combine_bwd_kernel[(cdiv(M, BLOCK), B)](
+            *ptrs, *_weights8(weights[i0 : i0 + MAX_PTR_ARGS]), part, dpart, grad_out,
             grad_norms if grad_norms is not None else part, dg, i0, len(group), M, B, NC, eps,
-            DTYPE=tl_dtype(g0), HAS_GN=grad_norms is not None, ALIGNED=_aligned(group),
+            DTYPE=tl_dtype(g0), HAS_GN=grad_norms is not None, ALIGNED=aligned,
             BLOCK=BLOCK, NCB=_ncb(NC), num_warps=num_warps_for(BLOCK),
         )
     return dg
@@ -378,11 +381,13 @@ def _check(grads, weights, eps) -> None:
         raise InputError("grad_combine: grads must be a non-empty list of tensors [B, ...], one per reward")
     if len(weights) != len(grads):
         raise InputError(f"grad_combine: got {len(grads)} gradient(s) but {len(weights)} weight(s); pass one weight per gradient")
+    check_float("grad_combine: grads[0]", grads[0])
+    shape, dtype, device = grads[0].shape, grads[0].dtype, grads[0].device
+    if len(shape) < 1 or shape[0] == 0:
+        raise InputError(f"grad_combine: grads[0] must have a batch dim first, got shape {tuple(shape)}")
     for i, g in enumerate(grads):
-        check_float(f"grad_combine: grads[{i}]", g)
-        if g.dim() < 1 or g.shape[0] == 0:
-            raise InputError(f"grad_combine: grads[{i}] must have a batch dim first, got shape {tuple(g.shape)}")
-        if g.shape != grads[0].shape or g.dtype != grads[0].dtype or g.device != grads[0].device:
+        if not isinstance(g, torch.Tensor) or g.shape != shape or g.dtype != dtype or g.device != device:
+            check_float(f"grad_combine: grads[{i}]", g)
             raise InputError(
                 f"grad_combine: grads[{i}] is {tuple(g.shape)} {g.dtype} on {g.device} but grads[0] is "
                 f"{tuple(grads[0].shape)} {grads[0].dtype} on {grads[0].device}; all gradients must match"
