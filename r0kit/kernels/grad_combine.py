@@ -147,17 +147,17 @@ if HAS_TRITON:
         pid_i = tl.program_id(2).to(tl.int64)
         g_ptr = _grad_ptr(pid_i, g0, g1, g2, g3, g4, g5, g6, g7, DTYPE, ALIGNED)
         row = pid_b * M
-        acc = tl.zeros((), dtype=tl.float64)
+        acc = tl.zeros((BLOCK,), dtype=tl.float64)  # reduced once, after the span
         for s in range(0, SPAN, BLOCK):
             offs = pid_c * SPAN + s + tl.arange(0, BLOCK)
             mask = offs < M
             g = tl.load(g_ptr + row + offs, mask=mask, other=0.0).to(tl.float64)
             if DOT:
                 o = tl.load(other_ptr + row + offs, mask=mask, other=0.0).to(tl.float64)
-                acc += tl.sum(g * o, axis=0)
+                acc += g * o
             else:
-                acc += tl.sum(g * g, axis=0)
-        tl.store(part_ptr + ((i0 + pid_i) * B + pid_b) * NC + pid_c, acc)
+                acc += g * g
+        tl.store(part_ptr + ((i0 + pid_i) * B + pid_b) * NC + pid_c, tl.sum(acc, axis=0))
 
     @triton.jit
     def _combine_fwd_kernel(

@@ -366,7 +366,7 @@ if HAS_TRITON:
         mask_n = offs_n < w_k
         x_base = x_ptr + bc * H * W
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        n_nan = tl.full((), 0, tl.int32)
+        nan_seen = tl.zeros((BK, BK), dtype=tl.int32)  # elementwise flags, reduced once after the loop
         for kh in range(kh_lo, kh_hi, BK):
             rows = kh + tl.arange(0, BK)
             rmask = rows < kh_hi
@@ -376,7 +376,7 @@ if HAS_TRITON:
                 cmask = cols < kw_hi
                 x = tl.load(x_base + rows[:, None] * W + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
                 x = _clamp01(x.to(tl.float32))
-                n_nan += tl.sum((x != x).to(tl.int32))
+                nan_seen = nan_seen | (x != x).to(tl.int32)
                 aw_t = tl.load(
                     aw_ptr + (aw_row0 + offs_n)[None, :] * W + cols[:, None],
                     mask=cmask[:, None] & mask_n[None, :],
@@ -387,7 +387,7 @@ if HAS_TRITON:
                 ah_ptr + (ah_row0 + offs_m)[:, None] * H + rows[None, :], mask=mask_m[:, None] & rmask[None, :], other=0.0
             )  # [BM, BK]
             acc = tl.dot(ah, t, acc, input_precision=PREC)
-        if n_nan > 0:  # a NaN pixel in the window: the matrix product smeared it over the tile
+        if tl.max(nan_seen) > 0:  # a NaN pixel in the window: the matrix product smeared it over the tile
             acc = _exact_tile(
                 x_base, W, kh_lo, kh_hi, kw_lo, kw_hi,
                 ah_ptr + ah_row0 * H, sh_ptr + ah_row0 * H, H, 1,
@@ -446,7 +446,7 @@ if HAS_TRITON:
             inv_std = tl.load(norm_ptr + k * 6 + ch)
             g_base = g_ptr + bc * h_k * w_k
             acc_k = tl.zeros((BM, BN), dtype=tl.float32)
-            n_bad = tl.full((), 0, tl.int32)
+            bad_seen = tl.zeros((BK, BK), dtype=tl.int32)  # elementwise flags, reduced once after the loop
             for oh in range(oh_lo, oh_hi, BK):
                 orow = oh + tl.arange(0, BK)
                 rmask = orow < oh_hi
@@ -456,7 +456,7 @@ if HAS_TRITON:
                     cmask = ocol < ow_hi
                     g = tl.load(g_base + orow[:, None] * w_k + ocol[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
                     g = g.to(tl.float32)
-                    n_bad += tl.sum((~(tl.abs(g) <= 3.4028234663852886e38)).to(tl.int32))  # NaN or ±Inf
+                    bad_seen = bad_seen | (~(tl.abs(g) <= 3.4028234663852886e38)).to(tl.int32)  # NaN or ±Inf
                     aw = tl.load(
                         aw_ptr + (aw_row0 + ocol)[:, None] * W + offs_n[None, :],
                         mask=cmask[:, None] & mask_n[None, :],
@@ -467,7 +467,7 @@ if HAS_TRITON:
                     ah_ptr + (ah_row0 + orow)[None, :] * H + offs_m[:, None], mask=rmask[None, :] & mask_m[:, None], other=0.0
                 )  # [BM, BK]
                 acc_k = tl.dot(ah_t, t, acc_k, input_precision=PREC)
-            if n_bad > 0:  # a non-finite upstream gradient: spread it as interpolate's backward does
+            if tl.max(bad_seen) > 0:  # a non-finite upstream gradient: spread it as interpolate's backward does
                 acc_k = _exact_tile(
                     g_base, w_k, oh_lo, oh_hi, ow_lo, ow_hi,
                     ah_ptr + ah_row0 * H, sh_ptr + ah_row0 * H, 1, H,
