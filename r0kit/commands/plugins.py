@@ -75,7 +75,7 @@ def _contract_lines(contract: Any) -> list[str]:
         size = "native (the generator's resolution, no resize, no crop)"
     else:
         aa = ", antialiased" if contract.antialias and contract.resize in ("bilinear", "bicubic") else ""
-        crop = "center crop" if contract.crop == "center" else "no crop (aspect not kept)"
+        crop = {"center": "center crop", "pad": "longest side, zero padding (letterbox)"}.get(contract.crop, "no crop (aspect not kept)")
         size = f"{contract.size}x{contract.size}, {contract.resize} resize{aa}, {crop}"
     fmt = lambda vals: "(" + ", ".join(f"{v:g}" for v in vals) + ")"  # noqa: E731
     return [
