@@ -33,7 +33,7 @@ install: $(VENV)/.installed-all
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/r0kit optimize
+	$(BIN)/r0kit optimize --overwrite  # a demo run replaces the previous demo's files in r0kit-out/
 
 test: install-dev
 	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)

@@ -1,18 +1,30 @@
 """The ``r0kit`` command.
 
 Each subcommand is a module under :mod:`r0kit.commands` exposing
-``add_parser(subparsers)`` and ``run(args) -> int``. Errors derived from
-:class:`~r0kit.errors.R0kitError` print their message, with no traceback,
-and exit 2.
+``add_parser(subparsers)`` and ``run(args) -> int``.
+
+Every way a command can fail prints one line (or a short list) starting with
+``r0kit: error:``, with no traceback, and exits non-zero:
+
+* 2: bad input (argparse's own errors included), or a failure that ended a
+  run; what the run kept, and where, is in the message;
+* 1: a run stopped early on a NaN or Inf; what it kept is in the message;
+* 130: Ctrl-C, at any point, start-up included.
+
+``R0KIT_TRACEBACK=1`` shows the traceback as well, for debugging a plugin.
+Warnings that do not stop the command (a plugin filtered out or disabled)
+print as ``r0kit: warning: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
-from r0kit.errors import R0kitError
+from r0kit.errors import R0kitError, R0kitWarning
 
 COMMANDS: tuple[str, ...] = (
     "r0kit.commands.plugins",
@@ -40,17 +52,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, R0kitWarning):
+        print(f"r0kit: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    debug = os.environ.get("R0KIT_TRACEBACK", "").lower() in ("1", "true", "yes")
     try:
-        return int(args.run(args) or 0)
-    except R0kitError as exc:
-        print(f"r0kit: error: {exc}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", R0kitWarning)
+            warnings.showwarning = _show_warning
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("r0kit: interrupted", file=sys.stderr)
         return 130
+    except R0kitError as exc:
+        if debug:
+            raise
+        print(f"r0kit: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as exc:
+        if debug:
+            raise
+        print(f"r0kit: error: {_describe(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"r0kit: error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in r0kit or a plugin: rerun with R0KIT_TRACEBACK=1 to see where, and report it.",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _describe(exc: BaseException) -> str:
+    import errno
+
+    if isinstance(exc, MemoryError):
+        return "out of memory; lower the batch size or the image size"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the device ({exc.filename or 'writing a file'}); free some space and run again"
+    return f"{exc.strerror or exc}: {exc.filename!r}" if isinstance(exc, OSError) and exc.filename else str(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

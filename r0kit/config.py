@@ -25,10 +25,11 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from r0kit.checks import MAX_LR, MAX_SEED, check_weight
 from r0kit.errors import ConfigError
 
 
@@ -45,6 +46,12 @@ class TermConfig(BaseModel):
     name: str | None = None
     weight: float = Field(1.0, allow_inf_nan=False)
 
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, v: float) -> float:
+        check_weight(v)
+        return v
+
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -54,7 +61,7 @@ class ObjectiveConfig(StrictModel):
     rewards: dict[str, TermConfig] = Field(default_factory=dict)
     regularizers: dict[str, TermConfig] = Field(default_factory=dict)
     normalize_gradients: bool = False
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(1e-8, gt=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _has_reward(self) -> ObjectiveConfig:
@@ -74,11 +81,11 @@ class GeneratorConfig(BaseModel):
 
 class OptimizerConfig(StrictModel):
     name: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: float = Field(0.05, gt=0, le=MAX_LR, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
     nesterov: bool = True
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0, le=1e3, allow_inf_nan=False)
+    grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class RunConfig(StrictModel):
@@ -86,12 +93,13 @@ class RunConfig(StrictModel):
 
     prompts: list[str] = Field(default_factory=list)
     prompts_file: Path | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     steps: int = Field(50, ge=1, le=100_000)
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=65_536)
     output: Path = Path("r0kit-out")
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    best_by: Literal["reward", "total"] = "reward"
     generator: GeneratorConfig = GeneratorConfig(name="pixel")
     optimizer: OptimizerConfig = OptimizerConfig()
     objective: ObjectiveConfig
@@ -99,10 +107,15 @@ class RunConfig(StrictModel):
     @field_validator("prompts")
     @classmethod
     def _no_empty(cls, v: list[str]) -> list[str]:
-        for i, p in enumerate(v):
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompt {i} is empty")
+        check_prompts(v)
         return v
+
+
+def check_prompts(prompts: list[str]) -> None:
+    """Raise ``ValueError`` naming the first empty prompt (counted from 1)."""
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt {i + 1} of {len(prompts)} is empty ({p!r}); give every prompt some text")
 
 
 def format_validation_error(
@@ -112,32 +125,56 @@ def format_validation_error(
     root_model: type[BaseModel],
     prefix: tuple = (),
     what: str = "config",
+    origins: Mapping[str, str] | None = None,
 ) -> ConfigError:
-    """A :class:`ConfigError` that lists every problem of ``exc`` by its dotted key.
+    """A :class:`ConfigError` that lists every problem of ``exc`` by what the user typed.
 
     ``root_model`` is the model the TOML file's top level validates against and
     ``prefix`` the location of the validated table inside it; an unknown key gets
     the closest allowed key and the list of allowed keys at its place.
+
+    ``origins`` maps a dotted key to what set it on the command line (``"steps"
+    -> "--steps"``); a problem under such a key names that, not ``source``, so
+    ``r0kit optimize --steps 0`` blames ``--steps`` rather than the preset file the
+    other values came from. The longest matching key wins.
     """
-    lines = []
+    origins = dict(origins or {})
+    from_file, from_user = [], []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in prefix + tuple(err["loc"]))
+        parts = prefix + tuple(err["loc"])
+        loc = ".".join(str(p) for p in parts)
+        origin = _origin(parts, origins)
         if err["type"] == "extra_forbidden":
             key = str(err["loc"][-1])
             model = _model_at(root_model, prefix + tuple(err["loc"][:-1]))
             allowed = sorted(model.model_fields) if model else []
             hint = difflib.get_close_matches(key, allowed, n=1)
-            lines.append(
+            line = (
                 f"unknown key {loc!r}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
                 + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
             )
         elif err["type"] == "missing":
-            lines.append(f"missing key {loc!r}")
+            line = f"missing key {loc!r}"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc or '<top>'}: {msg} (got {err.get('input')!r})")
-    return ConfigError(f"invalid {what} {source}:\n  " + "\n  ".join(lines))
+            got = "" if err["type"] == "value_error" else f" (got {err.get('input')!r})"  # r0kit's own messages show it
+            line = f"{origin if origin is not None else loc or '<top>'}: {msg}{got}"
+        (from_user if origin is not None else from_file).append(line)
+    if not from_user:
+        return ConfigError(f"invalid {what} {source}:\n  " + "\n  ".join(from_file))
+    lines = from_user + [f"{line} (in {source})" for line in from_file]
+    if len(lines) == 1:
+        return ConfigError(lines[0])
+    return ConfigError("invalid settings:\n  " + "\n  ".join(lines))
+
+
+def _origin(loc: tuple, origins: Mapping[str, str]) -> str | None:
+    for n in range(len(loc), 0, -1):
+        key = ".".join(str(p) for p in loc[:n])
+        if key in origins:
+            return origins[key]
+    return None
 
 
 def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -170,11 +207,12 @@ def parse_objective(data: dict[str, Any], source: str = "<dict>") -> ObjectiveCo
         raise format_validation_error(exc, source, root_model=RunConfig, prefix=("objective",)) from None
 
 
-def parse_run(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+def parse_run(data: dict[str, Any], source: str = "<dict>", origins: Mapping[str, str] | None = None) -> RunConfig:
+    """Validate a run config; ``origins`` names the command-line flags that set keys (see :func:`format_validation_error`)."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc, source, root_model=RunConfig) from None
+        raise format_validation_error(exc, source, root_model=RunConfig, origins=origins) from None
 
 
 def load_run(path: str | Path) -> RunConfig:

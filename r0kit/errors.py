@@ -43,3 +43,41 @@ class WeightsError(R0kitError, FileNotFoundError):
 
 class PromptTruncationWarning(UserWarning):
     """A prompt was longer than a text encoder takes and was cut (warned once per prompt and model)."""
+
+
+class R0kitWarning(UserWarning):
+    """Something the user should know that does not stop the run (a plugin filtered out or disabled).
+
+    The command line prints it as ``r0kit: warning: <message>``.
+    """
+
+
+class RunError(R0kitError):
+    """A run that failed part-way. Its message says what failed, what was kept and where;
+    the original exception is ``__cause__``."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for ``torch.OutOfMemoryError`` (a device ran out) or ``MemoryError`` (the host did).
+
+    Does not import torch: an exception cannot be torch's unless torch is loaded.
+    """
+    import sys
+
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line saying what ended a run, with advice where there is some."""
+    if is_out_of_memory(exc):
+        first = (str(exc).splitlines() or [""])[0]
+        return (
+            f"out of memory ({first[:160]}); lower the batch size or the image size, "
+            "or turn on gradient checkpointing (-G gradient_checkpointing=true)"
+        )
+    if isinstance(exc, R0kitError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -48,12 +48,22 @@ class EvalRow:
 
 @dataclass
 class Evaluation:
+    """The rows of the table and where they were written.
+
+    A run stopped by Ctrl-C or an error after some rows were done keeps them:
+    ``interrupted`` or ``error`` says what happened and ``not_done`` lists the
+    sources that have no row.
+    """
+
     rows: list[EvalRow]
     rewards: list[str]
     held_out: list[str]
     csv: Path
     summary_csv: Path
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    error: BaseException | None = None
+    not_done: list[str] = field(default_factory=list)
 
     def table(self):
         """A rich Table in the shape of the R0 paper's: model | one column per reward."""
@@ -125,8 +135,7 @@ def evaluate(
     :param steps: sampling steps for base-model sources (exports use their own K).
     :param size: image side for base models (exports use their own; default 512).
     """
-    from r0kit.outputs import contact_sheet, save_png
-    from r0kit.score import build_rewards, list_images, load_image, score_tensor
+    from r0kit.score import build_rewards, list_images
 
     if not sources:
         raise OptionError("evaluate needs at least one source (an exported generator, a pipeline or an image folder)")
@@ -141,61 +150,93 @@ def evaluate(
         if not held[0]:
             raise OptionError("every default held-out reward is trained on; name one with --held-out")
     names = rewards + held
+    labels = list(labels) if labels else []
+    if len(labels) > len(sources):
+        raise OptionError(f"got {len(labels)} --label(s) for {len(sources)} source(s); give at most one per source")
+    # Every source is checked before any model loads: a bad third source must not cost two samplings.
+    kinds = [source_kind(str(source)) for source in sources]
+    for source, kind in zip(sources, kinds):
+        if kind == "images":
+            _image_prompts(source, list_images(source), prompts)
+        elif prompts is None:
+            raise OptionError(f"sampling {str(source)!r} needs prompts: pass --prompts-file")
     terms = build_rewards(names, reward_options)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    labels = list(labels) if labels else []
     rows: list[EvalRow] = []
     used: set[str] = set()
-    for i, source in enumerate(sources):
-        kind = source_kind(str(source))
-        label = labels[i] if i < len(labels) else Path(str(source).rstrip("/")).name or str(source)
-        while label in used:
-            label += "'"
-        used.add(label)
-        if kind == "images":
-            files = list_images(source)
-            loaded = [load_image(f) for f in files]
-            if prompts is not None:
-                if len(prompts) != len(files):
-                    raise InputError(
-                        f"{str(source)!r} holds {len(files)} image(s) for {len(prompts)} prompt(s); "
-                        "give one prompt per image, in sorted file-name order"
-                    )
-                row_prompts = list(prompts)
-            else:
-                missing = [f.name for f, (_, p) in zip(files, loaded) if p is None]
-                if missing:
-                    raise InputError(f"{len(missing)} image(s) in {str(source)!r} have no 'prompt' PNG chunk; pass a prompt file")
-                row_prompts = [p or "" for _, p in loaded]
-            shapes = {tuple(im.shape) for im, _ in loaded}
-            images = torch.stack([im for im, _ in loaded]) if len(shapes) == 1 else None
-            scores = {k: [] for k in names}
-            for im, p in zip(loaded, row_prompts):
-                v = score_tensor(im[0][None], [p], terms)
-                for k in names:
-                    scores[k].append(float(v[k][0]))
-            file_names = [f.name for f in files]
-        else:
-            if prompts is None:
-                raise OptionError(f"sampling {str(source)!r} needs prompts: pass --prompts-file")
-            gen = _build_generator(str(source), kind, steps=steps, size=size, device=device)
-            images = _generate(gen, list(prompts), seed, batch_size)
-            row_prompts = list(prompts)
-            folder = out / _safe(label)
-            file_names = []
-            for j, (img, p) in enumerate(zip(images, row_prompts)):
-                name = f"{j:05d}.png"
-                save_png(folder / name, img, {"prompt": p, "seed": seed + j, "source": str(source)})
-                file_names.append(f"{_safe(label)}/{name}")
-            v = score_tensor(images, row_prompts, terms, batch_size=batch_size)
-            scores = {k: [float(x) for x in v[k]] for k in names}
-            del gen
-        grid = contact_sheet(out / f"grid-{_safe(label)}.png", images[:16]) if images is not None else None
-        means = {k: sum(v) / len(v) for k, v in scores.items()}
-        rows.append(EvalRow(label, kind, means, scores, file_names, row_prompts, grid))
+    try:
+        for i, source in enumerate(sources):
+            rows.append(_evaluate_source(i, source, kinds[i], labels, used, prompts, names, terms, out,
+                                         steps=steps, size=size, seed=seed, batch_size=batch_size, device=device))
+    except (Exception, KeyboardInterrupt) as exc:
+        if not rows:
+            raise
+        done = len(rows)
+        csv_path, summary = _write_csvs(out, rows, names, held)
+        return Evaluation(rows, rewards, held, csv_path, summary, [FID_NOTE],
+                          interrupted=isinstance(exc, KeyboardInterrupt),
+                          error=None if isinstance(exc, KeyboardInterrupt) else exc,
+                          not_done=[str(s) for s in sources[done:]])
     csv_path, summary = _write_csvs(out, rows, names, held)
     return Evaluation(rows, rewards, held, csv_path, summary, [FID_NOTE])
+
+
+def _image_prompts(source, files: list[Path], prompts: list[str] | None) -> list[str]:
+    """The prompt of each image of a folder source: from the prompt file, or from the PNGs."""
+    from r0kit.score import read_png_prompt
+
+    if prompts is not None:
+        if len(prompts) != len(files):
+            raise InputError(
+                f"{str(source)!r} holds {len(files)} image(s) for {len(prompts)} prompt(s); "
+                "give one prompt per image, in sorted file-name order"
+            )
+        return list(prompts)
+    found = [read_png_prompt(f) for f in files]
+    missing = [f.name for f, p in zip(files, found) if p is None]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) in {str(source)!r} have no 'prompt' PNG chunk; pass a prompt file")
+    return [p or "" for p in found]
+
+
+def _evaluate_source(i, source, kind, labels, used, prompts, names, terms, out, *, steps, size, seed, batch_size, device) -> EvalRow:
+    """One row of the table: sample (or read) the source's images and score them."""
+    from r0kit.outputs import contact_sheet, save_png
+    from r0kit.score import list_images, load_image, score_tensor
+
+    label = labels[i] if i < len(labels) else Path(str(source).rstrip("/")).name or str(source)
+    while label in used:
+        label += "'"
+    used.add(label)
+    if kind == "images":
+        files = list_images(source)
+        row_prompts = _image_prompts(source, files, prompts)
+        loaded = [load_image(f) for f in files]
+        shapes = {tuple(im.shape) for im, _ in loaded}
+        images = torch.stack([im for im, _ in loaded]) if len(shapes) == 1 else None
+        scores = {k: [] for k in names}
+        for im, p in zip(loaded, row_prompts):
+            v = score_tensor(im[0][None], [p], terms)
+            for k in names:
+                scores[k].append(float(v[k][0]))
+        file_names = [f.name for f in files]
+    else:
+        gen = _build_generator(str(source), kind, steps=steps, size=size, device=device)
+        images = _generate(gen, list(prompts), seed, batch_size)
+        row_prompts = list(prompts)
+        folder = out / _safe(label)
+        file_names = []
+        for j, (img, p) in enumerate(zip(images, row_prompts)):
+            name = f"{j:05d}.png"
+            save_png(folder / name, img, {"prompt": p, "seed": seed + j, "source": str(source)})
+            file_names.append(f"{_safe(label)}/{name}")
+        v = score_tensor(images, row_prompts, terms, batch_size=batch_size)
+        scores = {k: [float(x) for x in v[k]] for k in names}
+        del gen
+    grid = contact_sheet(out / f"grid-{_safe(label)}.png", images[:16]) if images is not None else None
+    means = {k: sum(v) / len(v) for k, v in scores.items()}
+    return EvalRow(label, kind, means, scores, file_names, row_prompts, grid)
 
 
 def _safe(label: str) -> str:

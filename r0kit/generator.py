@@ -21,9 +21,10 @@ Conventions for :attr:`Sample.state`, which regularizers read:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # annotations only: importing r0kit does not import torch
+    import torch
 
 
 @dataclass

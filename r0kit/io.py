@@ -1,10 +1,11 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Atomic file writes (a temporary file beside the target, then a rename) and staged output folders."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,3 +46,170 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The :data:`~r0kit.checks.MANIFEST` of an output folder, or ``{}`` when there is none (or it is unreadable)."""
+    from r0kit.checks import MANIFEST
+
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class StagedDir:
+    """An output folder whose files are written aside and moved into place when the run has results.
+
+    ``open()`` creates a hidden staging folder inside ``target`` (creating
+    ``target`` if needed): it proves, before any work, that the folder can be
+    written. The run writes into :attr:`path`. ``commit()`` moves every entry of
+    the staging folder into ``target``, replacing entries of the same name, and
+    removes the files an earlier run listed in its manifest that this run did
+    not write again; nothing else in ``target`` is touched. ``discard()``
+    removes the staging folder, and ``target`` (with the parents ``open()``
+    created) when it made them, so a run that failed before it had results
+    leaves the file system as it found it.
+    """
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = Path(target)
+        self.path = self.target / f".r0kit-partial-{os.getpid()}"
+        self._created: list[Path] = []
+
+    def open(self) -> Path:
+        missing = []
+        p = self.target
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        self.target.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # innermost first
+        for stale in self.target.glob(".r0kit-partial-*"):  # left by a run that was killed outright
+            if stale == self.path or not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.path.mkdir()
+        return self.path
+
+    def commit(self) -> list[Path]:
+        """Move the staged entries into ``target``; returns their final paths."""
+        from r0kit.checks import MANIFEST
+
+        old = read_manifest(self.target).get("files", [])
+        new = sorted(e.name for e in self.path.iterdir())
+        moved = []
+        for name in new:
+            dst = self.target / name
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            os.replace(self.path / name, dst)
+            moved.append(dst)
+        for name in old if isinstance(old, list) else []:
+            stale = self.target / str(name)
+            if name in new or name == MANIFEST or stale.parent != self.target:
+                continue  # written again, or not a plain entry of this folder
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        self.path.rmdir()
+        self._created = []
+        return moved
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        for p in self._created:  # innermost first; only folders this run made, and only if still empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        self._created = []
+
+
+class ClaimedDir:
+    """An output folder that a long run writes into as it goes (``r0kit train``).
+
+    ``start()`` records every path under ``target`` (creating it if needed).
+    With ``replace``, the top-level entries an earlier run listed in its
+    manifest (or, without one, every entry named in ``replace_names``) are
+    moved into a hidden folder inside ``target``; ``backup`` names files the
+    run rewrites in place (a resumed run's metrics), which are copied there.
+    ``keep()`` is called once the run has results of its own: the earlier
+    run's files are deleted. ``rollback()`` is called when it failed before
+    that: everything the run created is removed and the earlier files come
+    back, so the folder is as the run found it.
+    """
+
+    def __init__(self, target: str | os.PathLike, *, replace: bool = False, replace_names: tuple[str, ...] = (),
+                 backup: tuple[str, ...] = ()) -> None:
+        self.target = Path(target)
+        self.aside = self.target / f".r0kit-replaced-{os.getpid()}"
+        self.replace, self.replace_names, self.backup = replace, replace_names, backup
+        self._before: set[Path] = set()
+        self._created: list[Path] = []
+        self._moved: list[str] = []
+        self._copied: list[str] = []
+
+    def start(self) -> None:
+        missing, p = [], self.target
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        self.target.mkdir(parents=True, exist_ok=True)
+        self._created = missing
+        if self.replace:
+            listed = read_manifest(self.target).get("files")
+            names = [str(n) for n in listed] if isinstance(listed, list) else list(self.replace_names)
+            for name in names:
+                src = self.target / name
+                if src.parent == self.target and (src.exists() or src.is_symlink()):
+                    self.aside.mkdir(exist_ok=True)
+                    os.replace(src, self.aside / name)
+                    self._moved.append(name)
+        for rel in self.backup:
+            src = self.target / rel
+            if src.is_file():
+                dst = self.aside / "backup" / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                self._copied.append(rel)
+        self._before = {p for p in self.target.rglob("*") if not _under(p, self.aside)}
+
+    def keep(self) -> None:
+        shutil.rmtree(self.aside, ignore_errors=True)
+        self._moved, self._copied, self._created = [], [], []
+
+    def rollback(self) -> None:
+        for p in sorted(self.target.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+            if p in self._before or _under(p, self.aside) or p == self.aside:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        for rel in self._copied:
+            os.replace(self.aside / "backup" / rel, self.target / rel)
+        for name in self._moved:
+            os.replace(self.aside / name, self.target / name)
+        shutil.rmtree(self.aside, ignore_errors=True)
+        for p in self._created:  # innermost first; only folders this run made
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        self._moved, self._copied, self._created = [], [], []
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _under(p: Path, folder: Path) -> bool:
+    return p == folder or folder in p.parents

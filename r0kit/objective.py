@@ -23,13 +23,13 @@ through whatever produced the images.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Literal
 
 import torch
 
-from r0kit.errors import InputError, NonFiniteError, OptionError
+from r0kit.checks import check_weight
+from r0kit.errors import InputError, NonFiniteError, OptionError, PluginError, R0kitError, is_out_of_memory
 from r0kit.generator import Sample
 from r0kit.images import RewardContract, check_images, preprocess_many
 
@@ -64,9 +64,12 @@ class Term:
     def __mul__(self, k: float) -> Term:
         if not isinstance(k, (int, float)) or isinstance(k, bool):
             return NotImplemented
-        if not math.isfinite(k):
-            raise OptionError(f"weight of {self.label!r} must be finite, got {k}")
-        return replace(self, weight=self.weight * float(k))
+        weight = self.weight * float(k)
+        try:
+            check_weight(weight)
+        except ValueError as exc:
+            raise OptionError(f"weight of {self.label!r}: {exc}") from None
+        return replace(self, weight=weight)
 
     __rmul__ = __mul__
 
@@ -86,8 +89,11 @@ class Term:
         return Objective([self]) - other
 
     def __repr__(self) -> str:
+        return self._repr(self.weight)
+
+    def _repr(self, weight: float) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"{self.weight:g}*{self.kind}({self.name!r}{', ' + opts if opts else ''})"
+        return f"{weight:g}*{self.kind}({self.name!r}{', ' + opts if opts else ''})"
 
 
 @dataclass
@@ -99,12 +105,27 @@ class ObjectiveResult:
     :ivar weights: label -> signed weight.
     :ivar grad_norms: label -> ``[B]`` per-sample norm of each reward's image
         gradient, filled when gradients were normalized.
+    :ivar finite: ``[B]`` bool, whether every term of the sample (and, after a
+        normalized backward, its combined image gradient) is finite.
     """
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     weights: dict[str, float]
     grad_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+    finite: torch.Tensor | None = None
+
+    def reward_total(self, rewards: Iterable[str]) -> torch.Tensor:
+        """``[B]``, the weighted sum of the named terms only (the rewards, leaving the regularizers out)."""
+        out = torch.zeros_like(self.total.detach(), dtype=torch.float32)
+        for label in rewards:
+            v = self.terms[label].float()
+            out = out + self.weights[label] * (v.expand_as(out) if v.dim() == 0 else v)
+        return out
+
+    def nonfinite_terms(self, i: int) -> list[str]:
+        """The labels of the terms whose value for sample ``i`` is NaN or Inf."""
+        return [k for k, v in self.terms.items() if not bool(torch.isfinite(v if v.dim() == 0 else v[i]))]
 
     def as_floats(self) -> dict[str, list[float]]:
         out = {"total": self.total.detach().float().cpu().tolist()}
@@ -190,7 +211,13 @@ class Objective:
         return hash(repr(self.spec()))
 
     def __repr__(self) -> str:
-        body = " + ".join(repr(t) for t in self.terms) or "0"
+        body = ""
+        for i, t in enumerate(self.terms):
+            if i == 0:
+                body = repr(t)
+            else:
+                body += f" - {t._repr(-t.weight)}" if t.weight < 0 else f" + {t!r}"
+        body = body or "0"
         return f"Objective({body}{', normalize_gradients=True' if self.normalize_gradients else ''})"
 
     @property
@@ -218,22 +245,10 @@ class Objective:
     def _reward_values(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         rewards = self.rewards
         inputs = preprocess_many(images, [t.contract for t in rewards])  # type: ignore[misc]
-        values = {}
-        for term, x in zip(rewards, inputs):
-            if term.contract is not None and not term.contract.differentiable:
-                with torch.no_grad():
-                    v = term.module(x.detach(), prompts)
-            else:
-                v = term.module(x, prompts)
-            values[term.label] = _check_value(term, v, images.shape[0])
-        return values
+        return {term.label: call_reward(term, x, prompts) for term, x in zip(rewards, inputs)}
 
     def _regularizer_values(self, sample: Sample, generator: Any) -> dict[str, torch.Tensor]:
-        values = {}
-        for term in self.regularizers:
-            v = term.module(sample, generator)
-            values[term.label] = _check_value(term, v, sample.batch_size, allow_scalar=True)
-        return values
+        return {term.label: call_regularizer(term, sample, generator) for term in self.regularizers}
 
     def evaluate(self, sample: Sample, prompts: list[str], generator: Any = None) -> ObjectiveResult:
         """Every term and the total, per sample, keeping the autograd graph."""
@@ -244,14 +259,19 @@ class Objective:
 
     def _result(self, values: dict[str, torch.Tensor], batch: int) -> ObjectiveResult:
         total = None
+        finite = None
         for term in self.terms:
             v = values[term.label].float()
-            contrib = term.weight * (v.expand(batch) if v.dim() == 0 else v)
+            v = v.expand(batch) if v.dim() == 0 else v
+            contrib = term.weight * v
             total = contrib if total is None else total + contrib
+            ok = torch.isfinite(v.detach())
+            finite = ok if finite is None else finite & ok
         return ObjectiveResult(
             total=total,  # type: ignore[arg-type]
             terms={k: v.detach() for k, v in values.items()},
             weights={t.label: t.weight for t in self.terms},
+            finite=finite,
         )
 
     def backward(
@@ -261,20 +281,30 @@ class Objective:
         generator: Any = None,
         *,
         reduction: Literal["sum", "mean"] = "sum",
+        nonfinite: Literal["raise", "skip"] = "raise",
     ) -> ObjectiveResult:
         """Evaluate, then back-propagate the *negative* objective (for a minimizing optimizer).
 
         ``reduction="sum"`` treats every sample as its own problem (test-time
         optimization); ``"mean"`` averages over the batch (training).
-        Raises :class:`NonFiniteError` naming the term when any value is NaN or Inf,
-        before anything is back-propagated.
+        With ``nonfinite="raise"`` a NaN or Inf in any value raises
+        :class:`NonFiniteError` naming the term, before anything is
+        back-propagated. With ``"skip"`` a sample whose values (or combined
+        image gradient) are not finite is left out of the backward pass, so the
+        others are unaffected, and ``result.finite`` marks it; the gradient rows
+        of a skipped sample may hold NaN and are the caller's to discard.
         """
         self._check(sample, prompts)
+        if nonfinite not in ("raise", "skip"):
+            raise OptionError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        skip = nonfinite == "skip"
         scale = 1.0 if reduction == "sum" else 1.0 / sample.batch_size
         if not self.normalize_gradients:
             result = self.evaluate(sample, prompts, generator)
-            raise_if_nonfinite(result)
-            (-result.total.sum() * scale).backward()
+            if not skip:
+                raise_if_nonfinite(result)
+            total = torch.where(result.finite, result.total, torch.zeros_like(result.total)) if skip else result.total
+            (-total.sum() * scale).backward()
             return result
 
         images = sample.images
@@ -282,7 +312,10 @@ class Objective:
         reward_values = self._reward_values(leaf, prompts)
         reg_values = self._regularizer_values(sample, generator)
         result = self._result({**reward_values, **reg_values}, sample.batch_size)
-        raise_if_nonfinite(result)
+        if not skip:
+            raise_if_nonfinite(result)
+        finite = result.finite
+        rows = finite.view(-1, *([1] * (images.dim() - 1)))
 
         grads, weights, labels = [], [], []
         for term in self.rewards:
@@ -292,13 +325,18 @@ class Objective:
             (g,) = torch.autograd.grad(v.sum(), leaf, retain_graph=True, allow_unused=True)
             if g is None:
                 continue
-            grads.append(g)
+            grads.append(torch.where(rows, g, torch.zeros_like(g)) if skip else g)
             weights.append(term.weight)
             labels.append(term.label)
         outputs, grad_outputs = [], []
         if grads:
             combined, norms = combine_normalized(grads, weights, self.eps)
-            if not torch.isfinite(combined).all():
+            good = torch.isfinite(combined).flatten(1).all(1)
+            if skip:
+                finite = result.finite = finite & good
+                rows = finite.view_as(rows)
+                combined = torch.where(rows, combined, torch.zeros_like(combined))
+            elif not bool(good.all()):
                 bad = [lab for lab, g in zip(labels, grads) if not torch.isfinite(g).all()]
                 raise NonFiniteError(f"the image gradient of {', '.join(bad) or 'the rewards'} is NaN or Inf")
             result.grad_norms = {lab: norms[i] for i, lab in enumerate(labels)}
@@ -308,6 +346,8 @@ class Objective:
         reg_total = None
         for term in self.regularizers:
             v = reg_values[term.label]
+            if skip and v.dim():
+                v = torch.where(finite, v, torch.zeros_like(v))
             v = v.sum() if v.dim() else v * sample.batch_size
             contrib = term.weight * v
             reg_total = contrib if reg_total is None else reg_total + contrib
@@ -334,11 +374,70 @@ def combine_normalized(
     return grad_combine(grads, weights, eps)
 
 
-def _check_value(term: Term, v: Any, batch: int, *, allow_scalar: bool = False) -> torch.Tensor:
-    where = f"{term.kind} {term.name!r} (plugin {term.plugin or '?'})"
+def _where(term: Term) -> str:
+    return f"{term.kind} {term.name!r} (plugin {term.plugin or '?'})"
+
+
+def call_reward(term: Term, x: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Score the preprocessed batch ``x`` with the reward ``term``: the one place every caller goes through.
+
+    The objective, ``r0kit score`` and ``r0kit evaluate`` all call this, so a
+    reward's output contract is checked the same way everywhere (see
+    :func:`check_output`). A reward whose contract says it is not
+    differentiable runs without autograd.
+
+    :returns: ``[B]``, the unweighted scores (NaN and Inf are the caller's to handle).
+    :raises InputError: for an output that breaks the contract, naming the reward and its plugin.
+    :raises PluginError: when the reward raises, naming it and its plugin (the original is ``__cause__``).
+    """
+    with _plugin_call(term):
+        if term.contract is not None and not term.contract.differentiable:
+            with torch.no_grad():
+                v = term.module(x.detach(), prompts)
+        else:
+            v = term.module(x, prompts)
+    return check_output(term, v, x.shape[0])
+
+
+def call_regularizer(term: Term, sample: Sample, generator: Any = None) -> torch.Tensor:
+    """The regularizer ``term`` on ``sample``: ``[B]``, or ``[]`` for a penalty shared by the batch."""
+    with _plugin_call(term):
+        v = term.module(sample, generator)
+    return check_output(term, v, sample.batch_size)
+
+
+class _plugin_call:
+    """Re-raise an exception from inside a plugin as a :class:`PluginError` that names the plugin.
+
+    r0kit's own errors pass unchanged (they already say what is wrong), and so do
+    out-of-memory errors, which the loops report with their own advice.
+    """
+
+    def __init__(self, term: Term) -> None:
+        self.term = term
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, R0kitError) or is_out_of_memory(exc):
+            return False
+        raise PluginError(f"{_where(self.term)} raised {type(exc).__name__}: {exc}") from exc
+
+
+def check_output(term: Term, v: Any, batch: int) -> torch.Tensor:
+    """Check a term's output against the contract: a float tensor of shape ``[batch]``.
+
+    A regularizer may also return a scalar ``[]`` (one penalty shared by the
+    batch, e.g. a weight penalty). ``[B, 1]``, ``[B + 1]``, an integer tensor
+    or a reward's scalar are refused, naming the term and its plugin.
+    """
+    where = _where(term)
     if not isinstance(v, torch.Tensor):
         raise InputError(f"{where} returned {type(v).__name__}; it must return a torch.Tensor of shape [{batch}]")
-    if v.dim() == 0 and allow_scalar:
+    if not v.is_floating_point():
+        raise InputError(f"{where} returned a {v.dtype} tensor; it must return floating-point scores, shape [{batch}]")
+    if v.dim() == 0 and term.kind == "regularizer":
         return v
     if tuple(v.shape) != (batch,):
         raise InputError(f"{where} returned shape {tuple(v.shape)}; it must return one value per image, shape [{batch}]")

@@ -42,7 +42,12 @@ def read_png_metadata(path: str | Path) -> dict[str, str]:
 
 
 def write_history_csv(path: str | Path, history: list[dict[str, Any]], prompts: Sequence[str]) -> Path:
-    """One row per step and sample: ``step, sample, prompt, total, <term>..., grad_norm``."""
+    """One row per step and sample: ``step, sample, prompt, total, <term>..., grad_norm``.
+
+    A sample that was not evaluated at a step (it had stopped) has no row for it.
+    ``grad_norm`` is the sample's own gradient norm before clipping (empty on the
+    last evaluation, which takes no step).
+    """
     terms: list[str] = []
     for rec in history:
         for k in rec["values"]:
@@ -52,11 +57,13 @@ def write_history_csv(path: str | Path, history: list[dict[str, Any]], prompts: 
         w = csv.writer(f)
         w.writerow(["step", "sample", "prompt", *terms, "grad_norm"])
         for rec in history:
-            n = len(rec["values"]["total"])
-            for i in range(n):
-                w.writerow(
-                    [rec["step"], i, prompts[i] if i < len(prompts) else "", *(rec["values"][t][i] for t in terms), rec.get("grad_norm", "")]
-                )
+            totals = rec["values"]["total"]
+            norms = rec.get("grad_norm") or [None] * len(totals)
+            for i, total in enumerate(totals):
+                if total is None:
+                    continue
+                vals = [rec["values"][t][i] if i < len(rec["values"].get(t, [])) else "" for t in terms]
+                w.writerow([rec["step"], i, prompts[i] if i < len(prompts) else "", *vals, "" if norms[i] is None else norms[i]])
     return Path(path)
 
 
@@ -69,11 +76,13 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
 
     terms = list(history[0]["values"]) if history else ["total"]
     steps = [rec["step"] for rec in history]
+    nan = float("nan")
     fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
     for ax, term in zip(axes[0], terms):
         n = len(history[0]["values"][term]) if history else 0
         for i in range(n):
-            ax.plot(steps, [rec["values"][term][i] for rec in history], lw=1.2, label=f"sample {i}")
+            ys = [rec["values"][term][i] for rec in history]  # None: the sample had stopped
+            ax.plot(steps, [nan if y is None else y for y in ys], lw=1.2, label=f"sample {i}")
         ax.set_title(term)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -97,30 +106,83 @@ def contact_sheet(path: str | Path, images: torch.Tensor, nrow: int | None = Non
     return save_png(path, grid)
 
 
+def image_name(position: int, n_prompts: int) -> str:
+    """``image.png`` for a run of one prompt, else ``image_<position>.png`` (the prompt's place in the run)."""
+    return "image.png" if n_prompts == 1 else f"image_{position:03d}.png"
+
+
 def save_optimize_outputs(
-    outdir: str | Path, result, *, objective: str, extra: dict[str, Any] | None = None
+    outdir: str | Path,
+    result,
+    *,
+    objective: str,
+    extra: dict[str, Any] | None = None,
+    status: str = "complete",
+    n_prompts: int | None = None,
+    shard: dict[str, Any] | None = None,
+    argv: list[str] | None = None,
 ) -> list[Path]:
-    """Write the best images (PNG with prompt, seed, objective and values), the step log,
-    the reward curves and, for several prompts, a contact sheet. Returns the paths."""
+    """Write what an optimization run earned into ``outdir``; returns the paths.
+
+    * the best image of every prompt that has one (PNG with prompt, seed, objective,
+      best step and values in its text chunks), named by :func:`image_name`;
+    * ``log.csv`` (every term at every step), ``curves.png``, and for a run of
+      several prompts ``contact_sheet.png``;
+    * ``shard.json`` (the global index of each prompt) for one rank of a sharded run;
+    * the manifest ``r0kit-run.json``: the command, the status, why the run stopped,
+      and per prompt its image, best step and stop reason, or that it was not run.
+
+    ``n_prompts`` is the number of prompts the run was given (default: the result's);
+    prompts a stopped run never started are listed in the manifest. ``argv`` is the
+    command line recorded there (default: this process's).
+    """
+    import sys
+
+    from r0kit import __version__
+    from r0kit.checks import MANIFEST
+    from r0kit.io import write_json
+
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    n_prompts = n_prompts or len(result.prompts)
     files: list[Path] = []
-    n = result.images.shape[0]
-    for i in range(n):
-        meta = {
-            "prompt": result.prompts[i],
-            # The seed that reproduces this image alone: sample i of a run draws from seed + its index.
-            "seed": str(result.seed + (result.indices[i] if result.indices else i)),
-            "objective": objective,
-            "best_step": str(result.best_step[i]),
-            "values": {k: v[i] for k, v in result.best_values.items()},
-            "software": "r0kit",
-        }
-        meta.update(extra or {})
-        name = "image.png" if n == 1 else f"image_{i:03d}.png"
-        files.append(save_png(outdir / name, result.images[i], meta))
+    entries = []
+    for i, prompt in enumerate(result.prompts):
+        index = result.indices[i] if result.indices else i
+        entry: dict[str, Any] = {"index": index, "prompt": prompt, "best_step": result.best_step[i],
+                                 "stopped": result.stops[i] if result.stops else None, "image": None}
+        if result.best_step[i] is not None:
+            meta = {
+                "prompt": prompt,
+                # The seed that reproduces this image alone: sample i of a run draws from seed + its index.
+                "seed": str(result.seed + index),
+                "objective": objective,
+                "best_step": str(result.best_step[i]),
+                "best_by": result.best_by,
+                "values": {k: v[i] for k, v in result.best_values.items()},
+                "software": "r0kit",
+            }
+            meta.update(extra or {})
+            name = image_name(i, n_prompts)
+            files.append(save_png(outdir / name, result.images[i], meta))
+            entry["image"] = name
+        entries.append(entry)
     files.append(write_history_csv(outdir / "log.csv", result.history, result.prompts))
     files.append(plot_curves(outdir / "curves.png", result.history, title=objective))
-    if n > 1:
-        files.append(contact_sheet(outdir / "contact_sheet.png", result.images))
+    kept = result.kept
+    if n_prompts > 1 and kept:
+        files.append(contact_sheet(outdir / "contact_sheet.png", result.images[kept]))
+    if shard is not None:
+        files.append(write_json(outdir / "shard.json", {**shard, "indices": result.indices, "prompts": result.prompts}))
+    manifest = {
+        "command": "optimize",
+        "argv": list(argv) if argv is not None else sys.argv[1:],
+        "r0kit": __version__,
+        "status": status,
+        "stopped": result.stopped,
+        "best_by": result.best_by,
+        "prompts": entries + [{"index": i, "image": None, "stopped": "not run"} for i in result.not_run],
+        "files": sorted([f.name for f in files] + [MANIFEST]),
+    }
+    files.append(write_json(outdir / MANIFEST, manifest))
     return files

@@ -16,24 +16,29 @@ Environment:
 
 A plugin that fails to import, to validate against the hook specs, or to
 register is recorded with its reason (``r0kit plugins`` shows it) and the
-others still load. The registry entries of a failed registration are rolled
+others still load. Nothing about the selection is silent: building the host
+warns (:class:`~r0kit.errors.R0kitWarning`) about every plugin that failed and
+every allowlist name that matches no plugin, and an unknown name says when
+the allowlist is filtering. The registry entries of a failed registration are rolled
 back, so a half-registered plugin never lingers.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import inspect
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pluggy
 
 from r0kit import hookspecs
-from r0kit.errors import PluginError
+from r0kit.errors import PluginError, R0kitWarning
 from r0kit.registry import Entry, Registry
 
 ENTRY_POINT_GROUP = "r0kit"
@@ -97,6 +102,9 @@ class PluginHost:
             kind: Registry(kind) for _, kind in _HOOKS  # type: ignore[arg-type]
         }
         self.statuses: dict[str, PluginStatus] = {}
+        self.blocked: list[str] = []  # plugins R0KIT_LOAD_PLUGINS kept out
+        for registry in self.registries.values():
+            registry.explain_missing = self.explain_missing
 
     # -- registries -------------------------------------------------------
     @property
@@ -117,6 +125,7 @@ class PluginHost:
         for modname in DEFAULT_PLUGINS:
             if allow is not None and modname not in allow:
                 self.pm.set_blocked(modname)
+                self.blocked.append(modname)
                 continue
             try:
                 module = importlib.import_module(modname)
@@ -135,6 +144,7 @@ class PluginHost:
                 continue
             if allow is not None and ep.name not in allow:
                 self.pm.set_blocked(ep.name)
+                self.blocked.append(ep.name)
                 continue
             try:
                 plugin = ep.load()
@@ -185,6 +195,54 @@ class PluginHost:
             for key in [k for k, e in registry.entries.items() if e.plugin == name]:
                 del registry.entries[key]
         self.statuses.pop(name, None)
+
+    # -- saying what the selection did ----------------------------------------
+    def selection_warnings(self) -> list[str]:
+        """What the user should hear about the plugin selection, one sentence each.
+
+        A name in ``R0KIT_LOAD_PLUGINS`` that matches no plugin, an entry-point
+        plugin it names while autoload is off, and every plugin that failed to
+        load (a broken import, a name clash with another plugin) are reported,
+        so that a missing reward is never a silent surprise.
+        """
+        out = []
+        allow = _allowlist()
+        if allow is not None:
+            entry_points = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+            for name in sorted(allow - set(self.statuses)):
+                if name in entry_points and _autoload_disabled():
+                    out.append(
+                        f"R0KIT_LOAD_PLUGINS names {name!r}, an installed entry-point plugin, but R0KIT_DISABLE_AUTOLOAD "
+                        "is set, so it was not loaded"
+                    )
+                elif name not in entry_points and name not in DEFAULT_PLUGINS:
+                    known = sorted(set(DEFAULT_PLUGINS) | entry_points)
+                    hint = difflib.get_close_matches(name, known, n=1)
+                    out.append(
+                        f"R0KIT_LOAD_PLUGINS names {name!r}, which matches no plugin"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + f"; the plugins are: {', '.join(known)}"
+                    )
+        for st in self.statuses.values():
+            if not st.ok:
+                first = (st.error.splitlines() or ["(no reason recorded)"])[0]
+                out.append(f"plugin {st.name!r} was not loaded: {first} (r0kit plugins --verbose shows the details)")
+        return out
+
+    def explain_missing(self, kind: str) -> str:
+        """Why a registry may lack a name: the plugin filter and the plugins that failed to load."""
+        parts = []
+        raw = os.environ.get("R0KIT_LOAD_PLUGINS")
+        if raw is not None:
+            parts.append(
+                f"R0KIT_LOAD_PLUGINS={raw!r} is set, so only those plugins load"
+                + (f"; it keeps out {', '.join(self.blocked)}" if self.blocked else "")
+                + "; unset it, or add the plugin that provides the name."
+            )
+        failed = [st.name for st in self.statuses.values() if not st.ok]
+        if failed:
+            parts.append(f"Plugin(s) that failed to load: {', '.join(failed)} (r0kit plugins --verbose shows why).")
+        return " ".join(parts)
 
     def _fail(self, name: str, source: str, version: str, error: str) -> None:
         self.statuses[name] = PluginStatus(name, source, version, ok=False, error=error)
@@ -254,6 +312,8 @@ def get_host() -> PluginHost:
             host.load_defaults()
             host.load_entrypoints()
             _host = host
+            for message in host.selection_warnings():
+                warnings.warn(message, R0kitWarning, stacklevel=3)
         return _host
 
 

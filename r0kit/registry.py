@@ -87,6 +87,9 @@ class Entry:
 class Registry:
     kind: Kind
     entries: dict[str, Entry] = field(default_factory=dict)
+    #: Set by the plugin host: ``explain_missing(kind)`` says why a name may be missing
+    #: (the R0KIT_LOAD_PLUGINS filter, plugins that failed to load), or ``""``.
+    explain_missing: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
 
     def add(self, entry: Entry) -> None:
         if not callable(entry.factory):
@@ -115,10 +118,12 @@ class Registry:
         except KeyError:
             known = sorted(self.entries)
             close = difflib.get_close_matches(name, known, n=1)
+            why = self.explain_missing(self.kind) if self.explain_missing is not None else ""
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}"
-                + (f"; did you mean {close[0]!r}?" if close else "")
+                + (f"; did you mean {close[0]!r}?" if close else ".")
                 + f" Known {self.kind}s: {', '.join(known) or 'none'}."
+                + (f" {why}" if why else "")
                 + " Run `r0kit plugins` to see what is installed."
             ) from None
 

@@ -58,8 +58,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from r0kit.config import ObjectiveConfig, StrictModel, format_validation_error, load_toml, read_prompts
-from r0kit.errors import ConfigError, NonFiniteError, OptionError, WeightsError
+from r0kit.checks import MAX_LR, MAX_SEED
+from r0kit.config import ObjectiveConfig, StrictModel, check_prompts, format_validation_error, load_toml, read_prompts
+from r0kit.errors import ConfigError, NonFiniteError, OptionError, RunError, WeightsError, describe_failure, is_out_of_memory
 from r0kit.sharding import full_tensor, is_sharded, shard_like
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
@@ -118,18 +119,25 @@ class KStepConfig(BaseModel):
 
 class TrainOptimizerConfig(StrictModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0, le=MAX_LR, allow_inf_nan=False)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0, le=1, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, le=1e3, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
     warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"betas must each lie in [0, 1), got {list(v)}")
+        return v
 
 
 class EMAConfig(StrictModel):
     enabled: bool = False
-    decay: float = Field(0.999, gt=0, lt=1)
+    decay: float = Field(0.999, gt=0, lt=1, allow_inf_nan=False)
 
 
 class TrainConfig(StrictModel):
@@ -138,8 +146,8 @@ class TrainConfig(StrictModel):
     prompts: list[str] = Field(default_factory=list)
     prompts_file: Path | None = None
     sample_prompts: list[str] = Field(default_factory=list)
-    seed: int = 0
-    steps: int = Field(1000, ge=1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    steps: int = Field(1000, ge=1, le=10_000_000)
     batch_size: int = Field(1, ge=1)
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16"] = "no"
@@ -166,21 +174,19 @@ class TrainConfig(StrictModel):
             )
         return v
 
-    @model_validator(mode="after")
-    def _prompts(self) -> TrainConfig:
-        if not self.prompts and self.prompts_file is None:
-            raise ValueError("give prompts = [...] or prompts_file = 'prompts.txt' (one prompt a line, or JSONL)")
-        for i, p in enumerate(self.prompts):
-            if not p.strip():
-                raise ValueError(f"prompts[{i}] is empty")
-        return self
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: list[str]) -> list[str]:
+        check_prompts(v)  # whether there are prompts at all is checked by train(), which can name --prompts-file
+        return v
 
 
-def parse_train(data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+def parse_train(data: dict[str, Any], source: str = "<dict>", origins: dict[str, str] | None = None) -> TrainConfig:
+    """Validate a training config; ``origins`` names the flags that set keys (see ``format_validation_error``)."""
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc, source, root_model=TrainConfig, what="training config") from None
+        raise format_validation_error(exc, source, root_model=TrainConfig, what="training config", origins=origins) from None
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -208,17 +214,22 @@ def _csv_tracker_class():
         requires_logging_directory = True
 
         def __init__(self, run_name: str, logging_dir: str | os.PathLike, resume_step: int | None = None):
+            # Nothing is written here: the file is (re)written by store_init_configuration,
+            # which accelerator.init_trackers calls once the run has started.
             super().__init__()
             self.run_name = run_name
             self.path = Path(logging_dir) / run_name / "metrics.csv"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.resume_step = resume_step
             self.columns: list[str] = ["step"]
+
+        def _start(self) -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             rows: list[dict[str, str]] = []
-            if resume_step is not None and self.path.is_file():  # keep the rows up to the resumed step
+            if self.resume_step is not None and self.path.is_file():  # keep the rows up to the resumed step
                 with self.path.open(newline="") as f:
                     reader = csv.DictReader(f)
                     self.columns = list(reader.fieldnames or ["step"])
-                    rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+                    rows = [r for r in reader if int(float(r["step"])) <= self.resume_step]
             self._rewrite(rows)
 
         @property
@@ -237,6 +248,7 @@ def _csv_tracker_class():
         def store_init_configuration(self, values: dict) -> None:
             from r0kit.io import write_json
 
+            self._start()
             write_json(self.path.parent / "config.json", values)
 
         @on_main_process
@@ -502,11 +514,20 @@ def find_checkpoints(output: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str | Path | None, output: Path) -> Path | None:
+    """The checkpoint folder to resume from: ``resume`` itself, or for ``"latest"`` the newest complete one.
+
+    :raises ConfigError: for ``"latest"`` when ``output`` holds no complete checkpoint.
+    """
     if resume is None:
         return None
     if str(resume) == "latest":
         found = [p for p in find_checkpoints(output) if (p / "state.json").is_file()]
-        return found[-1] if found else None
+        if not found:
+            raise ConfigError(
+                f"--resume latest: {str(Path(output) / 'checkpoints')!r} holds no complete checkpoint to resume from; "
+                "start the run without --resume (or pass a checkpoint folder)"
+            )
+        return found[-1]
     return Path(resume)
 
 
@@ -533,10 +554,15 @@ def _line(step: int, total: int, values: dict[str, float], labels: list[str], ra
     return "  ".join(parts)
 
 
+#: What a training run writes at the top of its output folder.
+TRAIN_OUTPUTS = ("checkpoints", "logs", "samples", "export")
+
+
 def train(
     cfg: TrainConfig,
     *,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     max_steps: int | None = None,
     progress: bool = False,
     generator: Any = None,
@@ -544,7 +570,21 @@ def train(
 ) -> TrainResult:
     """Train ``cfg.generator`` on ``cfg.objective``; returns where things were written.
 
-    :param resume: a checkpoint folder, or ``"latest"`` (the newest under ``output``; none = fresh start).
+    The output folder follows the output rule (:func:`r0kit.checks.check_output_dir`):
+    a folder that already holds files needs ``resume`` (continue that run) or
+    ``overwrite`` (replace it). Everything is checked, and the model built, before
+    anything is written; the earlier run's files are only deleted once this run
+    has completed a step.
+
+    Every way the loop can end keeps a checkpoint of the last completed step:
+    Ctrl-C returns with ``interrupted=True``; a NaN, an exception from a plugin,
+    running out of memory or a failed write raises :class:`~r0kit.errors.RunError`
+    naming the checkpoint to resume from (the original exception is its cause). A
+    run that ends before completing a step leaves the folder as it found it.
+
+    :param resume: a checkpoint folder, or ``"latest"`` (the newest under ``output``;
+        an error when there is none).
+    :param overwrite: replace the run already in ``output``.
     :param max_steps: stop (with a checkpoint) once this global step is reached, before ``cfg.steps``.
     :param generator: an already built generator to train instead of building ``cfg.generator``.
     :param callback: called with ``(step, logged values)`` after each optimizer step.
@@ -552,14 +592,21 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    from r0kit.checks import MANIFEST, check_output_dir
     from r0kit.config import build_objective
+    from r0kit.io import ClaimedDir
     from r0kit.objective import generator as build_generator
 
+    if resume is not None and overwrite:
+        raise ConfigError("--resume continues the run in the output folder and --overwrite replaces it; give one of them")
+    if not cfg.prompts and cfg.prompts_file is None:
+        raise ConfigError("no training prompts: set prompts = [...] or prompts_file = '...' (one prompt a line, or JSONL)")
     prompts = list(cfg.prompts) if cfg.prompts else read_prompts(cfg.prompts_file)  # type: ignore[arg-type]
     output = Path(cfg.output)
     ckpt_path = resolve_resume(resume, output)
     resume_state = read_checkpoint_state(ckpt_path) if ckpt_path is not None else None
     start_step = int(resume_state["step"]) if resume_state else 0
+    check_output_dir(output, "output", overwrite=overwrite, resume=resume is not None, resume_hint="--resume latest")
 
     trackers: list[Any] = []
     if "csv" in cfg.trackers:
@@ -602,39 +649,18 @@ def train(
     fp = fingerprint(cfg, gen, objective, prompts, world)
 
     if resume_state is not None:
-        diffs = _differences(resume_state["fingerprint"], fp)
-        if diffs:
-            raise ConfigError(
-                f"cannot resume from {str(ckpt_path)!r}: it was written by another model or config:\n  "
-                + "\n  ".join(diffs)
-                + "\nresume with the checkpoint's config, or start a new run in another output folder"
-            )
-        weights, _ = _read_safetensors(ckpt_path / "trainable.safetensors")  # type: ignore[operator]
-        missing = [n for n, _ in named if n not in weights]
-        if missing:
-            raise WeightsError(f"checkpoint file {str(ckpt_path / 'trainable.safetensors')!r} lacks {missing[:3]}")  # type: ignore[operator]
-        with torch.no_grad():
-            for n, p in named:
-                p.copy_(shard_like(weights[n], p))
-        t, meta = _read_safetensors(ckpt_path / "optimizer.safetensors")  # type: ignore[operator]
-        try:
-            _load_optimizer(optimizer, t, meta)
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
-            raise WeightsError(f"checkpoint file {str(ckpt_path / 'optimizer.safetensors')!r} is corrupt ({exc})") from None  # type: ignore[operator]
-        if ema is not None:
-            t, _ = _read_safetensors(ckpt_path / "ema.safetensors")  # type: ignore[operator]
-            ema.shadow = {n: shard_like(t[n], p).float() for n, p in named}
-        t, meta = _read_safetensors(ckpt_path / "rng.safetensors")  # type: ignore[operator]
-        try:
-            _set_rng_state(t, meta, sampler)
-        except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-            raise WeightsError(f"checkpoint file {str(ckpt_path / 'rng.safetensors')!r} is corrupt ({exc})") from None  # type: ignore[operator]
+        _restore(ckpt_path, resume_state, fp, named, optimizer, ema, sampler)  # type: ignore[arg-type]
     else:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % (2**32))
         random.seed(cfg.seed)
 
-    accelerator.init_trackers("train", config=json.loads(json.dumps(cfg.model_dump(mode="json"), default=str)))
+    # Start-up is over: only now is the output folder touched.
+    claim = ClaimedDir(output, replace=overwrite, replace_names=TRAIN_OUTPUTS + (MANIFEST,),
+                       backup=("logs/train/metrics.csv", "logs/train/config.json", MANIFEST) if resume_state else ())
+    main_process = accelerator.is_main_process
+    if main_process:
+        claim.start()
     labels = [t.label for t in objective.terms]
     sample_prompts = list(cfg.sample_prompts) or prompts[: min(4, len(prompts))]
     end = min(cfg.steps, max_steps) if max_steps is not None else cfg.steps
@@ -642,8 +668,9 @@ def train(
     history: list[dict[str, float]] = []
     last_ckpt: Path | None = ckpt_path
     interrupted = False
+    failure: BaseException | None = None
     console = None
-    if progress and accelerator.is_main_process:
+    if progress and main_process:
         from rich.console import Console
 
         console = Console(stderr=True)
@@ -652,10 +679,10 @@ def train(
 
     def checkpoint() -> Path:
         path = output / "checkpoints" / f"step-{step:07d}"
-        if accelerator.is_main_process or sharded:  # sharded tensors are gathered by every rank
+        if main_process or sharded:  # sharded tensors are gathered by every rank
             save_checkpoint(path, step=step, gen=gen, optimizer=optimizer, sampler=sampler, ema=ema, fp=fp,
-                            write=accelerator.is_main_process)
-        if accelerator.is_main_process:
+                            write=main_process)
+        if main_process:
             old = find_checkpoints(output)
             for p in old[: max(0, len(old) - cfg.keep_checkpoints)]:
                 if p != path:
@@ -663,7 +690,18 @@ def train(
         accelerator.wait_for_everyone()
         return path
 
+    def manifest(status: str) -> None:
+        if main_process:
+            from r0kit.io import write_json
+
+            names = sorted(n for n in TRAIN_OUTPUTS if (output / n).exists())
+            write_json(output / MANIFEST, {"command": "train", "status": status, "step": step, "steps": cfg.steps,
+                                           "checkpoint": str(last_ckpt) if last_ckpt else None,
+                                           "files": names + [MANIFEST]})
+
     try:
+        accelerator.init_trackers("train", config=json.loads(json.dumps(cfg.model_dump(mode="json"), default=str)))
+        manifest("running")
         while step < end:
             sampler_state = sampler.get_state()
             for group in optimizer.param_groups:
@@ -688,15 +726,14 @@ def train(
                 gnorm = float(full_tensor(torch.nn.utils.get_total_norm(gs))) if gs else 0.0
             if not math.isfinite(gnorm):
                 raise NonFiniteError(
-                    f"the gradient went NaN or Inf at step {step + 1}; lower optimizer.lr or raise a regularizer's weight "
-                    f"(the last checkpoint is {str(last_ckpt) if last_ckpt else 'none'})"
+                    f"the gradient went NaN or Inf at step {step + 1}; lower optimizer.lr or raise a regularizer's weight"
                 )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(named)
             step += 1
-            sampler_state = sampler.get_state()  # a Ctrl-C from here on keeps this completed step
+            sampler_state = sampler.get_state()  # from here on, a stop keeps this completed step
             values = {"loss": -sums.pop("total"), **sums, "grad_norm": gnorm, "lr": optimizer.param_groups[0]["lr"]}
             history.append({"step": step, **values})
             if step % cfg.log_every == 0 or step == end:
@@ -706,33 +743,103 @@ def train(
                     console.print(_line(step, cfg.steps, values, labels, rate), highlight=False)
             if callback is not None:
                 callback(step, values)
-            if cfg.sample_every and step % cfg.sample_every == 0 and (accelerator.is_main_process or sharded):
+            if cfg.sample_every and step % cfg.sample_every == 0 and (main_process or sharded):
                 sample_grid(gen, sample_prompts, output / "samples" / f"step-{step:07d}.png", seed=cfg.seed, ema=ema,
-                            write=accelerator.is_main_process)
+                            write=main_process)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:
                 last_ckpt = checkpoint()
     except KeyboardInterrupt:
         interrupted = True
-        sampler.set_state(sampler_state)  # the interrupted step is redone on resume
         if console is not None:
             console.print(f"interrupted: writing a checkpoint at step {step}", highlight=False)
+    except Exception as exc:  # a NaN, a plugin's error, out of memory, a failed write
+        failure = exc
+    sampler.set_state(sampler_state)  # a step cut short is redone on resume
     for p in params:  # a partial step's gradients must not leak into the checkpoint's next step
         p.grad = None
-    if step > start_step or resume_state is None:
-        last_ckpt = checkpoint()
+    if failure is not None and is_out_of_memory(failure) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+    earned = step > start_step
+    if not earned:
+        if main_process:
+            claim.rollback()
+        _end(accelerator, gen, unet)
+        if failure is not None:
+            raise failure
+        return TrainResult(step=step, output=output, checkpoint=ckpt_path, export=None, history=history, interrupted=interrupted)
+
     export_path = None
-    if not interrupted and step >= cfg.steps and cfg.export and (accelerator.is_main_process or sharded):
-        weights = ema.shadow if ema is not None else None
-        if sharded:  # the export is written from whole tensors, which every rank gathers
-            weights = {n: full_tensor(v).detach() for n, v in (weights or dict(named)).items()}
-        if accelerator.is_main_process:
-            export_path = gen.export(output / "export", weights=weights)
-        if cfg.sample_every:
-            sample_grid(gen, sample_prompts, output / "samples" / "final.png", seed=cfg.seed, ema=ema,
-                        write=accelerator.is_main_process)
+    try:
+        last_ckpt = checkpoint()
+        if main_process:
+            claim.keep()
+        if failure is None and not interrupted and step >= cfg.steps and cfg.export and (main_process or sharded):
+            weights = ema.shadow if ema is not None else None
+            if sharded:  # the export is written from whole tensors, which every rank gathers
+                weights = {n: full_tensor(v).detach() for n, v in (weights or dict(named)).items()}
+            if main_process:
+                export_path = gen.export(output / "export", weights=weights)
+            if cfg.sample_every:
+                sample_grid(gen, sample_prompts, output / "samples" / "final.png", seed=cfg.seed, ema=ema,
+                            write=main_process)
+        manifest("interrupted" if interrupted else "failed" if failure is not None else "complete" if step >= cfg.steps else "stopped")
+    except Exception as exc:  # writing the checkpoint or the export failed
+        if failure is None:
+            failure = exc
+        else:
+            failure.add_note(f"then writing the checkpoint failed too: {exc}")
+        found = [p for p in find_checkpoints(output) if (p / "state.json").is_file()]
+        last_ckpt = found[-1] if found else None
+        if main_process:
+            claim.keep()
+    finally:
+        _end(accelerator, gen, unet)
+    if failure is not None:
+        where = (
+            f"the last checkpoint is {str(last_ckpt)!r} (step {last_ckpt.name.removeprefix('step-').lstrip('0') or '0'}); "
+            "continue with --resume latest"
+            if last_ckpt is not None
+            else "no checkpoint could be written"
+        )
+        raise RunError(f"training stopped after step {step}: {describe_failure(failure)}; {where}") from failure
+    return TrainResult(step=step, output=output, checkpoint=last_ckpt, export=export_path, history=history, interrupted=interrupted)
+
+
+def _end(accelerator: Any, gen: Any, unet: Any) -> None:
     accelerator.end_training()
     gen.set_forward_module(unet)
-    return TrainResult(step=step, output=output, checkpoint=last_ckpt, export=export_path, history=history, interrupted=interrupted)
+
+
+def _restore(ckpt_path: Path, resume_state: dict[str, Any], fp: dict[str, Any], named, optimizer, ema, sampler) -> None:
+    """Load a checkpoint's weights, optimizer, EMA and RNG state, after checking it fits this run."""
+    diffs = _differences(resume_state["fingerprint"], fp)
+    if diffs:
+        raise ConfigError(
+            f"cannot resume from {str(ckpt_path)!r}: it was written by another model or config:\n  "
+            + "\n  ".join(diffs)
+            + "\nresume with the checkpoint's config, or start a new run in another output folder"
+        )
+    weights, _ = _read_safetensors(ckpt_path / "trainable.safetensors")
+    missing = [n for n, _ in named if n not in weights]
+    if missing:
+        raise WeightsError(f"checkpoint file {str(ckpt_path / 'trainable.safetensors')!r} lacks {missing[:3]}")
+    with torch.no_grad():
+        for n, p in named:
+            p.copy_(shard_like(weights[n], p))
+    t, meta = _read_safetensors(ckpt_path / "optimizer.safetensors")
+    try:
+        _load_optimizer(optimizer, t, meta)
+    except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"checkpoint file {str(ckpt_path / 'optimizer.safetensors')!r} is corrupt ({exc})") from None
+    if ema is not None:
+        t, _ = _read_safetensors(ckpt_path / "ema.safetensors")
+        ema.shadow = {n: shard_like(t[n], p).float() for n, p in named}
+    t, meta = _read_safetensors(ckpt_path / "rng.safetensors")
+    try:
+        _set_rng_state(t, meta, sampler)
+    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"checkpoint file {str(ckpt_path / 'rng.safetensors')!r} is corrupt ({exc})") from None
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ def test_offline_default_run_end_to_end(tmp_path):
 def test_several_prompts_write_a_contact_sheet(tmp_path):
     assert main(["optimize", "a", "b", "c", "--steps", "3", "-o", str(tmp_path / "o"), "--no-progress"]) == 0
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
-    assert names == ["contact_sheet.png", "curves.png", "image_000.png", "image_001.png", "image_002.png", "log.csv"]
+    assert names == ["contact_sheet.png", "curves.png", "image_000.png", "image_001.png", "image_002.png", "log.csv", "r0kit-run.json"]
     meta = read_png_metadata(tmp_path / "o" / "image_002.png")
     assert meta["prompt"] == "c" and meta["seed"] == "2"
     # The recorded seed reproduces that image alone: samples are independent problems.
@@ -67,7 +67,7 @@ def test_unknown_reward_exits_nonzero_without_traceback(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["optimize", "--preset", "nope"], "unknown preset 'nope'"),
+        (["optimize", "--preset", "nope"], "--preset 'nope': no such preset"),
         (["optimize", "--config", "missing.toml"], "does not exist"),
         (["optimize", "--generator", "pixels"], "did you mean 'pixel'"),
         (["optimize", "--steps", "0"], "steps"),

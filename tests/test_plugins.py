@@ -10,7 +10,7 @@ import pytest
 
 import r0kit
 from r0kit import plugins as plugins_mod
-from r0kit.errors import PluginError, UnknownNameError
+from r0kit.errors import PluginError, R0kitWarning, UnknownNameError
 
 BUILTIN_REWARDS = {"colorfulness", "contrast", "symmetry", "target_color"}
 
@@ -34,7 +34,34 @@ def test_allowlist_loads_only_named_plugins(monkeypatch, fresh_host):
     host = fresh_host()
     assert "pixel" in host.generators
     assert len(host.rewards) == 0 and len(host.regularizers) == 0
-    assert host.pm.is_blocked("r0kit_analytic")
+    assert host.pm.is_blocked("r0kit_analytic") and "r0kit_analytic" in host.blocked
+    # a name the allowlist filters out is not a mystery
+    with pytest.raises(UnknownNameError) as exc:
+        r0kit.reward("contrast")
+    msg = str(exc.value)
+    assert "Known rewards: none." in msg and "R0KIT_LOAD_PLUGINS='r0kit_pixel' is set" in msg and "r0kit_analytic" in msg
+
+
+def test_an_allowlist_name_that_matches_no_plugin_is_said(monkeypatch, fresh_host):
+    monkeypatch.setenv("R0KIT_LOAD_PLUGINS", "r0kit_pixel,r0kit_analytics")
+    plugins_mod.reset_host()
+    with pytest.warns(R0kitWarning, match=r"'r0kit_analytics', which matches no plugin \(did you mean 'r0kit_analytic'\?\)"):
+        fresh_host()
+
+
+def test_a_plugin_disabled_by_a_name_clash_is_said_by_every_command(tmp_path, monkeypatch, fresh_host):
+    _write_module(tmp_path, "r0kit_clash", """
+        import r0kit
+
+        @r0kit.hookimpl
+        def r0kit_register_rewards(register):
+            register("contrast", lambda: None, contract=r0kit.RewardContract())
+        """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins_mod, "DEFAULT_PLUGINS", plugins_mod.DEFAULT_PLUGINS + ("r0kit_clash",))
+    plugins_mod.reset_host()
+    with pytest.warns(R0kitWarning, match="plugin 'r0kit_clash' was not loaded: reward 'contrast' is registered by both"):
+        fresh_host()
 
 
 def _write_module(tmp_path, name, body):
@@ -60,7 +87,11 @@ def test_broken_plugin_is_reported_and_others_load(tmp_path, monkeypatch, fresh_
         plugins_mod, "DEFAULT_PLUGINS", ("r0kit_broken_on_import", "r0kit_broken_on_register") + plugins_mod.DEFAULT_PLUGINS
     )
     plugins_mod.reset_host()
-    host = fresh_host()
+    with pytest.warns(R0kitWarning) as warned:
+        host = fresh_host()
+    said = " | ".join(str(w.message) for w in warned)
+    assert "plugin 'r0kit_broken_on_import' was not loaded: import failed" in said
+    assert "plugin 'r0kit_broken_on_register' was not loaded" in said and "boom while registering" in said
     bad = host.statuses["r0kit_broken_on_import"]
     assert not bad.ok and "boom at import" in bad.error
     bad = host.statuses["r0kit_broken_on_register"]
@@ -188,7 +219,8 @@ def test_allowlist_blocks_entry_points_too(tmp_path, monkeypatch, autoload):
 def test_entry_point_that_fails_to_import_is_reported(tmp_path, monkeypatch, autoload):
     _make_distribution(tmp_path, "r0kit-ep-broken", "r0kit_ep_broken", "raise ImportError('needs torchfoo')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    host = autoload()
+    with pytest.warns(R0kitWarning, match="plugin 'r0kit-ep-broken' was not loaded: import of 'r0kit_ep_broken' failed"):
+        host = autoload()
     st = host.statuses["r0kit-ep-broken"]
     assert not st.ok and "needs torchfoo" in st.error
     assert "contrast" in host.rewards

@@ -5,8 +5,12 @@
 One PNG per (device, dtype, op): GB/s (p50, with p20–p80 bars) against size, one line per
 provider, one panel per mode, and the measured copy bandwidth as a dashed line. The summary
 table (latest measurement of each case) gives, per op and size, the full-pass time of each provider, the
-fused kernel's speedup over eager and torch.compile, its % of copy bandwidth and its peak
-memory relative to eager.
+fused kernel's speedup over eager and torch.compile, its % of copy bandwidth, its peak
+memory relative to eager and its host time per full pass.
+
+``--crossover FILE`` writes, per device and op, the size (elements) below which the torch
+reference's full pass was faster than the kernels' (eager and torch.compile separately), in the
+format of ``r0kit/kernels/crossover.json``, which the dispatcher reads.
 """
 
 from __future__ import annotations
@@ -91,20 +95,49 @@ def summary(rows: list[dict]) -> str:
     for r in rows:
         if r["mode"] == "full" and r["ms_p50"]:
             by[(r["device"], r["dtype"], r["op"], r["size"])][r["provider"]] = r
-    head = f"{'op':12s} {'size':22s} {'dtype':8s} {'eager ms':>9s} {'compile':>9s} {'triton':>9s} {'x eager':>8s} {'x comp.':>8s} {'%copy':>6s} {'mem/eager':>9s} check"
+    head = (f"{'op':12s} {'size':34s} {'dtype':8s} {'eager ms':>9s} {'compile':>9s} {'triton':>9s} {'x eager':>8s} "
+            f"{'x comp.':>8s} {'%copy':>6s} {'mem/eager':>9s} {'host us':>8s} check")
     lines = [head, "-" * len(head)]
     for (device, dtype, op, size), prov in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], _f(next(iter(kv[1].values()))["bytes"]))):
         e, c = prov.get("eager"), prov.get("compile")
         t = prov.get("triton") or prov.get("auto")
         ms = lambda r: _f(r["ms_p50"]) if r else math.nan  # noqa: E731
         peak = _f(t["peak_mb"]) / _f(e["peak_mb"]) if t and e and _f(e["peak_mb"]) > 0 else math.nan
+        host = _f(t.get("host_us", "")) if t else math.nan
         lines.append(
-            f"{op:12s} {size:22s} {dtype:8s} {ms(e):9.4f} {ms(c):9.4f} {ms(t):9.4f} "
+            f"{op:12s} {size:34s} {dtype:8s} {ms(e):9.4f} {ms(c):9.4f} {ms(t):9.4f} "
             f"{ms(e) / ms(t):8.2f} {ms(c) / ms(t):8.2f} {(_f(t['pct_copy_bw']) if t else math.nan):6.1f} {peak:9.2f} "
-            f"{t['check'] if t else '-'}"
+            f"{host:8.1f} {t['check'] if t else '-'}"
         )
     devices = sorted({r["device"] for r in rows})
     return f"devices: {', '.join(devices)}\n" + "\n".join(lines)
+
+
+def crossover(rows: list[dict]) -> dict:
+    """``{"devices": {device: {op: {"eager": n, "compile": n}}}}`` from the fp32 full-pass rows.
+
+    ``n``: the smallest measured size from which the kernels were at least as fast as the baseline
+    at every larger measured size (so the reference runs below it); 2**62 when they lost at the
+    largest size (the reference everywhere). Ops the kernels won everywhere are left out.
+    """
+    runs: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["mode"] == "full" and r["ms_p50"] and r.get("numel") and r["dtype"] == "float32" and r["check"] in ("ok", "ref"):
+            runs[(r["device"], r["op"])][int(r["numel"])][r["provider"]] = _f(r["ms_p50"])
+    out: dict = {}
+    for (device, op), by_size in runs.items():
+        for base in ("eager", "compile"):
+            sizes = sorted(n for n, prov in by_size.items() if "triton" in prov and base in prov)
+            if not sizes:
+                continue
+            below = 0
+            for i in range(len(sizes) - 1, -1, -1):  # down from the largest size while the kernels win
+                if by_size[sizes[i]]["triton"] > by_size[sizes[i]][base]:
+                    below = sizes[i + 1] if i + 1 < len(sizes) else 2**62
+                    break
+            if below:
+                out.setdefault(device, {}).setdefault(op, {})[base] = below
+    return {"devices": out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="folder for the PNGs (default: the first CSV's folder)")
     ap.add_argument("--summary", action="store_true", help="print the summary table")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--crossover", default=None, help="write the measured crossover sizes to this JSON file")
     args = ap.parse_args(argv)
     rows = load(args.csv)
     if not rows:
@@ -125,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {p}")
     if args.summary:
         print(summary(rows))
+    if args.crossover:
+        import json
+
+        data = crossover(rows)
+        data["about"] = "measured by benchmarks/kernels/plot.py --crossover; copy the devices into r0kit/kernels/crossover.json"
+        with open(args.crossover, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        print(f"wrote {args.crossover}: {json.dumps(data['devices'])}")
     return 0
 
 

@@ -22,8 +22,12 @@ CLIP_REPO = "openai/clip-vit-large-patch14"
 HEAD_REPO = "trl-lib/ddpo-aesthetic-predictor"
 HEAD_FILE = "aesthetic-model.pth"
 
+#: The predictor's scorer (trl's DDPO ``AestheticScorer``, whose weights these are) feeds the CLIP
+#: model through transformers' ``CLIPProcessor``: shorter side to 224 bicubic (antialiased), center
+#: crop starting at ``floor((t − 224) / 2)``, CLIP mean/std.
 CONTRACT = r0kit.RewardContract(
-    size=224, resize="bicubic", antialias=True, crop="center", mean=CLIP_MEAN, std=CLIP_STD, needs_prompt=False
+    size=224, resize="bicubic", antialias=True, crop="center", crop_offset="floor", mean=CLIP_MEAN, std=CLIP_STD,
+    needs_prompt=False,
 )
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import r0kit
 from r0kit.images import CLIP_MEAN, CLIP_STD
 
-#: open_clip's validation transform: Resize(224, bicubic) on the shorter side, CenterCrop(224), CLIP mean/std.
+#: open_clip's validation transform (``resize_mode="shortest"``, ``open_clip/transform.py``): torchvision
+#: Resize(224, bicubic) on the shorter side, CenterCrop(224) (first row ``round((t − 224) / 2)``), CLIP mean/std.
 CONTRACT = r0kit.RewardContract(
     size=224, resize="bicubic", antialias=True, crop="center", mean=CLIP_MEAN, std=CLIP_STD, needs_prompt=True
 )

@@ -18,9 +18,12 @@ from r0kit.images import CLIP_MEAN, CLIP_STD
 HUB_REPO = "xswu/HPSv2"
 CHECKPOINTS = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}
 
-#: hpsv2's val transform: ToTensor, Resize(224, bicubic, antialiased tensor resize), CenterCrop(224), CLIP mean/std.
+#: hpsv2's scorer (``hpsv2.img_score``) builds its transform with ``light_augmentation=True``:
+#: ToTensor, ``ResizeMaxSize(224)`` (longest side to 224 with torchvision's antialiased bicubic
+#: tensor resize, the other side rounded, then zero padding of the [0, 1] tensor: black, before
+#: normalization, floor(pad / 2) on the top/left), CLIP mean/std. A letterbox, not a center crop.
 CONTRACT = r0kit.RewardContract(
-    size=224, resize="bicubic", antialias=True, crop="center", mean=CLIP_MEAN, std=CLIP_STD, needs_prompt=True
+    size=224, resize="bicubic", antialias=True, crop="pad", mean=CLIP_MEAN, std=CLIP_STD, needs_prompt=True
 )
 
 

@@ -20,7 +20,8 @@ CHECKPOINT = "ImageReward.pt"
 MED_CONFIG = "med_config.json"
 TOKENIZER_REPO = "bert-base-uncased"
 
-#: ImageReward's _transform(224): Resize(224, BICUBIC), CenterCrop(224), ToTensor, CLIP mean/std.
+#: ImageReward's ``_transform(224)`` (``ImageReward/ImageReward.py``): torchvision Resize(224, BICUBIC) on
+#: the shorter side of the PIL image, CenterCrop(224) (first row ``round((t − 224) / 2)``), ToTensor, CLIP mean/std.
 CONTRACT = r0kit.RewardContract(
     size=224, resize="bicubic", antialias=True, crop="center", mean=CLIP_MEAN, std=CLIP_STD, needs_prompt=True
 )

@@ -3,8 +3,9 @@
 The model is a transformers ``CLIPModel`` (``yuvalkirstain/PickScore_v1``, a
 CLIP ViT-H/14); prompts are tokenized with the CLIP tokenizer of
 ``openai/clip-vit-large-patch14`` (padding, truncation to 77), and images see
-that processor's settings: shorter side to 224 bicubic, center crop, CLIP
-mean/std. Needs ``pip install 'r0kit[pickscore]'``; this module imports no heavy package.
+that processor's settings (``CLIPImageProcessor``): shorter side to 224 bicubic
+(antialiased), center crop starting at ``floor((t − 224) / 2)`` (transformers'
+rounding, one pixel off torchvision's ``CenterCrop`` for some sizes), CLIP mean/std. Needs ``pip install 'r0kit[pickscore]'``; this module imports no heavy package.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "openai/clip-vit-large-patch14"
 
 CONTRACT = r0kit.RewardContract(
-    size=224, resize="bicubic", antialias=True, crop="center", mean=CLIP_MEAN, std=CLIP_STD, needs_prompt=True
+    size=224, resize="bicubic", antialias=True, crop="center", crop_offset="floor", mean=CLIP_MEAN, std=CLIP_STD,
+    needs_prompt=True,
 )
 
 

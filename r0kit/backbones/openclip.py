@@ -151,10 +151,16 @@ def check_contract(
     for key in ("mean", "std"):
         if key in pre and any(abs(a - b) > 1e-6 for a, b in zip(pre[key], getattr(contract, key))):
             problems.append(f"{key} {tuple(pre[key])} (the contract declares {getattr(contract, key)})")
+    # open_clip's resize_mode: shortest edge + CenterCrop, longest edge + pad, or squash.
+    crop = {"shortest": "center", "longest": "pad", "squash": "none"}.get(pre.get("resize_mode", ""))
+    if crop is not None and crop != contract.crop:
+        problems.append(f"resize_mode {pre['resize_mode']!r} (the contract declares crop={contract.crop!r})")
+    if pre.get("interpolation", contract.resize) != contract.resize:
+        problems.append(f"{pre['interpolation']} interpolation (the contract declares {contract.resize})")
     if problems:
         raise OptionError(
             f"{what}: open_clip model {model_name!r} expects {'; '.join(problems)}; pick a 224-px model with "
-            "the OpenAI CLIP mean/std, or register a reward with its own contract"
+            "the OpenAI CLIP mean/std and bicubic shortest-side resize, or register a reward with its own contract"
         )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from r0kit.commands._common import describe
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (kernels)")
+    p = sub.add_parser("bench", help="benchmarks (kernels)", description=describe(__doc__))
     p.add_argument("suite", choices=["kernels"], help="which benchmark suite")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the suite (try: r0kit bench kernels --help)")
     p.set_defaults(run=run)

@@ -5,37 +5,49 @@
 
 prints a table shaped like the R0 paper's (model | one column per reward; held-out
 rewards marked ``*``) and writes ``evaluation.csv``, ``summary.csv`` and one grid
-image per model under ``--output``.
+image per model under ``--output``. Every source, prompt, device and the output
+folder are checked before a model loads; a run stopped part-way keeps the rows
+it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from r0kit.commands._common import add_output, describe, int_at_least, key_values
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score generators or image folders on prompts (R0-style table)")
+    p = sub.add_parser("evaluate", help="score generators or image folders on prompts (R0-style table)",
+                       description=describe(__doc__))
     p.add_argument("sources", nargs="+", help="exported generator folders, pipeline folders/hub ids, or image folders")
     p.add_argument("--prompts-file", type=Path, help="prompts, one a line (.txt) or JSONL")
-    p.add_argument("--reward", action="append", default=[], help="a reward to score (repeatable)")
+    p.add_argument("--reward", "-r", action="append", default=[], help="a reward to score (repeatable)")
     p.add_argument("--held-out", action="append", default=[], help="a reward not trained on (repeatable)")
+    p.add_argument("--reward-option", "-R", action="append", default=[], metavar="REWARD.KEY=VALUE",
+                   help="a reward factory option; VALUE is read as TOML (clip.device='cpu')")
     p.add_argument("--train-config", type=Path, help="take the trained rewards (and options) from this training TOML")
     p.add_argument("--label", action="append", default=[], help="row label of each source, in order")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps for base models (default 25)")
-    p.add_argument("--size", type=int, help="image side for base models (default 512, exports use their own)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--output", "-o", type=Path, default=Path("r0kit-eval"))
+    p.add_argument("--steps", type=int_at_least(1), default=25, help="sampling steps for base models (default 25)")
+    p.add_argument("--size", type=int_at_least(8), help="image side for base models (default 512, exports use their own)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the first prompt; prompt i uses seed + i")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4, help="prompts sampled together (default 4)")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default auto)")
+    add_output(p, default=Path("r0kit-eval"), what="the output folder")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from r0kit.checks import MANIFEST, check_device, check_output_dir
+    from r0kit.commands._common import check_option_devices
     from r0kit.config import load_toml, parse_objective, read_prompts
+    from r0kit.errors import OptionError
     from r0kit.evaluate import evaluate
+    from r0kit.io import StagedDir, write_json
 
     rewards = list(args.reward)
     options: dict = {}
@@ -45,23 +57,50 @@ def run(args: argparse.Namespace) -> int:
             name = t.name or label
             rewards.append(name)
             options[name] = t.options
+    for name, opts in key_values(args.reward_option, "--reward-option", dotted=True).items():
+        options.setdefault(name, {}).update(opts)
+    unknown = sorted(set(options) - set(rewards) - set(args.held_out))
+    if unknown:
+        raise OptionError(f"--reward-option names reward(s) {unknown} that neither --reward nor --held-out selects")
+    check_device(args.device, "--device")
+    check_option_devices(options, lambda key: f"reward option {key}")
     prompts = read_prompts(args.prompts_file) if args.prompts_file is not None else None
-    result = evaluate(
-        args.sources,
-        prompts,
-        rewards=rewards,
-        held_out=args.held_out,
-        reward_options=options,
-        output=args.output,
-        steps=args.steps,
-        size=args.size,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-        labels=args.label,
-    )
+    out = check_output_dir(args.output, "--output", overwrite=args.overwrite)
+    staged = StagedDir(out)
+    staged.open()
+    try:
+        result = evaluate(
+            args.sources,
+            prompts,
+            rewards=rewards,
+            held_out=args.held_out,
+            reward_options=options,
+            output=staged.path,
+            steps=args.steps,
+            size=args.size,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            labels=args.label,
+        )
+        status = "interrupted" if result.interrupted else "failed" if result.error is not None else "complete"
+        files = sorted(p.name for p in staged.path.iterdir())
+        write_json(staged.path / MANIFEST, {"command": "evaluate", "argv": getattr(args, "argv", None), "status": status,
+                                            "rows": [r.label for r in result.rows], "not_done": result.not_done,
+                                            "files": sorted(files + [MANIFEST])})
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
     Console().print(result.table())
     for note in result.notes:
         print(note)
-    print(f"wrote {result.csv}, {result.summary_csv} and {len(result.rows)} grid image(s) under {args.output}")
+    print(f"wrote evaluation.csv, summary.csv and {len(result.rows)} grid image(s) under {out}")
+    if result.interrupted or result.error is not None:
+        from r0kit.errors import describe_failure
+
+        what = "interrupted" if result.interrupted else f"error: {describe_failure(result.error)}"
+        print(f"r0kit: {what}; kept the rows of {', '.join(r.label for r in result.rows)} in {str(out)!r}; "
+              f"not evaluated: {', '.join(result.not_done)}", file=sys.stderr)
+        return 130 if result.interrupted else 2
     return 0

@@ -5,6 +5,12 @@ no weights and finishes in seconds on a CPU. With ``--generator noise`` or
 ``--generator latent`` and no config it starts from the ``reno`` preset
 (SD-Turbo, SGD-Nesterov lr 5, gradient clip 0.1, 50 steps).
 
+Everything the run needs is checked before a model loads or a step is taken:
+the values (errors name the flag or config key that set them), the devices,
+and the output folder (see the output rule in the README). The results are
+written aside and moved into the output folder when the run has them, so a
+run that fails early leaves the folder as it found it.
+
 Under ``accelerate launch`` the prompts are sharded across the processes;
 each process writes its images under ``<output>/rank<r>/`` with a
 ``shard.json`` naming the global index of each prompt.
@@ -19,14 +25,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from r0kit.commands._common import add_output, describe, finite_float, int_at_least, key_values
 from r0kit.errors import ConfigError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("optimize", help="optimize images for prompts (test-time)")
+    p = sub.add_parser("optimize", help="optimize images for prompts (test-time)", description=describe(__doc__))
     p.add_argument("prompts", nargs="*", help="prompts (default: the config's, or the preset's)")
     p.add_argument("--config", "-c", type=Path, help="run config TOML (see r0kit/presets/demo.toml)")
-    p.add_argument("--preset", default=None, help="built-in preset to start from (default: demo when no --config)")
+    p.add_argument("--preset", default=None, help=f"built-in preset to start from: {', '.join(preset_names())} "
+                   "(default: demo, or reno with --generator noise/latent)")
     p.add_argument("--objective", type=Path, help="TOML file whose [objective] table replaces the config's")
     p.add_argument("--prompts-file", type=Path, help="text (one per line) or JSONL file of prompts")
     p.add_argument("--generator", help="generator name (r0kit plugins lists them)")
@@ -43,87 +51,102 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, help="prompts optimized together (default: the config's, 1)")
     p.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: the config's)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--log-every", type=int, default=None, metavar="N", help="log every term's mean every N steps")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["sgd", "adam"])
-    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="the networks' dtype")
+    p.add_argument("--log-every", type=int_at_least(1), default=None, metavar="N", help="log every term's mean every N steps")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the config's)")
+    p.add_argument("--seed", type=int, help="seed of the first prompt; prompt i uses seed + i")
+    p.add_argument("--lr", type=finite_float, help="learning rate")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="the optimizer")
+    p.add_argument("--grad-clip", type=finite_float, help="clip each prompt's gradient norm to this")
+    p.add_argument("--best-by", choices=["reward", "total"], help="rank iterates by the weighted rewards (default, as ReNO) "
+                   "or by the total with the regularizers")
     p.add_argument("--normalize-gradients", action="store_true", default=None, help="R0 per-reward gradient normalization")
-    p.add_argument("--output", "-o", type=Path, help="output folder (default r0kit-out)")
-    p.add_argument("--no-progress", action="store_true")
+    add_output(p, default=None, what="the output folder (default: the config's, r0kit-out)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("r0kit") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
 def preset_path(name: str) -> Path:
     ref = resources.files("r0kit") / "presets" / f"{name}.toml"
     if not ref.is_file():
-        known = sorted(p.name[:-5] for p in (resources.files("r0kit") / "presets").iterdir() if p.name.endswith(".toml"))
-        raise ConfigError(f"unknown preset {name!r}; built-in presets: {', '.join(known)}")
+        raise ConfigError(f"--preset {name!r}: no such preset; built-in presets: {', '.join(preset_names())}")
     return Path(str(ref))
 
 
+def describe_source(path: Path) -> str:
+    """How to name a config file in a message: a packaged preset by its name, a user's file by its path."""
+    presets = Path(str(resources.files("r0kit") / "presets"))
+    if path.parent == presets:
+        return f"the {path.stem} preset ({path.name})"
+    return str(path)
+
+
 def build_config(args: argparse.Namespace):
+    """The validated run config; a bad value is reported as the flag or config key that set it."""
+    cfg, _ = build_config_and_origins(args)
+    return cfg
+
+
+def build_config_and_origins(args: argparse.Namespace):
     from r0kit.config import load_toml, objective_table, parse_objective, parse_run, read_prompts
 
     preset = args.preset or ("reno" if getattr(args, "generator", None) in ("noise", "latent") else "demo")
     source = args.config or preset_path(preset)
+    where = describe_source(Path(source))
     data: dict[str, Any] = load_toml(source)
+    origins: dict[str, str] = {}
     if args.objective is not None:
         table = objective_table(args.objective)
         parse_objective(table, str(args.objective))  # errors name the objective file, not the run config
         data["objective"] = table
+        origins["objective"] = f"--objective {args.objective}"
     if args.prompts:
         data["prompts"] = list(args.prompts)
         data.pop("prompts_file", None)
+        origins["prompts"] = "the prompt argument(s)"
     if args.prompts_file is not None:
         data["prompts"] = read_prompts(args.prompts_file)
         data.pop("prompts_file", None)
-    for key, attr in (("steps", "steps"), ("seed", "seed"), ("output", "output")):
-        if getattr(args, attr) is not None:
-            data[key] = getattr(args, attr)
+        origins["prompts"] = f"--prompts-file {args.prompts_file}"
+    for key, flag in (("steps", "steps"), ("seed", "seed"), ("output", "output"), ("batch_size", "batch_size"),
+                      ("device", "device"), ("dtype", "dtype"), ("best_by", "best_by")):
+        if getattr(args, flag, None) is not None:
+            data[key] = getattr(args, flag)
+            origins[key] = "--" + flag.replace("_", "-")
     opt = data.setdefault("optimizer", {})
     for key, attr in (("lr", "lr"), ("name", "optimizer"), ("grad_clip", "grad_clip")):
         if getattr(args, attr) is not None:
             opt[key] = getattr(args, attr)
+            origins[f"optimizer.{key}"] = "--" + attr.replace("_", "-")
     gen = data.setdefault("generator", {"name": "pixel"})
     if args.generator is not None and args.generator != gen.get("name"):
         data["generator"] = gen = {"name": args.generator}
+        origins["generator.name"] = "--generator"
     if args.model is not None:
         gen["model"] = args.model
+        origins["generator.model"] = "--model"
     for key in ("height", "width"):
         if getattr(args, key, None) is not None:
             gen[key] = getattr(args, key)
-    gen.update(_parse_options(getattr(args, "generator_option", []) or []))
-    for key in ("batch_size", "device", "dtype"):
-        if getattr(args, key, None) is not None:
-            data[key] = getattr(args, key)
+            origins[f"generator.{key}"] = f"--{key}"
+    for key, value in key_values(getattr(args, "generator_option", []) or [], "-G").items():
+        gen[key] = value
+        origins[f"generator.{key}"] = f"-G {key}"
     if args.normalize_gradients:
         data.setdefault("objective", {})["normalize_gradients"] = True
-    cfg = parse_run(data, str(source))
+    cfg = parse_run(data, where, origins)
     if cfg.prompts_file is not None and not cfg.prompts:
         base = Path(source).parent
         cfg.prompts = read_prompts(cfg.prompts_file if cfg.prompts_file.is_absolute() else base / cfg.prompts_file)
     if not cfg.prompts:
         raise ConfigError("no prompts: give them as arguments, with --prompts-file, or in the config")
-    return cfg
-
-
-def _parse_options(items: list[str]) -> dict[str, Any]:
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"--generator-option {item!r}: expected KEY=VALUE, e.g. steps=2 or scheduler='ddim'")
-        try:
-            out[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = raw  # a bare string
-    return out
+    origins["<source>"] = where
+    return cfg, origins
 
 
 def generator_options(cfg, device: str | None = None) -> dict[str, Any]:
@@ -146,35 +169,75 @@ def generator_options(cfg, device: str | None = None) -> dict[str, Any]:
     return options
 
 
+def check_devices(cfg, origins: dict[str, str]) -> None:
+    """Every device the run names (its own, the generator's, the rewards') exists here."""
+    from r0kit.checks import check_device, check_model
+    from r0kit.commands._common import check_option_devices
+
+    where = origins["<source>"]
+
+    def named(key: str) -> str:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:n])
+            if prefix in origins:
+                return origins[prefix] if prefix == key else f"{key} in {origins[prefix]}"
+        return f"{key} in {where}"
+
+    check_device(cfg.device, named("device"))
+    check_option_devices({"generator": cfg.generator.options}, named)
+    check_model(cfg.generator.options.get("model"), named("generator.model"))
+    terms = {kind: {label: t.options for label, t in getattr(cfg.objective, kind).items()} for kind in ("rewards", "regularizers")}
+    check_option_devices({"objective": terms}, named)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import r0kit
-    from r0kit.config import build_objective
-    from r0kit.io import atomic_path
-    from r0kit.optimize import optimize_prompts, shard_prompts
-    from r0kit.outputs import save_optimize_outputs
+    from r0kit.checks import check_output_dir
+    from r0kit.io import StagedDir
+    from r0kit.optimize import shard_prompts
 
-    cfg = build_config(args)
+    cfg, origins = build_config_and_origins(args)
+    if isinstance(cfg.generator.model_extra, dict) and isinstance(cfg.generator.model_extra.get("model"), str):
+        from r0kit.testing.pipelines import resolve_tiny_model
+
+        cfg.generator.model_extra["model"] = resolve_tiny_model(cfg.generator.model_extra["model"])
+    check_devices(cfg, origins)
     if args.log_every:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         logging.getLogger("r0kit.optimize").setLevel(logging.INFO)
+    what = origins.get("output", f"output in {origins['<source>']}")
+    root = check_output_dir(cfg.output, what, overwrite=args.overwrite)
     shard = shard_prompts(cfg.prompts)
-    outdir = Path(cfg.output)
+    outdir = root / f"rank{shard.rank}" if shard.distributed else root
     if shard.distributed:
-        outdir = outdir / f"rank{shard.rank}"
+        _barrier()  # every rank has checked the output folder before any of them writes to it
         if not shard.prompts:
             print(f"r0kit: rank {shard.rank} has no prompts ({len(cfg.prompts)} for {shard.world_size} processes)", file=sys.stderr)
             return 0
+    staged = StagedDir(outdir)
+    staged.open()  # proves the folder is writable, before any model loads
+    try:
+        result, objective = _optimize(cfg, args, shard)
+    except BaseException:
+        staged.discard()
+        raise
+    return _finish(result, objective, cfg, shard, staged, getattr(args, "argv", None))
+
+
+def _optimize(cfg, args, shard):
+    import r0kit
+    from r0kit.config import build_objective
+    from r0kit.optimize import optimize_prompts
+
     device = None
     if shard.distributed and cfg.device == "auto" and shard.device is not None:
         device = str(shard.device)
     objective = build_objective(cfg.objective)
     gen = r0kit.generator(cfg.generator.name, **generator_options(cfg, device))
     where = f" (rank {shard.rank} of {shard.world_size})" if shard.distributed else ""
-    print(
-        f"r0kit: optimizing {len(shard.prompts)} prompt(s){where} for {cfg.steps} steps: {objective!r}", file=sys.stderr
-    )
+    print(f"r0kit: optimizing {len(shard.prompts)} prompt(s){where} for {cfg.steps} steps: {objective!r}", file=sys.stderr)
     result = optimize_prompts(
         objective,
         gen,
@@ -189,36 +252,86 @@ def run(args: argparse.Namespace) -> int:
         nesterov=cfg.optimizer.nesterov,
         weight_decay=cfg.optimizer.weight_decay,
         grad_clip=cfg.optimizer.grad_clip,
+        best_by=cfg.best_by,
         progress=not args.no_progress,
         log_every=args.log_every,
     )
-    files = save_optimize_outputs(
-        outdir, result, objective=repr(objective), extra={"generator": cfg.generator.model_dump()}
-    )
-    if shard.distributed:
-        shard_file = outdir / "shard.json"
-        with atomic_path(shard_file) as tmp:
-            tmp.write_text(
-                json.dumps(
-                    {"rank": shard.rank, "world_size": shard.world_size, "indices": result.indices, "prompts": result.prompts},
-                    indent=1,
-                )
-            )
-        files.append(shard_file)
-    first, last = result.history[0]["values"]["total"], result.history[-1]["values"]["total"]
+    return result, objective
+
+
+def _finish(result, objective, cfg, shard, staged, argv) -> int:
+    """Write what the run earned, say where, and pick the exit status."""
+    import tempfile
+
+    from r0kit.outputs import save_optimize_outputs
+
+    status = "complete" if not result.stopped else "interrupted" if result.interrupted else "failed" if result.error else "stopped"
+    extra = {"generator": cfg.generator.model_dump()}
+    shard_info = {"rank": shard.rank, "world_size": shard.world_size, "prompts": len(shard.prompts)} if shard.distributed else None
+    if not result.kept:
+        staged.discard()
+        print(f"r0kit: {result.stopped}. Nothing was written: {str(staged.target)!r} is as it was", file=sys.stderr)
+        return _status_code(result)
+    try:
+        save_optimize_outputs(staged.path, result, objective=repr(objective), extra=extra, status=status,
+                              n_prompts=len(shard.prompts), shard=shard_info, argv=argv)
+        files = staged.commit()
+        where = staged.target
+    except KeyboardInterrupt:  # a second Ctrl-C while writing: leave the folder as it was
+        staged.discard()
+        raise
+    except OSError as exc:
+        staged.discard()
+        rescue = Path(tempfile.mkdtemp(prefix="r0kit-rescue-"))
+        try:
+            files = save_optimize_outputs(rescue, result, objective=repr(objective), extra=extra, status=status,
+                                          n_prompts=len(shard.prompts), shard=shard_info, argv=argv)
+        except OSError as again:
+            raise ConfigError(
+                f"cannot write the results to {str(staged.target)!r} ({exc}) nor to {str(rescue)!r} ({again}); "
+                "nothing was kept"
+            ) from None
+        print(f"r0kit: error: cannot write to {str(staged.target)!r} ({exc}); wrote the results to {str(rescue)!r} instead",
+              file=sys.stderr)
+        _print_summary(result, shard, files)
+        return 2
+    _print_summary(result, shard, files)
+    if result.stopped:
+        n = len(result.kept)
+        kept = f"the best iterate{'s' if n != 1 else ''} of {n} prompt{'s' if n != 1 else ''} in {str(where)!r}"
+        head = "r0kit: error: " if result.error is not None else "r0kit: "
+        print(f"{head}{result.stopped}. Wrote {kept}", file=sys.stderr)
+    return _status_code(result)
+
+
+def _status_code(result) -> int:
+    if not result.stopped:
+        return 0
+    if result.interrupted:
+        return 130
+    return 2 if result.error is not None else 1
+
+
+def _print_summary(result, shard, files) -> None:
+    def first_last(i: int) -> tuple[float | None, float | None]:
+        seen = [rec["values"]["total"][i] for rec in result.history if rec["values"]["total"][i] is not None]
+        return (seen[0], seen[-1]) if seen else (None, None)
+
+    pairs = [first_last(i) for i in range(len(result.prompts))]
     print(
         json.dumps(
             {
                 "rank": shard.rank,
-                "objective_first": first,
-                "objective_last": last,
+                "objective_first": [a for a, _ in pairs],
+                "objective_last": [b for _, b in pairs],
                 "best_step": result.best_step,
                 "files": [str(f) for f in files],
-            },
-            indent=None,
+            }
         )
     )
-    if result.stopped:
-        print(f"r0kit: {result.stopped}", file=sys.stderr)
-        return 130 if "interrupted" in result.stopped else 1
-    return 0
+
+
+def _barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()

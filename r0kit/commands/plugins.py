@@ -11,11 +11,14 @@ generators with their descriptions and factory options.
 from __future__ import annotations
 
 import argparse
+
+from r0kit.commands._common import describe
 from typing import Any
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="list rewards, regularizers and generators, and plugin status")
+    p = sub.add_parser("plugins", help="list rewards, regularizers and generators, and plugin status",
+                       description=describe(__doc__))
     p.add_argument(
         "--verbose",
         "-v",
@@ -26,9 +29,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from r0kit.errors import R0kitWarning
     from r0kit.plugins import get_host
 
-    host = get_host()
+    with warnings.catch_warnings():  # this command lists the failures itself
+        warnings.simplefilter("ignore", R0kitWarning)
+        host = get_host()
     if args.verbose:
         print(render_verbose(host), end="")
     else:
@@ -52,7 +60,12 @@ def _print_table(host: Any) -> None:
         if not st.ok:
             reason = (st.error.splitlines() or [""])[0][:120]
             table.add_row("-", "-", st.name, st.version, f"failed: {reason}", style="red")
+    for name in host.blocked:
+        table.add_row("-", "-", name, "", "not loaded: R0KIT_LOAD_PLUGINS leaves it out", style="yellow")
     console.print(table)
+    for message in host.selection_warnings():
+        if message.startswith("R0KIT_LOAD_PLUGINS"):
+            console.print(f"warning: {message}", style="yellow", highlight=False)
     if any(not st.ok for st in host.statuses.values()):
         console.print("r0kit plugins --verbose shows the full reasons.")
 
@@ -62,7 +75,7 @@ def _contract_lines(contract: Any) -> list[str]:
         size = "native (the generator's resolution, no resize, no crop)"
     else:
         aa = ", antialiased" if contract.antialias and contract.resize in ("bilinear", "bicubic") else ""
-        crop = "center crop" if contract.crop == "center" else "no crop (aspect not kept)"
+        crop = {"center": "center crop", "pad": "longest side, zero padding (letterbox)"}.get(contract.crop, "no crop (aspect not kept)")
         size = f"{contract.size}x{contract.size}, {contract.resize} resize{aa}, {crop}"
     fmt = lambda vals: "(" + ", ".join(f"{v:g}" for v in vals) + ")"  # noqa: E731
     return [
@@ -87,7 +100,9 @@ def render_verbose(host: Any) -> str:
         else:
             lines.append(f"  {st.name} {st.version} ({st.source}): FAILED to load")
             lines += [f"      {line}" for line in st.error.splitlines() or ["(no reason recorded)"]]
-    if not host.statuses:
+    for name in host.blocked:
+        lines.append(f"  {name}: not loaded, R0KIT_LOAD_PLUGINS leaves it out")
+    if not host.statuses and not host.blocked:
         lines.append("  none")
     for kind, registry in host.registries.items():
         lines += ["", f"{kind.capitalize()}s:"]

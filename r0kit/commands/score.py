@@ -1,59 +1,59 @@
-"""``r0kit score FOLDER --reward hpsv2 --reward clip [--prompts FILE] [--csv out.csv]``.
+"""``r0kit score FOLDER --reward hpsv2 --reward clip [--prompts-file FILE] [-o scores.csv]``.
 
 Scores every image in a folder with the named rewards and prints a table
 (one row per image, then the means). Prompts come from the PNGs' ``prompt``
-text chunk, or from ``--prompts`` (one per line, in sorted file-name order).
-``--option reward.key=value`` passes a factory option, e.g.
-``--option hpsv2.version=2.0`` or ``--option clip.device=cpu``.
+text chunk, or from ``--prompts-file`` (one per line, in sorted file-name
+order). ``--reward-option``/``-R reward.key=value`` passes a factory option,
+its value read as TOML: ``-R hpsv2.version='2.0'`` or ``-R clip.device=cpu``.
+``--skip-bad`` scores the rest of the folder when a file cannot be read (or
+scores NaN), and lists the files it skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
+import sys
 
+from r0kit.commands._common import add_output, describe, int_at_least, key_values
 from r0kit.errors import OptionError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("score", help="score a folder of images with rewards")
-    p.add_argument("folder", help="folder of images (png, jpg, webp, bmp)")
+    p = sub.add_parser("score", help="score a folder of images with rewards", description=describe(__doc__))
+    p.add_argument("folder", help="folder of images (png, jpg, webp, bmp, tif, gif)")
     p.add_argument("--reward", "-r", action="append", required=True, dest="rewards", metavar="NAME",
                    help="a registered reward; repeat for several (r0kit plugins lists them)")
-    p.add_argument("--prompts", metavar="FILE", help="one prompt per line, matched to the images in sorted order")
-    p.add_argument("--csv", metavar="PATH", help="also write the scores to this CSV file")
-    p.add_argument("--option", "-o", action="append", default=[], metavar="REWARD.KEY=VALUE",
-                   help="a reward factory option; the value is read as JSON when it parses, else as a string")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--prompts-file", metavar="FILE",
+                   help="one prompt per line (or JSONL), matched to the images in sorted file-name order")
+    add_output(p, default=None, what="a CSV file of the scores (default: none, the table only)")
+    p.add_argument("--reward-option", "-R", action="append", default=[],
+                   metavar="REWARD.KEY=VALUE", help="a reward factory option; VALUE is read as TOML (clip.device='cpu')")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass (default 8)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="score the other images when a file cannot be read or scores NaN; list the skipped ones")
     p.set_defaults(run=run)
 
 
-def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        name, dot, opt = key.partition(".")
-        if not sep or not dot or not name or not opt:
-            raise OptionError(f"--option {item!r} must look like reward.key=value, e.g. hpsv2.version=2.0")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out.setdefault(name, {})[opt] = value
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from r0kit.checks import check_output_file
+    from r0kit.commands._common import check_option_devices
     from r0kit.score import score_folder
 
-    options = parse_options(args.option)
+    options = key_values(args.reward_option, "--reward-option", dotted=True)
     unknown = sorted(set(options) - set(args.rewards))
     if unknown:
-        raise OptionError(f"--option names reward(s) {unknown} that no --reward selects")
-    table = score_folder(args.folder, args.rewards, prompts_file=args.prompts, options=options,
-                         csv_path=args.csv, batch_size=args.batch_size)
-    _print(table, args.csv)
+        raise OptionError(f"--reward-option names reward(s) {unknown} that no --reward selects")
+    check_option_devices(options, lambda key: f"--reward-option {key}")
+    csv_path = check_output_file(Path(args.output), "--output", overwrite=args.overwrite) if args.output else None
+    table = score_folder(args.folder, args.rewards, prompts_file=args.prompts_file, options=options,
+                         csv_path=csv_path, batch_size=args.batch_size, skip_bad=args.skip_bad)
+    _print(table, csv_path)
+    if table.skipped:
+        print(f"r0kit: warning: skipped {len(table.skipped)} image(s):", file=sys.stderr)
+        for name, why in table.skipped.items():
+            print(f"  {name}: {why}", file=sys.stderr)
     return 0
 
 
@@ -69,7 +69,8 @@ def _print(table, csv_path) -> None:
     for row in table.rows():
         t.add_row(row["file"], row["prompt"], *(f"{row[k]:.4f}" for k in table.scores))
     means = table.means()
-    t.add_row("mean", "", *(f"{means[k]:.4f}" for k in table.scores), style="bold")
+    if means:
+        t.add_row("mean", "", *(f"{means[k]:.4f}" for k in table.scores), style="bold")
     console = Console()
     console.print(t)
     if csv_path:

@@ -5,7 +5,12 @@
 ``auto`` (default)
     Triton when every tensor argument is on a CUDA device, Triton imports and
     the dtype is one the kernels compute (fp16, bf16, fp32); the reference
-    otherwise (CPU tensors, float64, no Triton).
+    otherwise (CPU tensors, float64, no Triton). Also the reference where the
+    GPU sweep measured it faster at this size on this device: below the
+    crossover sizes in ``crossover.json`` (one for eager mode, one under
+    ``torch.compile``, where the reference is what inductor fuses), so turning
+    the kernels on never makes an op slower. A device the sweep has not
+    measured gets Triton at every size.
 ``triton``
     Always the kernel. On CPU tensors this needs Triton's interpreter
     (``TRITON_INTERPRET=1`` set before Triton is first imported); without it
@@ -20,9 +25,10 @@ error that names the fix.
 
 from __future__ import annotations
 
-import functools
+import json
 import os
-from typing import Iterable, Literal
+from pathlib import Path
+from typing import Callable, Iterable, Literal
 
 import torch
 
@@ -38,15 +44,22 @@ class KernelBackendError(R0kitError, RuntimeError):
     """The requested kernel backend cannot run here."""
 
 
-@functools.lru_cache(maxsize=1)
+_UNCHECKED = "unchecked"
+_triton_error: str | None = _UNCHECKED
+
+
 def triton_import_error() -> str | None:
-    """``None`` when ``import triton`` works, else the reason it does not."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising anything else
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    """``None`` when ``import triton`` works, else the reason it does not (tried once)."""
+    global _triton_error
+    if _triton_error is _UNCHECKED:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _triton_error = None
+        except Exception as exc:  # ImportError, or a broken install raising anything else
+            _triton_error = f"{type(exc).__name__}: {exc}"
+    return _triton_error
 
 
 def triton_available() -> bool:
@@ -64,8 +77,46 @@ def requested_mode() -> str:
     return mode
 
 
-def select_backend(op: str, tensors: Iterable[torch.Tensor]) -> Backend:
-    """The backend ``op`` runs on for these tensor arguments (see the module docstring)."""
+#: Written by the GPU sweep (benchmarks/gpu/run_real_shapes.sh): {"devices": {name: {op: {"eager": n, "compile": n}}}},
+#: the op's size (elements) below which its torch reference was measured faster than the kernels.
+CROSSOVER_FILE = Path(__file__).with_name("crossover.json")
+_crossover: dict | None = None
+
+
+def crossover_table() -> dict:
+    """``{device name: {op: {"eager": n, "compile": n}}}`` from :data:`CROSSOVER_FILE` (read once; {} if absent)."""
+    global _crossover
+    if _crossover is None:
+        try:
+            _crossover = json.loads(CROSSOVER_FILE.read_text()).get("devices", {})
+        except (OSError, ValueError):
+            _crossover = {}
+    return _crossover
+
+
+@torch._dynamo.assume_constant_result
+def crossover_size(op: str, device_index: int, compiling: bool) -> int:
+    """Elements below which ``op`` runs faster on the torch reference on this CUDA device (0: never)."""
+    table = crossover_table()
+    if not table:
+        return 0
+    entry = table.get(torch.cuda.get_device_name(device_index), {}).get(op, {})
+    return int(entry.get("compile" if compiling else "eager", 0))
+
+
+def reference_is_faster(op: str, device_index: int, numel: int | Callable[[], int]) -> bool:
+    """Whether the sweep measured ``op``'s reference faster than its kernels at ``numel`` elements on this
+    CUDA device (in eager mode, or under torch.compile while it traces)."""
+    below = crossover_size(op, device_index, torch.compiler.is_compiling())
+    return bool(below) and (numel() if callable(numel) else numel) < below
+
+
+def select_backend(op: str, tensors: Iterable[torch.Tensor], numel: int | Callable[[], int] | None = None) -> Backend:
+    """The backend ``op`` runs on for these tensor arguments (see the module docstring).
+
+    :param numel: the op's size in elements (or a function computing it), for the measured
+        crossover; ``None`` skips that check.
+    """
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     mode = requested_mode()
     if mode == "torch":
@@ -73,7 +124,11 @@ def select_backend(op: str, tensors: Iterable[torch.Tensor]) -> Backend:
     on_cuda = bool(tensors) and all(t.device.type == "cuda" for t in tensors)
     dtypes_ok = all(t.dtype in KERNEL_DTYPES for t in tensors if t.is_floating_point())
     if mode == "auto":
-        return "triton" if on_cuda and dtypes_ok and triton_available() else "torch"
+        if not (on_cuda and dtypes_ok and triton_available()):
+            return "torch"
+        if numel is not None and reference_is_faster(op, tensors[0].device.index or 0, numel):
+            return "torch"
+        return "triton"
     # forced triton: explain every way it cannot work instead of failing deep inside Triton.
     err = triton_import_error()
     if err is not None:
@@ -104,10 +159,3 @@ def check_float(name: str, t: torch.Tensor) -> None:
         raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor, got {t.dtype}; cast it with .float()")
-
-
-def compiler_disable(fn):
-    """``torch.compiler.disable`` where it exists: torch.compile must not trace into a Triton launch
-    (it fails under the interpreter, and the kernel is already fused)."""
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(fn) if disable is not None else fn

@@ -16,6 +16,17 @@ inputs, GB/s from the op's counted minimal bytes (see each op module's docstring
 Before timing a ``triton`` or ``compile`` provider its forward output is compared with eager's;
 the row records ``check=ok`` or ``FAIL`` (a failing provider's speed is not a result).
 
+Each row also records ``host_us``: the median wall time of one call issued back to back without
+a sync (on CUDA the host returns once the launches are queued, so this is the host cost per call:
+Python, dispatch, launches; the GPU time is ``ms_p50``). ``numel`` is the op's size in elements,
+the measure the dispatcher's crossover (``r0kit/kernels/crossover.json``) uses.
+
+``--sizes real`` is the sizes r0kit runs: images at batch 1, 4 and 8 at 512² with R0's four
+rewards (grad_combine N = 4; preprocess: the CLIP/ImageReward, HPS letterbox and PickScore
+contracts), latents 4×64² and 4×128² at batch 1–16, cosine heads of 1–16 rows at D = 1024, and
+weight-L2 over LoRA sets of 1, 10 and 50 M parameters (rank-r adapters on SD1.5's attention
+projections) and SD1.5's and SDXL's full UNet parameter sets (shapes from diffusers' configs).
+
 On a CPU the defaults are tiny sizes and ``eager`` vs ``auto`` so CI exercises the harness;
 ``--interpret`` adds the Triton interpreter (slow, tiny sizes only).
 """
@@ -42,8 +53,8 @@ OPS = ("grad_combine", "weight_l2", "eta_step", "cosine_head", "preprocess")
 MODES = ("forward", "backward", "full")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FIELDS = [
-    "date", "device", "torch", "triton", "op", "size", "dtype", "provider", "mode",
-    "ms_p50", "ms_p20", "ms_p80", "bytes", "gbps", "copy_gbps", "pct_copy_bw", "peak_mb", "check", "note",
+    "date", "device", "torch", "triton", "op", "size", "numel", "dtype", "provider", "mode",
+    "ms_p50", "ms_p20", "ms_p80", "host_us", "bytes", "gbps", "copy_gbps", "pct_copy_bw", "peak_mb", "check", "note",
 ]
 
 
@@ -64,6 +75,24 @@ def _time(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms:
         times.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(times, n=10, method="inclusive")
     return statistics.median(times), q[1], q[7]
+
+
+def _host_us(fn: Callable[[], Any], device: torch.device, n: int = 50) -> float:
+    """Median wall time of one call, calls issued back to back without a sync (µs).
+
+    On CUDA a call returns once its launches are queued; 50 calls of a few launches each stay far
+    below the launch queue's depth, so the figure is the host's cost per call, not the GPU's.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return statistics.median(times) * 1e6
 
 
 def _peak_mb(fn: Callable[[], Any], device: torch.device) -> float:
@@ -102,6 +131,8 @@ class Case:
 
 
 def _sizes(op: str, preset: str) -> list[dict]:
+    if preset == "real":
+        return _real_sizes(op)
     if op in ("grad_combine", "preprocess"):
         if preset == "tiny":
             return [dict(B=2, R=32, N=2)]
@@ -138,6 +169,28 @@ def _sizes(op: str, preset: str) -> list[dict]:
             return [dict(B=16384, D=1024)]
         return [dict(B=b, D=d) for b in (16, 256, 4096, 16384) for d in (768, 1024)]
     raise ValueError(op)
+
+
+def _real_sizes(op: str) -> list[dict]:
+    """The sizes r0kit really runs (see the module docstring), smallest first."""
+    if op == "grad_combine":
+        return [dict(B=b, R=512, N=4) for b in (1, 4, 8)]
+    if op == "preprocess":
+        return [dict(B=b, R=512, N=3, real=True) for b in (1, 4, 8)]
+    if op == "eta_step":
+        return [dict(B=b, C=4, R=r) for r in (64, 128) for b in (1, 2, 4, 8, 16)]
+    if op == "cosine_head":
+        return [dict(B=b, D=1024) for b in (1, 4, 16)]
+    if op == "weight_l2":
+        return [dict(kind="lora", numel=n) for n in (1_000_000, 10_000_000, 50_000_000)] + [dict(kind="sd15"), dict(kind="sdxl")]
+    raise ValueError(op)
+
+
+def _real_contracts():
+    """R0's rewards' contracts: CLIP and ImageReward (one preprocessing), HPS's letterbox, PickScore's floor offset."""
+    from r0kit.images import RewardContract
+
+    return [RewardContract(), RewardContract(crop="pad"), RewardContract(crop_offset="floor")]
 
 
 def _contracts(n: int, tiny: bool):
@@ -186,6 +239,58 @@ def _param_shapes(numel: int) -> list[tuple[int, ...]]:
     return [(big // cols, cols)] * 20 + [(1024,)] * 4
 
 
+#: SDXL's UNet (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json), the keys that differ from
+#: diffusers' UNet2DConditionModel defaults; SD1.5's differs in cross_attention_dim only.
+_UNET_CONFIGS = {
+    "sd15": dict(cross_attention_dim=768),
+    "sdxl": dict(
+        block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    ),
+}
+
+
+def _unet_shapes(kind: str) -> list[tuple[int, ...]]:
+    """Every parameter shape of the SD1.5 or SDXL UNet, built on the meta device (no memory, no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**_UNET_CONFIGS[kind])
+    return [tuple(p.shape) for p in unet.parameters()]
+
+
+def _lora_shapes(numel: int) -> list[tuple[int, ...]]:
+    """LoRA A [r, in] and B [out, r] for every attention projection of SD1.5's UNet, rank r chosen so the
+    set holds about ``numel`` parameters (peft's default target modules: to_q, to_k, to_v, to_out.0)."""
+    try:
+        from diffusers import UNet2DConditionModel
+
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**_UNET_CONFIGS["sd15"])
+        linears = [m for n, m in unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))]
+        dims = [(m.in_features, m.out_features) for m in linears]
+    except ImportError:  # the same count of projections, widths as SD1.5's
+        dims = [(w, w) for w in (320, 640, 1280, 1280, 640, 320) for _ in range(16)]
+    rank = max(1, round(numel / sum(i + o for i, o in dims)))
+    return [s for i, o in dims for s in ((rank, i), (o, rank))]
+
+
+def _weight_shapes(p: dict) -> tuple[str, list[tuple[int, ...]]]:
+    kind = p.get("kind")
+    if kind == "lora":
+        shapes = _lora_shapes(p["numel"])
+        return f"LoRA r{shapes[0][0]} ({len(shapes)} tensors)", shapes
+    if kind in ("sd15", "sdxl"):
+        try:
+            shapes = _unet_shapes(kind)
+        except ImportError:
+            shapes = _param_shapes({"sd15": 859_520_964, "sdxl": 2_567_463_684}[kind])
+        return f"{'SD1.5' if kind == 'sd15' else 'SDXL'} UNet ({len(shapes)} tensors)", shapes
+    return "", _param_shapes(p["numel"])
+
+
 def build(op: str, p: dict, dtype: torch.dtype, device: torch.device, tiny: bool):
     """(label, bytes_by_mode, inputs, fns) where fns[provider] = (forward_fn, diff_inputs) or a weight_l2 dict."""
     import r0kit.kernels as K
@@ -200,20 +305,23 @@ def build(op: str, p: dict, dtype: torch.dtype, device: torch.device, tiny: bool
     if op == "grad_combine":
         B, R, N = p["B"], p["R"], p["N"]
         grads = [rnd(B, 3, R, R) for _ in range(N)]
+        p["numel"] = B * 3 * R * R
         w = [5.0, 1.0, 0.01, 0.05, 2.0][:N] + [1.0] * max(0, N - 5)
         ref = lambda *gs: K.grad_combine_reference(list(gs), w, 1e-8)  # noqa: E731
         api = lambda *gs: K.grad_combine(list(gs), w, 1e-8)  # noqa: E731
         return f"B{B}x3x{R}^2 N{N}", _bytes(op, p, s), grads, ref, api
     if op == "preprocess":
         B, R, N = p["B"], p["R"], p["N"]
-        contracts = _contracts(N, tiny)
+        contracts = _real_contracts() if p.get("real") else _contracts(N, tiny)
         x = rnd(B, 3, R, R, lo=0.0, hi=1.0)
+        p["numel"] = B * 3 * R * R
         ref = lambda im: tuple(K.preprocess_reference(im, contracts))  # noqa: E731
         api = lambda im: tuple(K.preprocess_fused(im, contracts))  # noqa: E731
         return f"B{B}x3x{R}^2 K{N}", _bytes(op, p, s, contracts), [x], ref, api
     if op == "eta_step":
         B, C, R = p["B"], p["C"], p["R"]
         x0, ep = rnd(B, C, R, R), rnd(B, C, R, R)
+        p["numel"] = B * C * R * R
         eta = torch.rand(B, generator=g).to(device)
         ref = lambda a, b: K.eta_step_reference(a, b, 0.8, 0.6, eta, seed=1, offset=0)  # noqa: E731
         api = lambda a, b: K.eta_step(a, b, 0.8, 0.6, eta, seed=1, offset=0)  # noqa: E731
@@ -222,16 +330,18 @@ def build(op: str, p: dict, dtype: torch.dtype, device: torch.device, tiny: bool
     if op == "cosine_head":
         B, D = p["B"], p["D"]
         a, t = rnd(B, D), rnd(B, D)
+        p["numel"] = B * D
         ref = lambda x, y: K.cosine_head_reference(x, y, 100.0)  # noqa: E731
         api = lambda x, y: K.cosine_head(x, y, 100.0)  # noqa: E731
         return f"B{B}xD{D}", _bytes(op, p, s), [a, t], ref, api
     if op == "weight_l2":
-        shapes = _param_shapes(p["numel"])
+        what, shapes = _weight_shapes(p)
         params = [rnd(*sh, grad=False) for sh in shapes]
         refs = [rnd(*sh, grad=False) for sh in shapes]
         grads = [torch.zeros_like(t) for t in params]
         n = sum(t.numel() for t in params)
-        return f"{n / 1e6:.3g}M params", _bytes(op, {"numel": n}, s), (params, refs, grads), None, None
+        p["numel"] = n
+        return f"{n / 1e6:.3g}M params {what}".strip(), _bytes(op, {"numel": n}, s), (params, refs, grads), None, None
     raise ValueError(op)
 
 
@@ -324,19 +434,22 @@ def run_case(op, p, dtype, device, providers, modes, tiny, warmup_ms, rep_ms, co
 
     rows: list[dict] = []
     label, nbytes, inputs, ref, api = build(op, p, dtype, device, tiny)
-    base = dict(meta, op=op, size=label, dtype=str(dtype).replace("torch.", ""), copy_gbps=f"{copy_gbps:.1f}")
+    base = dict(meta, op=op, size=label, numel=p.get("numel", ""), dtype=str(dtype).replace("torch.", ""),
+                copy_gbps=f"{copy_gbps:.1f}")
 
-    def row(provider, mode, t, peak, check, note=""):
+    def row(provider, mode, t, peak, check, note="", host=math.nan):
         b = nbytes[mode]
         gbps = b / (t[0] * 1e-3) / 1e9 if t else math.nan
         rows.append(dict(
             base, provider=provider, mode=mode, bytes=b,
             ms_p50=f"{t[0]:.4f}" if t else "", ms_p20=f"{t[1]:.4f}" if t else "", ms_p80=f"{t[2]:.4f}" if t else "",
+            host_us="" if math.isnan(host) else f"{host:.1f}",
             gbps=f"{gbps:.5g}" if t else "", pct_copy_bw=f"{100 * gbps / copy_gbps:.4g}" if t else "",
             peak_mb="" if math.isnan(peak) else f"{peak:.1f}", check=check, note=note,
         ))
         log(f"  {op:12s} {label:22s} {provider:8s} {mode:8s} "
-            + (f"p50 {t[0]:9.4f} ms  {gbps:8.1f} GB/s  {100 * gbps / copy_gbps:5.1f}% copy  peak {peak:9.1f} MB  {check}" if t else f"-- {note}"))
+            + (f"p50 {t[0]:9.4f} ms  host {host:7.1f} us  {gbps:8.1f} GB/s  {100 * gbps / copy_gbps:5.1f}% copy  "
+               f"peak {peak:9.1f} MB  {check}" if t else f"-- {note}"))
 
     if op == "weight_l2":
         params, refs, grads = inputs
@@ -352,7 +465,8 @@ def run_case(op, p, dtype, device, providers, modes, tiny, warmup_ms, rep_ms, co
                     if mode not in modes:
                         continue
                     f = _with_backend(provider, fn)
-                    row(provider, mode, _time(f, device, warmup_ms, rep_ms), _peak_mb(f, device), check)
+                    row(provider, mode, _time(f, device, warmup_ms, rep_ms), _peak_mb(f, device), check,
+                        host=_host_us(f, device))
             except Exception as exc:  # noqa: BLE001 - one provider failing must not stop the sweep
                 log(f"  {op} {label} {provider}: {type(exc).__name__}: {exc}")
                 log(traceback.format_exc(limit=3))
@@ -398,7 +512,8 @@ def run_case(op, p, dtype, device, providers, modes, tiny, warmup_ms, rep_ms, co
                 if mode not in modes:
                     continue
                 m_fn()  # compile / autotune outside the timed region
-                row(provider, mode, _time(m_fn, device, warmup_ms, rep_ms), _peak_mb(m_fn, device), check)
+                row(provider, mode, _time(m_fn, device, warmup_ms, rep_ms), _peak_mb(m_fn, device), check,
+                    host=_host_us(m_fn, device))
             del out, diff, ups
         except Exception as exc:  # noqa: BLE001
             log(f"  {op} {label} {provider}: {type(exc).__name__}: {exc}")
@@ -414,7 +529,7 @@ def _fits(op: str, p: dict, dtype: torch.dtype, device: torch.device) -> bool:
     s = torch.tensor([], dtype=dtype).element_size()
     n = {"grad_combine": lambda: p["B"] * 3 * p["R"] ** 2 * (p["N"] * 4 + 4),
          "preprocess": lambda: p["B"] * 3 * p["R"] ** 2 * 8,
-         "weight_l2": lambda: p["numel"] * 6,
+         "weight_l2": lambda: (p.get("numel") or {"sd15": 860_000_000, "sdxl": 2_570_000_000}[p["kind"]]) * 6,
          "eta_step": lambda: p["B"] * p["C"] * p["R"] ** 2 * 12,
          "cosine_head": lambda: p["B"] * p["D"] * 12}[op]()
     free, _ = torch.cuda.mem_get_info(device)
@@ -433,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--providers", default=None, help="comma list of eager, compile, triton, auto (default: eager,compile,triton on CUDA; eager,auto on CPU)")
     ap.add_argument("--modes", default="forward,backward,full")
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16")
-    ap.add_argument("--sizes", default=None, choices=["tiny", "quick", "large", "full"],
-                    help="default: full on CUDA, tiny on CPU; large: only each op's largest size (the headline rows)")
+    ap.add_argument("--sizes", default=None, choices=["tiny", "quick", "large", "full", "real"],
+                    help="default: full on CUDA, tiny on CPU; large: only each op's largest size (the headline rows); "
+                    "real: the sizes r0kit runs (see the module docstring)")
     ap.add_argument("--quick", action="store_true", help="same as --sizes quick")
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--interpret", action="store_true", help="on CPU, also time Triton's interpreter (tiny sizes only)")
@@ -491,15 +607,27 @@ def main(argv: list[str] | None = None) -> int:
     log(f"r0kit kernel bench on {meta['device']} (torch {meta['torch']}, triton {triton_version}); "
         f"copy bandwidth {copy_gbps:.1f} GB/s; sizes={preset}; providers={','.join(providers)} -> {path}")
 
-    # Every op's largest size first (the headline), then the rest small to large.
     plan = []
-    for dt in args.dtypes.split(","):
-        plan += [(op, _sizes(op, preset)[-1], DTYPES[dt]) for op in ops]
-    for dt in args.dtypes.split(","):
-        plan += [(op, p, DTYPES[dt]) for op in ops for p in _sizes(op, preset)[:-1]]
+    if preset == "real":  # every size of every op, small to large (the small ones are the point), op by op in turn
+        for dt in args.dtypes.split(","):
+            per_op = [[(op, p, DTYPES[dt]) for p in _sizes(op, preset)] for op in ops]
+            for i in range(max(len(cases) for cases in per_op)):
+                plan += [cases[i] for cases in per_op if i < len(cases)]
+    else:  # every op's largest size first (the headline), then the rest small to large
+        for dt in args.dtypes.split(","):
+            plan += [(op, _sizes(op, preset)[-1], DTYPES[dt]) for op in ops]
+        for dt in args.dtypes.split(","):
+            plan += [(op, p, DTYPES[dt]) for op in ops for p in _sizes(op, preset)[:-1]]
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new_file = not os.path.exists(path) or os.path.getsize(path) == 0
+    if not new_file:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != FIELDS:
+            print(f"{path} has other columns ({len(header)}) than this version writes ({len(FIELDS)}); "
+                  "pass --csv with a new file", file=sys.stderr)
+            return 2
     n_rows, failures, skipped = 0, 0, 0
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)

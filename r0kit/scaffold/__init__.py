@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import keyword
 import re
-import shutil
 from pathlib import Path
 from string import Template
 
@@ -243,8 +242,9 @@ class $cls:
         self.coeffs_init: torch.Tensor | None = None
 
     def prepare(self, prompts: list[str], seed: int) -> None:
-        g = torch.Generator().manual_seed(int(seed))
-        self.coeffs = (torch.randn(len(prompts), 3, 3, generator=g) * self.init_scale).requires_grad_(True)
+        # Sample i draws from seed + i: a prompt starts the same whatever batch it is in.
+        starts = [torch.randn(3, 3, generator=torch.Generator().manual_seed(int(seed) + i)) for i in range(len(prompts))]
+        self.coeffs = (torch.stack(starts) * self.init_scale).requires_grad_(True)
         self.coeffs_init = self.coeffs.detach().clone()
 
     def parameters(self) -> list[torch.Tensor]:
@@ -342,29 +342,31 @@ def default_dir(name: str) -> Path:
     return Path(f"r0kit-{name.replace('_', '-')}")
 
 
-def write(name: str, kind: str = "reward", target: str | Path | None = None) -> tuple[Path, list[Path]]:
-    """Create ``target`` (default ``./r0kit-<name>``) and write the package into it.
+def write(
+    name: str, kind: str = "reward", target: str | Path | None = None, *, overwrite: bool = False
+) -> tuple[Path, list[Path]]:
+    """Write the package for ``name`` into ``target`` (default ``./r0kit-<name>``).
 
-    An existing ``target`` is refused before anything is written; if writing
-    fails half-way, the folder this call created is removed again.
+    ``target`` follows r0kit's output rule (:func:`r0kit.checks.check_output_dir`):
+    it may be new or empty; a folder that holds files is refused before anything
+    is written, unless ``overwrite``, which replaces the scaffold's own files
+    and leaves every other file alone. The files are written aside and moved
+    in at the end, so a write that fails half-way changes nothing.
     """
+    from r0kit.checks import check_output_dir
+    from r0kit.io import StagedDir
+
     files = render(name, kind)
-    target = Path(target) if target is not None else default_dir(name)
-    if target.exists():
-        raise ConfigError(f"{str(target)!r} already exists; choose another --dir, or remove it first")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        target.mkdir()
-    except FileExistsError:
-        raise ConfigError(f"{str(target)!r} already exists; choose another --dir, or remove it first") from None
-    written = []
+    target = check_output_dir(target if target is not None else default_dir(name), "--output", overwrite=overwrite)
+    staged = StagedDir(target)
+    staged.open()
     try:
         for rel, text in files.items():
-            path = target / rel
+            path = staged.path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-            written.append(path)
+        staged.commit()
     except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
+        staged.discard()
         raise
-    return target, written
+    return target, [target / rel for rel in files]

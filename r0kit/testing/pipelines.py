@@ -433,10 +433,40 @@ def build_tiny_pipeline(
     return folder
 
 
-if __name__ == "__main__":  # build one by hand: python -m r0kit.testing.pipelines /tmp/tiny-sd [sd|sdxl|sd3|flux]
-    import sys
+#: Model names that stand for a tiny pipeline built on first use (see :func:`resolve_tiny_model`).
+TINY_MODELS = {"r0kit:tiny-sd": "sd", "r0kit:tiny-sdxl": "sdxl", "r0kit:tiny-sd3": "sd3", "r0kit:tiny-flux": "flux"}
 
-    print(build_tiny_pipeline(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "sd"))
+
+def resolve_tiny_model(model: str) -> str:
+    """The folder of ``model`` when it names a tiny pipeline (``r0kit:tiny-sd``), else ``model`` unchanged.
+
+    The pipeline (seed 0) is built once into ``$XDG_CACHE_HOME/r0kit/<name>``
+    (``~/.cache`` by default), written aside and renamed into place, and reused
+    after that. This is what the ``train_tiny`` preset trains: the whole loop, on
+    a CPU, in seconds, with no weights to download.
+    """
+    import os
+    import shutil
+
+    kind = TINY_MODELS.get(str(model))
+    if kind is None:
+        return model
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r0kit"
+    folder = cache / str(model).split(":", 1)[1]
+    if not (folder / "model_index.json").is_file():
+        tmp = cache / f".{folder.name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            build_tiny_pipeline(tmp, kind)
+            shutil.rmtree(tmp.parent / f".{tmp.name}-build", ignore_errors=True)
+            if not (folder / "model_index.json").is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
 
 
 # ---------------------------------------------------------------------------- real-size architectures
@@ -581,3 +611,9 @@ def architecture_model(name: str, *, device: str | torch.device = "cpu", dtype: 
                           scheduler=scheduler, kind=kind, dtype=dtype, device=torch.device(device),
                           source=f"{name} architecture (random weights; 1-layer text-encoder stand-ins)",
                           max_sequence_length=t5_len)
+
+
+if __name__ == "__main__":  # build one by hand: python -m r0kit.testing.pipelines /tmp/tiny-sd [sd|sdxl|sd3|flux]
+    import sys
+
+    print(build_tiny_pipeline(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "sd"))

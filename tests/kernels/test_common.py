@@ -22,10 +22,18 @@ def test_elementwise_block_bounds(monkeypatch):
     assert _common.num_warps_for(1024) == 4 and _common.num_warps_for(4096) == 8
 
 
-def test_pointer_table_holds_each_data_pointer():
+def test_pointer_args_pass_each_data_pointer_and_pad_with_the_first():
     ts = [torch.zeros(3), torch.ones(5)]
-    table = _common.pointer_table(ts, torch.device("cpu"))
-    assert table.dtype == torch.int64 and table.tolist() == [t.data_ptr() for t in ts]
+    args = _common.pointer_args(ts)
+    assert args == [ts[0].data_ptr(), ts[1].data_ptr()] + [ts[0].data_ptr()] * (_common.MAX_PTR_ARGS - 2)
+    with pytest.raises(ValueError, match="1..8"):
+        _common.pointer_args([torch.zeros(1)] * 9)
+
+
+def test_clamp_convention_is_torchs():
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    x.clamp(0.0, 1.0).sum().backward()
+    assert _common.clamp_passes_gradient_at_bounds() == bool(x.grad[0] != 0)
 
 
 def test_dispatch_reports_triton_availability_consistently():

@@ -80,3 +80,31 @@ def test_importing_kernels_needs_no_pydantic_or_models():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_auto_takes_the_reference_below_the_measured_crossover(monkeypatch):
+    """Where the sweep measured the reference faster at a size, auto picks it there (the check
+    select_backend makes for CUDA tensors in auto mode)."""
+    from r0kit.kernels import _dispatch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
+    monkeypatch.setattr(_dispatch, "_crossover", {"Test GPU": {"grad_combine": {"eager": 1000, "compile": 10**9}}})
+    assert _dispatch.reference_is_faster("grad_combine", 0, 999)
+    assert not _dispatch.reference_is_faster("grad_combine", 0, 1000)
+    assert _dispatch.reference_is_faster("grad_combine", 0, lambda: 5)
+    assert not _dispatch.reference_is_faster("eta_step", 0, 5)  # not measured: the kernels
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert _dispatch.reference_is_faster("grad_combine", 0, 10**6)  # compile measured faster up to 1e9
+    monkeypatch.setattr(_dispatch, "_crossover", {"Other GPU": {"grad_combine": {"eager": 10**9}}})
+    assert not _dispatch.reference_is_faster("grad_combine", 0, 5)  # another device's measurement does not apply
+
+
+def test_shipped_crossover_file_parses():
+    import json
+
+    from r0kit.kernels import _dispatch
+
+    data = json.loads(_dispatch.CROSSOVER_FILE.read_text())
+    for device, ops in data["devices"].items():
+        for op, sizes in ops.items():
+            assert set(sizes) <= {"eager", "compile"} and all(isinstance(v, int) and v >= 0 for v in sizes.values()), (device, op)

@@ -91,11 +91,11 @@ def test_merge_pads_a_batch_that_stopped_early():
     obj = r0kit.reward("contrast")
     a = optimize(obj, gen, ["a"], steps=3)
     b = optimize(obj, gen, ["b"], steps=1)
-    b.stopped = "stopped at step 1 by the callback"
+    b.stops = ["stopped at step 1: stopped by the callback"]
     b.indices = [1]
     m = merge_results([a, b])
-    assert len(m.history) == 4 and torch.isnan(torch.tensor(m.history[3]["values"]["total"][1]))
-    assert "prompts 1-1" in m.stopped
+    assert len(m.history) == 4 and m.history[3]["values"]["total"] == [a.history[3]["values"]["total"][0], None]
+    assert m.stopped == f"prompt 1: stopped at step 1: stopped by the callback; kept its best iterate (step {b.best_step[0]})"
 
 
 class _FakeState:

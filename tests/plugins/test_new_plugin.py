@@ -27,7 +27,7 @@ def _import(path: Path, name: str):
 def test_scaffold_conforms_out_of_the_box(tmp_path, capsys, kind):
     name = f"np_{kind}_demo"
     target = tmp_path / "pkg"
-    assert main(["new-plugin", name, "--kind", kind, "--dir", str(target)]) == 0
+    assert main(["new-plugin", name, "--kind", kind, "--output", str(target)]) == 0
     assert f"created the {kind} plugin r0kit_{name}" in capsys.readouterr().out
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     assert files == sorted(["pyproject.toml", "README.md", "conftest.py", f"r0kit_{name}.py", f"tests/test_{name}.py"])
@@ -64,7 +64,7 @@ def test_generated_test_functions_pass(tmp_path, kind):
 @pytest.mark.slow
 def test_generated_tests_pass_with_pytest(tmp_path):
     target = tmp_path / "r0kit-np-sub"
-    assert main(["new-plugin", "np_sub", "--dir", str(target)]) == 0
+    assert main(["new-plugin", "np_sub", "--output", str(target)]) == 0
     env = {**os.environ, "R0KIT_DISABLE_AUTOLOAD": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
@@ -100,14 +100,17 @@ def test_existing_directory_is_refused_and_left_alone(tmp_path, capsys):
     target = tmp_path / "taken"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
-    assert main(["new-plugin", "np_taken", "--dir", str(target)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert main(["new-plugin", "np_taken", "--output", str(target)]) == 2
+    assert "already holds files" in capsys.readouterr().err
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
     assert (target / "notes.txt").read_text() == "keep me"
+    # --overwrite writes the package beside the user's file and leaves that file alone
+    assert main(["new-plugin", "np_taken", "--output", str(target), "--overwrite"]) == 0
+    assert (target / "notes.txt").read_text() == "keep me" and (target / "r0kit_np_taken.py").is_file()
 
 
 def test_a_name_already_registered_is_refused(tmp_path, capsys):
-    assert main(["new-plugin", "contrast", "--dir", str(tmp_path / "x")]) == 2
+    assert main(["new-plugin", "contrast", "--output", str(tmp_path / "x")]) == 2
     assert "already registered by plugin 'r0kit_analytic'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

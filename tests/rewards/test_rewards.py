@@ -25,7 +25,10 @@ def build(assets, name, **extra):
 def test_registered_with_contract(reward_host, name):
     entry = reward_host.rewards.get(name)
     c = entry.contract
-    assert (c.size, c.resize, c.antialias, c.crop) == (224, "bicubic", True, "center")
+    # each upstream's own geometry: hpsv2 letterboxes; transformers' CLIP processor floors the crop offset
+    crop = {"hpsv2": ("pad", "round"), "pickscore": ("center", "floor"), "aesthetic": ("center", "floor")}
+    assert (c.size, c.resize, c.antialias) == (224, "bicubic", True)
+    assert (c.crop, c.crop_offset) == crop.get(name, ("center", "round"))
     assert c.mean == pytest.approx(r0kit.images.CLIP_MEAN) and c.std == pytest.approx(r0kit.images.CLIP_STD)
     assert c.needs_prompt is (name != "aesthetic")
     for option in ("dtype", "device", "gradient_checkpointing"):
@@ -68,7 +71,10 @@ def test_contract_is_what_the_reward_receives(assets, reward_host, name):
     assert tuple(x.shape) == (1, 3, 224, 224)
     mean = torch.tensor(r0kit.images.CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(r0kit.images.CLIP_STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(x, ((color - mean) / std).expand_as(x), atol=1e-4, rtol=0)
+    want = ((color - mean) / std).expand_as(x).clone()
+    if name == "hpsv2":  # letterbox: 512 x 384 -> 224 x 168, then 28 black columns on each side
+        want[..., :28] = want[..., 196:] = (-mean / std).expand(1, 3, 224, 28)
+    torch.testing.assert_close(x, want, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", REWARDS)

@@ -214,3 +214,31 @@ weight = 0.01
     bad.write_text(toml.read_text().replace("steps = 2\n", "steps = 0\n"))
     assert main(["train", "--config", str(bad)]) == 2
     assert "generator.steps" in capsys.readouterr().err
+
+
+def test_train_tiny_preset_runs_the_whole_loop(tiny_sd, tmp_path, capsys):
+    """The try-it preset, on the session's tiny pipeline: checkpoints, samples, an export, resume."""
+    from r0kit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "train_tiny", "--model", str(tiny_sd), "-o", str(out), "--no-progress"]) == 0
+    assert "trained to step 20" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000010", "step-0000020"]
+    assert (out / "samples" / "step-0000010.png").is_file() and (out / "export" / "kstep.json").is_file()
+    # the same folder again is refused, naming both ways on
+    assert main(["train", "--preset", "train_tiny", "--model", str(tiny_sd), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume latest" in err
+
+
+def test_the_tiny_model_name_builds_its_pipeline_once(tmp_path, monkeypatch):
+    from r0kit.testing.pipelines import resolve_tiny_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = resolve_tiny_model("r0kit:tiny-sd")
+    assert folder == str(tmp_path / "r0kit" / "tiny-sd") and (tmp_path / "r0kit" / "tiny-sd" / "model_index.json").is_file()
+    stamp = (tmp_path / "r0kit" / "tiny-sd" / "model_index.json").stat().st_mtime_ns
+    assert resolve_tiny_model("r0kit:tiny-sd") == folder
+    assert (tmp_path / "r0kit" / "tiny-sd" / "model_index.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (tmp_path / "r0kit").iterdir()) == ["tiny-sd"]  # no build leftovers
+    assert resolve_tiny_model("stabilityai/sd-turbo") == "stabilityai/sd-turbo"

@@ -1,0 +1,124 @@
+"""What every subcommand shares: the flags' conventions and the checks that run before any work.
+
+Conventions (``tests/test_cli_conventions.py`` walks every parser to hold them):
+
+* a short flag means the same long flag in every command (:data:`SHORT_FLAGS`);
+* a command that writes files has ``--output``/``-o`` and ``--overwrite``
+  (the output rule: :func:`r0kit.checks.check_output_dir`);
+* ``KEY=VALUE`` options (``-G``/``--generator-option``, ``-R``/``--reward-option``)
+  read VALUE as TOML, as a config file would (``steps=2``, ``scheduler='ddim'``;
+  a bare word that is not TOML is a string), through :func:`key_values`;
+* numbers that no config file holds are checked by the argparse types below,
+  so an error names the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+from r0kit.errors import ConfigError
+
+#: Each short flag and the one long flag it stands for, in every command.
+SHORT_FLAGS: dict[str, str] = {
+    "-o": "--output",
+    "-c": "--config",
+    "-G": "--generator-option",
+    "-R": "--reward-option",
+    "-r": "--reward",
+    "-v": "--verbose",
+}
+
+
+def describe(doc: str | None) -> str:
+    """A command's ``--help`` description: the first paragraph of its module docstring, as plain text."""
+    return " ".join((doc or "").split("\n\n")[0].replace("``", "").split())
+
+
+def add_output(p: argparse.ArgumentParser, *, default: Path | None, what: str, resume: bool = False) -> None:
+    """``--output``/``-o`` and ``--overwrite``, worded for ``what`` (a folder, or a file's description)."""
+    shown = f" (default {default})" if default is not None else ""
+    p.add_argument("--output", "-o", type=Path, default=default, metavar="PATH", help=f"where to write: {what}{shown}")
+    more = "; it never deletes files the earlier run did not write" if "folder" in what else ""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace what an earlier run wrote to --output, once this run has results{more}"
+        + (" (without it a used folder is refused; --resume continues it)" if resume else " (without it a used one is refused)"),
+    )
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite float (``inf`` and ``nan`` are refused here, ranges by the config)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def key_values(items: list[str], flag: str, *, dotted: bool = False) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` items (``NAME.KEY=VALUE`` when ``dotted``) with TOML values.
+
+    :returns: ``{key: value}``, or ``{name: {key: value}}`` when ``dotted``.
+    :raises ConfigError: naming ``flag`` and the item, for an item of the wrong shape.
+    """
+    out: dict[str, Any] = {}
+    example = "hpsv2.version='2.0'" if dotted else "steps=2 or scheduler='ddim'"
+    shape = "NAME.KEY=VALUE" if dotted else "KEY=VALUE"
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        name, dot, opt = key.partition(".") if dotted else ("", "", key)
+        if not sep or (dotted and not (dot and name)) or not opt.isidentifier():
+            raise ConfigError(f"{flag} {item!r}: expected {shape}, e.g. {flag} {example}")
+        value = toml_value(raw)
+        if dotted:
+            out.setdefault(name, {})[opt] = value
+        else:
+            out[opt] = value
+    return out
+
+
+def toml_value(raw: str) -> Any:
+    """``raw`` read as a TOML value (``2`` -> 2, ``'a'`` -> "a", ``[1, 2]``), or as a bare string if it is not TOML."""
+    try:
+        return tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw.strip()
+
+
+def check_option_devices(options: dict[str, Any], what: Callable[[str], str]) -> None:
+    """Check every ``device`` option in a (possibly nested) options table; ``what(path)`` names it."""
+    from r0kit.checks import check_device
+
+    def walk(table: dict[str, Any], path: str) -> None:
+        for k, v in table.items():
+            key = f"{path}.{k}" if path else str(k)
+            if isinstance(v, dict):
+                walk(v, key)
+            elif k == "device" and isinstance(v, str):
+                check_device(v, what(key))
+
+    walk(options, "")

@@ -1,0 +1,115 @@
+"""The output rule's two helpers: StagedDir (results moved in when the run has them) and ClaimedDir
+(a long run writing as it goes, the earlier run kept until the new one has results)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r0kit.checks import MANIFEST, check_output_dir, check_output_file
+from r0kit.errors import ConfigError
+from r0kit.io import ClaimedDir, StagedDir
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): (p.read_text() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def _earlier_run(folder):
+    folder.mkdir(parents=True)
+    for name in ("image_000.png", "image_001.png", "contact_sheet.png", "log.csv"):
+        (folder / name).write_text(f"old {name}")
+    (folder / "notes.txt").write_text("the user's")
+    (folder / MANIFEST).write_text(json.dumps({"files": ["image_000.png", "image_001.png", "contact_sheet.png", "log.csv", MANIFEST]}))
+
+
+def test_commit_replaces_the_earlier_run_and_nothing_else(tmp_path):
+    out = tmp_path / "out"
+    _earlier_run(out)
+    staged = StagedDir(out)
+    staged.open()
+    for name in ("image.png", "log.csv"):
+        (staged.path / name).write_text(f"new {name}")
+    (staged.path / MANIFEST).write_text(json.dumps({"files": ["image.png", "log.csv", MANIFEST]}))
+    staged.commit()
+    assert _tree(out) == {
+        "image.png": "new image.png", "log.csv": "new log.csv", "notes.txt": "the user's",
+        MANIFEST: json.dumps({"files": ["image.png", "log.csv", MANIFEST]}),
+    }
+
+
+def test_discard_leaves_the_file_system_as_it_was(tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    staged = StagedDir(out)
+    staged.open()
+    (staged.path / "image.png").write_text("x")
+    staged.discard()
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone too
+    _earlier_run(tmp_path / "used")
+    before = _tree(tmp_path / "used")
+    staged = StagedDir(tmp_path / "used")
+    staged.open()
+    (staged.path / "image.png").write_text("x")
+    staged.discard()
+    assert _tree(tmp_path / "used") == before
+
+
+def test_a_killed_run_s_staging_folder_is_cleared(tmp_path):
+    (tmp_path / ".r0kit-partial-999999999").mkdir()  # no such process
+    staged = StagedDir(tmp_path)
+    staged.open()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [staged.path.name]
+    staged.discard()
+
+
+def test_claimed_rollback_restores_the_earlier_run_and_keep_drops_it(tmp_path):
+    out = tmp_path / "run"
+    _earlier_run(out)
+    before = _tree(out)
+    claim = ClaimedDir(out, replace=True)
+    claim.start()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+    (out / "logs").mkdir()
+    (out / "logs" / "metrics.csv").write_text("step\n")
+    claim.rollback()
+    assert _tree(out) == before
+    claim = ClaimedDir(out, replace=True)
+    claim.start()
+    (out / "checkpoints").mkdir()
+    claim.keep()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "notes.txt"]
+
+
+def test_claimed_backup_restores_a_file_rewritten_in_place(tmp_path):
+    out = tmp_path / "run"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "metrics.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
+    claim = ClaimedDir(out, backup=("logs/metrics.csv",))
+    claim.start()
+    (out / "logs" / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    claim.rollback()
+    assert (out / "logs" / "metrics.csv").read_text() == "step,loss\n1,0.5\n2,0.4\n"
+    assert sorted(p.name for p in out.iterdir()) == ["logs"]
+
+
+def test_output_checks(tmp_path):
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "a").write_text("x")
+    (tmp_path / "dotted").mkdir()
+    (tmp_path / "dotted" / ".hidden").write_text("x")
+    with pytest.raises(ConfigError, match="'.*f' is a file"):
+        check_output_dir(tmp_path / "f")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        check_output_dir(tmp_path / "f" / "sub")
+    with pytest.raises(ConfigError, match="--overwrite.*--resume latest"):
+        check_output_dir(tmp_path / "used", resume_hint="--resume latest")
+    assert check_output_dir(tmp_path / "used", overwrite=True) == tmp_path / "used"
+    assert check_output_dir(tmp_path / "dotted") == tmp_path / "dotted"  # dot-files alone do not make it used
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    with pytest.raises(ConfigError, match="is a folder"):
+        check_output_file(tmp_path / "used")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        check_output_file(tmp_path / "f")
+    assert check_output_file(tmp_path / "f", overwrite=True) == tmp_path / "f"
