@@ -179,3 +179,18 @@ def test_sd3_preset_follows_r0s_sd3_medium_setting():
     assert (g.steps, g.height, g.width, g.train) == (4, 1024, 1024, "lora")
     assert cfg.mixed_precision == "bf16" and cfg.gradient_checkpointing and cfg.objective.normalize_gradients
     assert "weight_l2" in cfg.objective.regularizers
+
+
+@pytest.mark.parametrize("name, kind", [("r0kit:tiny-sd3", "sd3"), ("r0kit:tiny-flux", "flux")])
+def test_tiny_flow_pipelines_by_short_name(name, kind, tmp_path, monkeypatch, capsys):
+    """``--model r0kit:tiny-flux`` builds the tiny pipeline once into the cache; the dry run reads its configs."""
+    from r0kit.cli import main
+    from r0kit.diffusion import load
+    from r0kit.testing.pipelines import resolve_tiny_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["train", "--preset", "train_tiny", "--model", name, "--dry-run"]) == 0
+    assert f"({kind})" in capsys.readouterr().out
+    folder = resolve_tiny_model(name)
+    assert folder == str(tmp_path / "cache" / "r0kit" / name.split(":")[1])
+    assert load(folder, device="cpu", components=("vae",)).kind == kind
