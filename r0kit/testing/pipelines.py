@@ -173,15 +173,15 @@ SCHEDULER_CONFIGS: dict[str, str] = {
 }
 
 
-#: ``scheduler/scheduler_config.json`` of the rectified-flow pipelines. FLUX.1-schnell's is the
-#: published file (static shift 1); FLUX.1-dev's turns on the resolution-dependent shift
-#: (``use_dynamic_shifting``, μ from the image's token count); SD3-Medium and SD3.5 ship a static
-#: shift of 3. The SD3 and FLUX.1-dev files are as their repositories are reported to hold them
-#: (not fetched here: those repositories are gated).
+#: ``scheduler/scheduler_config.json`` of the rectified-flow pipelines. FLUX.1-schnell's (static
+#: shift 1) is verbatim from a public copy of its repository; FLUX.1-dev's turns on the
+#: resolution-dependent shift (``use_dynamic_shifting``, μ from the image's token count);
+#: SD3-Medium and SD3.5 ship a static shift of 3. The SD3 and FLUX.1-dev files are as their
+#: repositories are reported to hold them (not fetched here: those repositories are gated).
 FLOW_SCHEDULER_CONFIGS: dict[str, str] = {
     "black-forest-labs/FLUX.1-schnell": """{
   "_class_name": "FlowMatchEulerDiscreteScheduler",
-  "_diffusers_version": "0.30.0.dev0",
+  "_diffusers_version": "0.31.0.dev0",
   "base_image_seq_len": 256,
   "base_shift": 0.5,
   "max_image_seq_len": 4096,
