@@ -5,13 +5,28 @@ This is the one home of the diffusers-specific code. The test-time generators
 on it, so loading, conditioning, the schedule, the parameterization change and
 the sampler step are written once.
 
-Conventions
------------
-Latents live in the *variance-preserving* space of DDPM-family schedulers:
-``x_t = α_t x₀ + σ_t ε`` with ``α_t = √ᾱ_t`` and ``σ_t = √(1 − ᾱ_t)``, where
-``ᾱ_t`` is the scheduler's ``alphas_cumprod``. The network sees ``x_t`` and
-``t`` exactly as a diffusers pipeline feeds it (an Euler-type scheduler's
-sigma-space latent divided by ``√(σ² + 1)`` is the same ``x_t``).
+Model families
+--------------
+Two families are served behind one interface; :func:`load` decides which from
+the pipeline's ``model_index.json``, and from then on generators, the training
+loop and the kernels see only ``x̂₀``, ``ε̂``, ``α`` and ``σ``:
+
+* **variance-preserving** (``"vp"``: the SD 1.x/2.x and SDXL UNets):
+  ``x_t = α_t x₀ + σ_t ε`` with ``α_t = √ᾱ_t`` and ``σ_t = √(1 − ᾱ_t)``, where
+  ``ᾱ_t`` is the scheduler's ``alphas_cumprod``; ε-, v- or x₀-prediction. The
+  network sees ``x_t`` and ``t`` exactly as a diffusers pipeline feeds it (an
+  Euler-type scheduler's sigma-space latent divided by ``√(σ² + 1)`` is the same
+  ``x_t``).
+* **rectified flow** (``"flow"``: the SD3/SD3.5 and FLUX.1 transformers):
+  ``x_t = (1 − t) x₀ + t ε`` for ``t ∈ [0, 1]``, the scheduler's ``sigmas``; the
+  network predicts the velocity ``v = ε − x₀``, so ``x̂₀ = x_t − t·v`` and
+  ``ε̂ = x_t + (1 − t)·v``: ``α = 1 − t``, ``σ = t``. The network timestep is
+  ``1000·t`` (SD3; FLUX gets ``t`` itself, as its pipeline passes ``timestep / 1000``).
+  FLUX's latents are packed into 2×2 patches for its transformer and unpacked
+  from it here, so every latent r0kit hands out is ``[B, C, h, w]``.
+
+Latents are in the VAE's scaled space (``(z − shift_factor)·scaling_factor``,
+diffusers' convention; the shift is 0 for SD/SDXL).
 
 The few-step rule
 -----------------
@@ -32,7 +47,24 @@ same way, decided once in a :class:`SamplingSchedule`:
 * **step**: ``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)`` (:func:`eta_step`),
   with ``η = 0`` for the frozen few-step generators and a random ``η`` per
   sample and step for R0. The last step lands on ``(α', σ') = (1, 0)``: it
-  returns ``x̂₀``.
+  returns ``x̂₀``. For rectified flow this reads
+  ``x_{t'} = (1 − t') x̂₀ + t' (√(1 − η²) ε̂ + η ξ)``.
+
+Rectified flow, the same rule in its own variables: the ``t`` of step ``i`` is
+``1 − i/K`` (the trailing spacing in continuous time, which is what
+``FluxPipeline`` does with ``np.linspace(1, 1/K, K)``), put through the
+scheduler's ``shift``: ``t ↦ s·t / (1 + (s − 1)·t)``, or, for a scheduler with
+``use_dynamic_shifting`` (FLUX.1-dev), the resolution-dependent exponential
+shift with ``μ`` linear in the image's token count (:func:`flow_shift_mu`). The
+scheduler computes the shifted values itself. ``x_1 = z`` (no scaling), and at
+``η = 0`` the step is ``FlowMatchEulerDiscreteScheduler``'s ``x + (t' − t)·v``
+(algebraically identical). A diffusers ``StableDiffusion3Pipeline`` or
+``FluxPipeline`` reproduces r0kit's sampler with ``latents=z`` (packed for
+FLUX) and ``sigmas=schedule.pipeline_kwargs["sigmas"]`` (the unshifted
+``1 − i/K``, which the pipeline shifts as r0kit does). ``StableDiffusion3Pipeline``
+called with ``num_inference_steps=K`` alone spaces ``t`` down to the
+scheduler's ``sigma_min`` instead, so its last few-step evaluation is at
+``t ≈ 0.01`` (shift 3, K = 4): nearly wasted.
 
 With ``η = 0`` this is the first-order deterministic solver, and it equals a
 diffusers pipeline number for number when the pipeline's scheduler is
@@ -55,6 +87,13 @@ same, so that an image is a function of its noise alone:
   ``t − T//K`` instead of its own next timestep.
 
 Importing this module imports no diffusers or transformers; :func:`load` does.
+
+SANA-Sprint is not loaded: its transformer is a flow-velocity model and its
+TrigFlow state ``cos s·x₀ + sin s·ε`` is a flow state at ``t = sin s/(cos s + sin s)``
+scaled by ``1/(cos s + sin s)``, so it fits the abstraction, but its diffusers
+sampler (``SCMScheduler``) re-noises every step (η = 1), so it equals r0kit's
+deterministic sampler only at K = 1, and its Gemma-2 text encoder with the
+instruction prefix is a conditioning path of its own (see the README).
 
 Example::
 
@@ -83,7 +122,28 @@ from r0kit.text import TruncationWarner, autocast_regime
 
 log = logging.getLogger(__name__)
 
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow_prediction"]
+#: The model families (see the module docstring) and the pipeline kinds of each.
+Family = Literal["vp", "flow"]
+Kind = Literal["sd", "sdxl", "sd3", "flux"]
+FAMILIES: dict[str, Family] = {"sd": "vp", "sdxl": "vp", "sd3": "flow", "flux": "flow"}
+#: The diffusers pipeline class of each kind (parity checks and exports).
+PIPELINE_CLASSES: dict[str, str] = {
+    "sd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
+}
+#: The denoising network's class of each flow kind (``model_index.json``'s ``transformer``).
+_TRANSFORMER_KINDS: dict[str, Kind] = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+#: The attention projections LoRA adapts by default, per family: a UNet's, and an SD3/FLUX transformer's image
+#: stream and joint-attention text stream (``add_*_proj``, ``to_add_out``), as diffusers' SD3 and FLUX LoRA scripts do.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "vp": ("to_q", "to_k", "to_v", "to_out.0"),
+    "flow": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+}
+#: diffusers' default T5 prompt length of each flow pipeline (``max_sequence_length``).
+MAX_SEQUENCE_LENGTH: dict[str, int] = {"sd3": 256, "flux": 512}
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -102,9 +162,12 @@ SCHEDULERS: dict[str, str] = {
     "lcm": "LCMScheduler",
     "dpm": "DPMSolverMultistepScheduler",
     "tcd": "TCDScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
 }
 
 _UNET_CLASSES = ("UNet2DConditionModel",)
+#: Components :func:`load` takes; ``"unet"`` is an alias of ``"backbone"`` (the denoising network).
+COMPONENTS = ("backbone", "vae", "text")
 
 
 # ---------------------------------------------------------------------------
@@ -173,8 +236,9 @@ def read_model_index(folder: str | Path) -> dict[str, Any]:
 class Conditioning:
     """The network's text conditioning for a batch.
 
-    :ivar embeds: ``[B, L, D]`` encoder hidden states.
-    :ivar pooled: ``[B, D']`` pooled text embeddings (SDXL), else ``None``.
+    :ivar embeds: ``[B, L, D]`` encoder hidden states (SD3: CLIP-L ⊕ CLIP-G zero-padded to the
+        T5 width, then T5 along the sequence; FLUX: T5).
+    :ivar pooled: ``[B, D']`` pooled text embeddings (SDXL, SD3: CLIP-L ⊕ CLIP-G; FLUX: CLIP), else ``None``.
     :ivar time_ids: ``[B, 6]`` SDXL micro-conditioning, else ``None``.
     """
 
@@ -240,7 +304,9 @@ def predict_x0_eps(
     """Convert a network output to ``(x̂₀, ε̂)`` at noise level ``(α, σ)``.
 
     ``epsilon``: ``x̂₀ = (x − σ ε̂)/α``; ``v_prediction``: ``x̂₀ = α x − σ v``,
-    ``ε̂ = σ x + α v``; ``sample``: ``ε̂ = (x − α x̂₀)/σ``.
+    ``ε̂ = σ x + α v``; ``sample``: ``ε̂ = (x − α x̂₀)/σ``; ``flow_prediction``
+    (rectified flow, ``α = 1 − t``, ``σ = t``, velocity ``v = ε − x₀``):
+    ``x̂₀ = x − σ v``, ``ε̂ = x + α v`` (diffusers' name, from its flow schedulers).
     """
     a = _as_scalar(alpha, x_t)
     s = _as_scalar(sigma, x_t)
@@ -253,8 +319,13 @@ def predict_x0_eps(
     elif prediction_type == "sample":
         x0 = model_output
         eps = (x_t - a * x0) / s
+    elif prediction_type == "flow_prediction":
+        x0 = x_t - s * model_output
+        eps = x_t + a * model_output
     else:
-        raise OptionError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
+        raise OptionError(
+            f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction, sample or flow_prediction"
+        )
     return x0, eps
 
 
@@ -278,7 +349,8 @@ def eta_step(
         runs the fused Triton kernel on CUDA (ξ never touches memory) and the torch
         reference elsewhere.
 
-    With ``η = 0`` everywhere it is the deterministic DDIM step and draws nothing.
+    With ``η = 0`` everywhere it is the deterministic DDIM step (for rectified flow, with
+    ``(α', σ') = (1 − t', t')``, the flow-matching Euler step) and draws nothing.
     Every sampler in r0kit steps through this function.
     """
     a = float(alpha_next)
@@ -344,22 +416,27 @@ class SamplingSchedule:
     generators and the training loop see only the network timesteps, ``(α, σ)``
     and the initial scale.
 
-    :ivar family: ``"vp"`` (variance-preserving: ``x_t = α_t x₀ + σ_t ε``).
-    :ivar timesteps: ``[K]`` int64, the network's timestep at each step, decreasing.
+    :ivar family: ``"vp"`` (variance-preserving: ``x_t = α_t x₀ + σ_t ε``) or ``"flow"``
+        (rectified flow: ``x_t = (1 − t) x₀ + t ε``, so ``α = 1 − t`` and ``σ = t``).
+    :ivar timesteps: ``[K]``, the scheduler's timestep at each step, decreasing: int64 in
+        ``[0, T)`` (vp), float32 ``1000·t`` in ``(0, 1000]`` (flow).
     :ivar alphas: ``[K + 1]`` float32 ``α`` at each step, then the clean level ``1``.
     :ivar sigmas: ``[K + 1]`` float32 ``σ`` at each step, then ``0``.
-    :ivar init_scale: ``c`` in ``x_T = c·z``: what the scheduler does to ``latents=z``.
+    :ivar init_scale: ``c`` in ``x_T = c·z``: what the scheduler does to ``latents=z`` (1 for flow).
     :ivar scheduler: the diffusers scheduler with which a pipeline reproduces this sampler
         at ``η = 0``: ``pipe.scheduler = schedule.scheduler;
-        pipe(..., timesteps=schedule.timesteps.tolist(), latents=z)``.
+        pipe(..., **schedule.pipeline_kwargs, latents=z)``.
+    :ivar pipeline_kwargs: what to pass that pipeline for these steps: ``{"timesteps": [...]}``
+        (vp) or ``{"sigmas": [...]}`` (flow: the unshifted ``t``, which the pipeline shifts).
     """
 
-    family: Literal["vp"]
+    family: Family
     timesteps: torch.Tensor
     alphas: torch.Tensor
     sigmas: torch.Tensor
     init_scale: float
     scheduler: Any = field(repr=False, compare=False)
+    pipeline_kwargs: dict[str, list[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.timesteps.shape[0])
@@ -372,6 +449,53 @@ class SamplingSchedule:
         return replace(
             self, timesteps=self.timesteps[:steps], alphas=torch.cat([a, a.new_ones(1)]), sigmas=torch.cat([s, s.new_zeros(1)])
         )
+
+
+def flow_shift_mu(image_seq_len: int, config: Any) -> float:
+    """``μ`` of the resolution-dependent shift: linear in the transformer's token count.
+
+    ``μ = base_shift + (max_shift − base_shift)·(n − base_image_seq_len)/(max_image_seq_len − base_image_seq_len)``
+    with the scheduler config's values (defaults 0.5, 1.15, 256, 4096). Source: ``calculate_shift`` in
+    diffusers' ``pipeline_flux.py`` (FLUX.1; the SD3 pipeline uses it too when the scheduler says
+    ``use_dynamic_shifting``).
+
+    :param image_seq_len: ``(h/2)·(w/2)`` for an ``h × w`` latent (2×2 patches).
+    """
+    get = config.get if hasattr(config, "get") else (lambda k, d: getattr(config, k, d))
+    base_len, max_len = float(get("base_image_seq_len", 256)), float(get("max_image_seq_len", 4096))
+    base_shift, max_shift = float(get("base_shift", 0.5)), float(get("max_shift", 1.15))
+    m = (max_shift - base_shift) / (max_len - base_len)
+    return float(image_seq_len) * m + (base_shift - m * base_len)
+
+
+def flow_pipeline_scheduler(scheduler: Any) -> Any:
+    """The ``FlowMatchEulerDiscreteScheduler`` that reproduces r0kit's η = 0 flow sampler.
+
+    It keeps ``scheduler``'s ``shift`` and dynamic-shift settings and drops everything r0kit's
+    rule does not do: ``shift_terminal``, Karras/exponential/beta sigmas, inverted sigmas and
+    ``stochastic_sampling`` (which is the η = 1 step ``(1 − t') x̂₀ + t' ξ``).
+    """
+    diffusers = _import_diffusers()
+    return diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        dict(scheduler.config),
+        shift_terminal=None,
+        use_karras_sigmas=False,
+        use_exponential_sigmas=False,
+        use_beta_sigmas=False,
+        invert_sigmas=False,
+        stochastic_sampling=False,
+    )
+
+
+def _unshift(t: np.ndarray, config: Any, mu: float | None) -> np.ndarray:
+    """The ``t`` that the scheduler's shift maps to ``t`` given: the inverse of each shift of
+    ``FlowMatchEulerDiscreteScheduler.set_timesteps`` (static, dynamic exponential, dynamic linear)."""
+    t = np.asarray(t, dtype=np.float64)
+    if getattr(config, "use_dynamic_shifting", False):
+        e = float(np.exp(mu)) if getattr(config, "time_shift_type", "exponential") == "exponential" else float(mu)
+        return 1.0 / (1.0 + e * (1.0 / t - 1.0))
+    s = float(getattr(config, "shift", 1.0))
+    return t / (s - (s - 1.0) * t)
 
 
 def is_sigma_space(scheduler: Any) -> bool:
@@ -425,16 +549,21 @@ def pipeline_scheduler(scheduler: Any) -> Any:
     )
 
 
-def uses_cfg(guidance_scale: float, unet: Any = None) -> bool:
+def uses_cfg(guidance_scale: float, backbone: Any = None) -> bool:
     """Whether classifier-free guidance runs: diffusers' rule, ``guidance_scale > 1``.
 
     ``0`` and ``1`` both mean no unconditional pass (turbo models are documented with
     ``guidance_scale=0``). A guidance-distilled UNet (``time_cond_proj_dim`` set: LCM)
-    never runs CFG; it reads the scale through :func:`guidance_embedding`.
-    Source: ``StableDiffusionPipeline.do_classifier_free_guidance`` in diffusers.
+    never runs CFG; it reads the scale through :func:`guidance_embedding`. A FLUX.1
+    transformer never runs it either: ``FluxPipeline``'s ``guidance_scale`` is the
+    embedded guidance of a guidance-distilled transformer (``guidance_embeds``, FLUX.1-dev)
+    and is ignored by one without (FLUX.1-schnell).
+    Source: ``StableDiffusionPipeline.do_classifier_free_guidance`` and ``FluxPipeline`` in diffusers.
     """
-    if unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None:
-        return False
+    if backbone is not None:
+        config = backbone.config
+        if getattr(config, "time_cond_proj_dim", None) is not None or hasattr(config, "guidance_embeds"):
+            return False
     return float(guidance_scale) > 1.0
 
 
@@ -469,7 +598,7 @@ def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | fl
 class Unrolled:
     """What :meth:`DiffusionModel.unroll` returns.
 
-    :ivar latents: the final ``x̂₀`` (VP latent space, unscaled by the VAE factor).
+    :ivar latents: the final ``x̂₀``, ``[B, C, h, w]`` in the VAE's scaled latent space.
     :ivar x0s: ``x̂₀`` predicted at every step (when ``return_x0s=True``).
     :ivar etas: the ``η`` used at every step, ``[K, B]``.
     """
@@ -485,37 +614,90 @@ class DiffusionModel:
     Build it with :func:`load`. Every component is frozen (``requires_grad_(False)``,
     ``eval()``); a trainer that fine-tunes the backbone turns its parameters on
     itself. Components that were not asked for are ``None``.
+
+    :param backbone: the denoising network: a ``UNet2DConditionModel`` (sd, sdxl), an
+        ``SD3Transformer2DModel`` (sd3) or a ``FluxTransformer2DModel`` (flux).
+    :param kind: ``"sd"``, ``"sdxl"``, ``"sd3"`` or ``"flux"``; the family follows from it.
+    :param text_encoders: in the pipeline's order: CLIP (sd); CLIP, CLIP-G (sdxl); CLIP-L, CLIP-G
+        and T5 unless dropped (sd3); CLIP, T5 (flux).
+    :param max_sequence_length: the T5 prompt length (flow kinds; default diffusers' 256 for SD3, 512 for FLUX).
     """
 
     def __init__(
         self,
         *,
-        unet: Any,
+        backbone: Any,
         vae: Any,
         text_encoders: list[Any],
         tokenizers: list[Any],
         scheduler: Any,
-        kind: Literal["sd", "sdxl"],
+        kind: Kind,
         dtype: torch.dtype,
         device: torch.device,
         source: str = "",
         force_zeros_for_empty_prompt: bool = False,
+        max_sequence_length: int | None = None,
     ):
-        self.unet, self.vae, self.scheduler = unet, vae, scheduler
+        if kind not in FAMILIES:
+            raise OptionError(f"unknown model kind {kind!r}; expected one of {', '.join(FAMILIES)}")
+        self.backbone, self.vae, self.scheduler = backbone, vae, scheduler
         self.text_encoders, self.tokenizers = text_encoders, tokenizers
         self.kind, self.dtype, self.device, self.source = kind, dtype, device, source
+        #: ``"vp"`` or ``"flow"``, decided by the kind (see the module docstring)
+        self.family: Family = FAMILIES[kind]
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.max_sequence_length = int(max_sequence_length or MAX_SEQUENCE_LENGTH.get(kind, 0)) or None
         self.vae_checkpointing = False
         self._cache: dict[tuple[str, tuple[Any, ...]], Conditioning] = {}
-        budget = int(tokenizers[0].model_max_length) if tokenizers else 77
-        self._truncation = TruncationWarner("the text encoder", budget)
+        self._ids: dict[tuple[int, int], torch.Tensor] = {}
+        self._forward_module: torch.nn.Module | None = None
+        if self.has_t5:  # the encoder that reads the whole prompt (CLIP's 77 tokens feed the pooled vector)
+            reader, budget = "the T5 text encoder", int(self.max_sequence_length or 0)
+        else:
+            reader, budget = "the text encoder", (int(tokenizers[0].model_max_length) if tokenizers else 77)
+        self._truncation = TruncationWarner(reader, budget)
         #: prompts that were longer than the text encoder takes (each warned once)
         self.truncated: set[str] = self._truncation.truncated
 
     # -- properties ------------------------------------------------------------
     @property
+    def unet(self) -> Any:
+        """The denoising network under diffusers' Stable Diffusion name: :attr:`backbone`."""
+        return self.backbone
+
+    @unet.setter
+    def unet(self, module: Any) -> None:
+        self.backbone = module
+
+    def set_forward_module(self, module: torch.nn.Module | None) -> None:
+        """Call the backbone through ``module`` (its DDP or FSDP wrapper from ``accelerator.prepare``);
+        ``None`` or the backbone itself calls it directly again. Its config and parameters are still
+        read from :attr:`backbone`, which a wrapper hides (``DistributedDataParallel`` has no ``.config``)."""
+        self._forward_module = None if module is None or module is self.backbone else module
+
+    @property
     def prediction_type(self) -> PredictionType:
+        """What the network predicts: the scheduler's ``prediction_type``, or ``"flow_prediction"`` (velocity)."""
+        if self.family == "flow":
+            return "flow_prediction"
         return getattr(self.scheduler.config, "prediction_type", "epsilon")
+
+    @property
+    def has_t5(self) -> bool:
+        """Whether the T5 encoder is loaded (an SD3 model can run without it, as ``text_encoder_3=None``)."""
+        return (self.kind == "sd3" and len(self.text_encoders) == 3) or (self.kind == "flux" and len(self.text_encoders) == 2)
+
+    @property
+    def native_size(self) -> int:
+        """The image side the model was trained at, in pixels: the backbone's ``sample_size`` times the
+        VAE factor (UNet, SD3), FLUX's 128 latent pixels times it; 512 / 1024 without a VAE or backbone."""
+        f = self.vae_scale_factor if self.vae is not None else 8
+        if self.kind == "flux":
+            return 128 * f  # FluxPipeline.default_sample_size
+        size = getattr(self.backbone.config, "sample_size", None) if self.backbone is not None else None
+        if size is None:
+            return 512 if self.kind == "sd" else 1024
+        return int(size if isinstance(size, int) else size[0]) * f
 
     @property
     def vae_dtype(self) -> torch.dtype:
@@ -557,8 +739,9 @@ class DiffusionModel:
 
     @property
     def latent_channels(self) -> int:
-        if self.unet is not None:
-            return int(self.unet.config.in_channels)
+        if self.backbone is not None:
+            c = int(self.backbone.config.in_channels)
+            return c // 4 if self.kind == "flux" else c  # FLUX's transformer reads 2x2-packed latents
         self._need("vae")
         return int(self.vae.config.latent_channels)
 
@@ -566,15 +749,31 @@ class DiffusionModel:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """``(C, h, w)`` of the latent of a ``height × width`` image; both must divide by the VAE factor."""
+    @property
+    def size_multiple(self) -> int:
+        """What an image side must be a multiple of: the VAE factor, times 2 for the transformers'
+        2×2 patches (SD3's ``patch_size``; FLUX's packing)."""
         f = self.vae_scale_factor
+        if self.kind == "sd3" and self.backbone is not None:
+            return f * int(self.backbone.config.patch_size)
+        return 2 * f if self.family == "flow" else f
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the latent of a ``height × width`` image; both must divide by :attr:`size_multiple`."""
+        f, m = self.vae_scale_factor, self.size_multiple
+        why = "the VAE downsampling factor" if m == f else f"the VAE downsampling factor {f} times the transformer's 2x2 patches"
         for label, v in (("height", height), ("width", width)):
-            if not isinstance(v, int) or v <= 0 or v % f:
-                raise OptionError(f"{label} must be a positive multiple of {f} (the VAE downsampling factor), got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % m:
+                raise OptionError(f"{label} must be a positive multiple of {m} ({why}), got {v!r}")
         return (self.latent_channels, height // f, width // f)
 
+    def image_seq_len(self, height: int, width: int) -> int:
+        """The transformer's image token count at ``height × width``: ``(h/2)·(w/2)`` for an ``h × w`` latent."""
+        _, h, w = self.latent_shape(height, width)
+        return (h // 2) * (w // 2)
+
     def _need(self, *names: str) -> None:
+        names = tuple("backbone" if n == "unet" else n for n in names)
         missing = [n for n in names if (getattr(self, n) is None if n != "text_encoders" else not self.text_encoders)]
         if missing:
             raise OptionError(f"this model was loaded without {', '.join(missing)}; load it with those components")
@@ -588,12 +787,12 @@ class DiffusionModel:
         vae_slicing: bool | None = None,
         vae_tiling: bool | None = None,
     ) -> None:
-        """UNet and VAE-decode gradient checkpointing, VAE slicing (one image at a time) and tiling."""
-        if gradient_checkpointing is not None and self.unet is not None:
+        """Backbone and VAE-decode gradient checkpointing, VAE slicing (one image at a time) and tiling."""
+        if gradient_checkpointing is not None and self.backbone is not None:
             if gradient_checkpointing:
-                self.unet.enable_gradient_checkpointing()
+                self.backbone.enable_gradient_checkpointing()
             else:
-                self.unet.disable_gradient_checkpointing()
+                self.backbone.disable_gradient_checkpointing()
         if vae_checkpointing is not None:
             self.vae_checkpointing = bool(vae_checkpointing)
         if self.vae is not None:
@@ -630,8 +829,7 @@ class DiffusionModel:
 
     def time_ids(self, batch: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """SDXL's ``(original_size, crop_top_left, target_size)`` ids, ``[B, 6]``."""
-        f = self.vae_scale_factor if self.vae is not None else 8
-        native = int(self.unet.config.sample_size) * f if self.unet is not None else 1024
+        native = self.native_size
         h, w = height or native, width or native
         ids = torch.tensor([h, w, 0, 0, h, w], dtype=self.dtype, device=self.device)
         return ids.expand(batch, 6)
@@ -648,6 +846,10 @@ class DiffusionModel:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
+        if self.family == "flow":
+            cond = self._encode_flow(prompt)
+            self._cache[key] = cond
+            return cond
         embeds, pooled = [], None
         for i, (tok, enc) in enumerate(zip(self.tokenizers, self.text_encoders)):
             max_len = int(tok.model_max_length)
@@ -672,17 +874,63 @@ class DiffusionModel:
         self._cache[key] = cond
         return cond
 
+    def _encode_flow(self, prompt: str) -> Conditioning:
+        """SD3's and FLUX's conditioning, as ``StableDiffusion3Pipeline.encode_prompt`` and
+        ``FluxPipeline.encode_prompt`` compute it (no CLIP skip, one image per prompt)."""
+
+        def ids(tok: Any, length: int) -> torch.Tensor:
+            return tok(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+
+        clip_len = int(self.tokenizers[0].model_max_length)  # both pipelines' tokenizer_max_length
+        t5_len = int(self.max_sequence_length or 0)
+        if self.has_t5:
+            self._truncation.check_hf(self.tokenizers[-1], prompt)
+        else:
+            self._truncation.check_hf(self.tokenizers[0], prompt)
+        if self.kind == "flux":
+            clip, t5 = self.text_encoders
+            pooled = clip(ids(self.tokenizers[0], clip_len).to(clip.device), output_hidden_states=False).pooler_output
+            embeds = t5(ids(self.tokenizers[1], t5_len).to(t5.device), output_hidden_states=False)[0]
+            return Conditioning(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype))
+        # sd3: CLIP-L and CLIP-G penultimate states side by side, zero-padded to T5's width, then T5's states
+        hidden, pooled_parts = [], []
+        for tok, enc in zip(self.tokenizers[:2], self.text_encoders[:2]):
+            out = enc(ids(tok, clip_len).to(enc.device), output_hidden_states=True)
+            pooled_parts.append(out[0].to(self.device, self.dtype))
+            hidden.append(out.hidden_states[-2].to(self.device, self.dtype))
+        clip_embeds = torch.cat(hidden, dim=-1)
+        if self.has_t5:
+            t5 = self.text_encoders[2]
+            t5_embeds = t5(ids(self.tokenizers[2], t5_len).to(t5.device))[0].to(self.device, self.dtype)
+        else:  # text_encoder_3=None: zeros, as diffusers does
+            width = int(self.backbone.config.joint_attention_dim) if self.backbone is not None else 4096
+            t5_embeds = torch.zeros(1, t5_len, width, device=self.device, dtype=self.dtype)
+        clip_embeds = torch.nn.functional.pad(clip_embeds, (0, t5_embeds.shape[-1] - clip_embeds.shape[-1]))
+        return Conditioning(torch.cat([clip_embeds, t5_embeds], dim=-2), torch.cat(pooled_parts, dim=-1))
+
     # -- schedule ------------------------------------------------------------------------
-    def schedule(self, steps: int | None, timesteps: Sequence[int] | None = None) -> SamplingSchedule:
+    def schedule(
+        self,
+        steps: int | None,
+        timesteps: Sequence[float] | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> SamplingSchedule:
         """The :class:`SamplingSchedule` of ``steps`` steps: trailing timesteps, or explicit ones.
 
         The pipeline's own spacing (``leading``, ``linspace``, ``steps_offset``) is not
         used: it would start a few-step sampler below the top of the schedule.
 
-        :param timesteps: explicit strictly decreasing integers in ``[0, T)``; ``steps`` must
-            then be their count (or ``None``).
+        :param timesteps: explicit strictly decreasing timesteps; ``steps`` must then be their
+            count (or ``None``). Integers in ``[0, T)`` (vp), or ``1000·t`` in ``(0, 1000]`` after
+            the shift (flow: the scheduler's ``timesteps``).
+        :param height, width: the image size, for a flow scheduler's resolution-dependent shift
+            (default the native size); the vp family ignores them.
         :raises OptionError: a step count outside ``[1, T]``, or bad explicit timesteps.
         """
+        if self.family == "flow":
+            return self._flow_schedule(steps, timesteps, height, width)
         n = self.num_train_timesteps
         if timesteps is not None:
             ts = [int(t) for t in timesteps]
@@ -702,6 +950,42 @@ class DiffusionModel:
             sigmas=torch.cat([s, s.new_zeros(1)]),
             init_scale=float(s[0]) if sigma_space else 1.0,
             scheduler=pipeline_scheduler(self.scheduler),
+            pipeline_kwargs={"timesteps": [int(v) for v in ts]},
+        )
+
+    def _flow_schedule(
+        self, steps: int | None, timesteps: Sequence[float] | None, height: int | None, width: int | None
+    ) -> SamplingSchedule:
+        n = self.num_train_timesteps
+        sched = flow_pipeline_scheduler(self.scheduler)
+        cfg = sched.config
+        mu = None
+        if cfg.use_dynamic_shifting:
+            native = self.native_size
+            mu = flow_shift_mu(self.image_seq_len(height or native, width or native), cfg)
+        if timesteps is not None:
+            ts = [float(t) for t in timesteps]
+            if not ts or any(not 0 < t <= n for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+                raise OptionError(f"timesteps must be strictly decreasing numbers in (0, {n}] (1000·t, shifted), got {ts}")
+            if steps is not None and steps != len(ts):
+                raise OptionError(f"{len(ts)} timesteps given for steps={steps}; give exactly that many")
+            t = torch.tensor(ts, dtype=torch.float32)
+            sig = t / n
+            base = _unshift(sig.double().numpy(), cfg, mu)
+        else:
+            if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= n:
+                raise OptionError(f"steps (K) must be an integer from 1 to {n}, got K={steps!r}")
+            base = np.linspace(1.0, 1.0 / steps, int(steps))  # FluxPipeline's default sigmas
+            sched.set_timesteps(sigmas=base, mu=mu)  # the scheduler applies its own shift
+            sig, t = sched.sigmas[:-1].float(), sched.timesteps.float()
+        return SamplingSchedule(
+            family="flow",
+            timesteps=t,
+            alphas=torch.cat([1.0 - sig, sig.new_ones(1)]),
+            sigmas=torch.cat([sig, sig.new_zeros(1)]),
+            init_scale=1.0,
+            scheduler=sched,
+            pipeline_kwargs={"sigmas": [float(v) for v in base]},
         )
 
     # -- sampling ------------------------------------------------------------------------
@@ -723,33 +1007,73 @@ class DiffusionModel:
         guidance_scale: float = 1.0,
         uncond: Conditioning | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One network evaluation at ``x_t`` -> ``(x̂₀, ε̂)`` in ``x_t``'s dtype.
+        """One network evaluation at ``x_t`` (``[B, C, h, w]``) -> ``(x̂₀, ε̂)`` in ``x_t``'s dtype.
+
+        :param t: the scheduler's timestep (see :attr:`SamplingSchedule.timesteps`).
 
         Guidance follows diffusers (:func:`uses_cfg`): classifier-free guidance
         ``out_u + w (out_c − out_u)`` runs only when ``guidance_scale > 1`` (and then
         needs ``uncond``); ``0`` and ``1`` mean the conditional output alone. A
         guidance-distilled UNet (``time_cond_proj_dim``) gets the scale as its
-        ``timestep_cond`` instead.
+        ``timestep_cond`` instead, and a guidance-distilled FLUX transformer
+        (``guidance_embeds``) as its ``guidance`` input.
         """
-        self._need("unet")
+        self._need("backbone")
         b = x_t.shape[0]
         inp = x_t.to(self.dtype)
         tt = torch.as_tensor(t, device=self.device).float().reshape(-1).expand(b)
-        extra: dict[str, Any] = {}
-        cond_dim = getattr(self.unet.config, "time_cond_proj_dim", None)
-        if cond_dim is not None:
-            extra["timestep_cond"] = guidance_embedding(guidance_scale, b, int(cond_dim), device=self.device).to(self.dtype)
-        if uses_cfg(guidance_scale, self.unet):
+        if uses_cfg(guidance_scale, self.backbone):
             if uncond is None:
                 raise OptionError("guidance_scale > 1 needs the unconditional conditioning (uncond=...)")
-            both = uncond.cat(cond)
-            out = self.unet(torch.cat([inp, inp]), torch.cat([tt, tt]), **both.unet_kwargs(), return_dict=False)[0]
+            out = self._forward(torch.cat([inp, inp]), torch.cat([tt, tt]), uncond.cat(cond), guidance_scale)
             out_u, out_c = out.float().chunk(2)
             out = out_u + guidance_scale * (out_c - out_u)
         else:
-            out = self.unet(inp, tt, **cond.unet_kwargs(), **extra, return_dict=False)[0].float()
+            out = self._forward(inp, tt, cond, guidance_scale).float()
         x0, eps = predict_x0_eps(out, x_t.float(), alpha, sigma, self.prediction_type)
         return x0.to(x_t.dtype), eps.to(x_t.dtype)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
+        """The backbone's raw output for ``[B, C, h, w]`` input, called as the kind's diffusers pipeline calls it."""
+        net, b = self._forward_module or self.backbone, x.shape[0]
+        config = self.backbone.config
+        if self.kind == "sd3":  # StableDiffusion3Pipeline: timestep = 1000·t
+            return net(
+                hidden_states=x, timestep=t, encoder_hidden_states=cond.embeds, pooled_projections=cond.pooled, return_dict=False
+            )[0]
+        if self.kind == "flux":  # FluxPipeline: 2x2-packed latents, timestep / 1000, position ids, embedded guidance
+            _, c, h, w = x.shape
+            packed = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+            guidance = None
+            if getattr(config, "guidance_embeds", False):
+                guidance = torch.full((b,), float(guidance_scale), device=x.device, dtype=torch.float32)
+            out = net(
+                hidden_states=packed,
+                timestep=t.to(x.dtype) / 1000,
+                guidance=guidance,
+                pooled_projections=cond.pooled,
+                encoder_hidden_states=cond.embeds,
+                txt_ids=torch.zeros(cond.embeds.shape[1], 3, device=x.device, dtype=x.dtype),
+                img_ids=self._image_ids(h // 2, w // 2).to(x.dtype),
+                return_dict=False,
+            )[0]
+            return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        extra: dict[str, Any] = {}
+        cond_dim = getattr(config, "time_cond_proj_dim", None)
+        if cond_dim is not None:
+            extra["timestep_cond"] = guidance_embedding(guidance_scale, b, int(cond_dim), device=self.device).to(self.dtype)
+        return net(x, t, **cond.unet_kwargs(), **extra, return_dict=False)[0]
+
+    def _image_ids(self, rows: int, cols: int) -> torch.Tensor:
+        """FLUX's ``[rows·cols, 3]`` position ids of the packed latent: ``(0, row, col)``
+        (``FluxPipeline._prepare_latent_image_ids``)."""
+        ids = self._ids.get((rows, cols))
+        if ids is None:
+            grid = torch.zeros(rows, cols, 3)
+            grid[..., 1] += torch.arange(rows)[:, None]
+            grid[..., 2] += torch.arange(cols)[None, :]
+            ids = self._ids[(rows, cols)] = grid.reshape(rows * cols, 3).to(self.device)
+        return ids
 
     def unroll(
         self,
@@ -777,7 +1101,7 @@ class DiffusionModel:
         :param return_x0s: also return ``x̂₀`` of every step.
         """
         if not isinstance(schedule, SamplingSchedule):
-            schedule = self.schedule(None, [int(t) for t in torch.as_tensor(schedule).reshape(-1).tolist()])  # type: ignore[arg-type]
+            schedule = self.schedule(None, torch.as_tensor(schedule).reshape(-1).tolist())
         timesteps, alphas, sigmas = schedule.timesteps, schedule.alphas, schedule.sigmas
         k = len(schedule)
         b = noise.shape[0]
@@ -803,7 +1127,7 @@ class DiffusionModel:
         return Unrolled(latents=x0, x0s=x0s, etas=etas)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE-decode VP-space latents to images in [0, 1], float32, ``[B, 3, H, W]``.
+        """VAE-decode ``[B, C, h, w]`` latents to images in [0, 1], float32, ``[B, 3, H, W]``.
 
         Honors VAE-decode gradient checkpointing and the VAE's slicing/tiling settings.
         """
@@ -829,7 +1153,7 @@ class DiffusionModel:
         return (img.float() * 0.5 + 0.5).clamp(0, 1)
 
     def encode_images(self, images: torch.Tensor, *, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
-        """VAE-encode ``[B, 3, H, W]`` images in [0, 1] to VP-space latents (the mean, or a sample)."""
+        """VAE-encode ``[B, 3, H, W]`` images in [0, 1] to ``[B, C, h, w]`` latents (the mean, or a sample)."""
         self._need("vae")
         with self._vae_ready():
             dist = self.vae.encode((images.to(self.device, self.vae_dtype) * 2 - 1), return_dict=False)[0]
@@ -840,12 +1164,13 @@ class DiffusionModel:
         return (z * cfg.scaling_factor).float()
 
     def __repr__(self) -> str:
-        parts = [n for n in ("unet", "vae") if getattr(self, n) is not None]
+        parts = [type(self.backbone).__name__] if self.backbone is not None else []
+        parts += ["vae"] if self.vae is not None else []
         if self.text_encoders:
             parts.append(f"{len(self.text_encoders)} text encoder(s)")
         return (
             f"DiffusionModel({self.source!r}, kind={self.kind}, {', '.join(parts)}, "
-            f"scheduler={type(self.scheduler).__name__}, {self.prediction_type}, {self.dtype}, {self.device})"
+            f"scheduler={type(self.scheduler).__name__}, {self.family}, {self.prediction_type}, {self.dtype}, {self.device})"
         )
 
 
@@ -893,12 +1218,20 @@ def make_scheduler(name: str, config: Any, **overrides: Any) -> Any:
     return cls.from_config(config, **overrides)
 
 
+def _kind_of(index: dict[str, Any]) -> Kind | None:
+    """The model kind a ``model_index.json`` describes, or ``None`` for a pipeline r0kit does not sample."""
+    if _component(index, "unet") is not None:
+        return "sdxl" if _component(index, "text_encoder_2") is not None or "XL" in str(index.get("_class_name", "")) else "sd"
+    transformer = _component(index, "transformer")
+    return _TRANSFORMER_KINDS.get(transformer[1]) if transformer is not None else None
+
+
 def load(
     model: str,
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = "auto",
-    components: Sequence[str] = ("unet", "vae", "text"),
+    components: Sequence[str] = COMPONENTS,
     scheduler: str | None = None,
     scheduler_options: dict[str, Any] | None = None,
     revision: str | None = None,
@@ -908,45 +1241,70 @@ def load(
     vae_checkpointing: bool = False,
     vae_slicing: bool = False,
     vae_tiling: bool = False,
+    drop_t5: bool = False,
+    max_sequence_length: int | None = None,
 ) -> DiffusionModel:
     """Load a diffusers pipeline's components from a hub id or a local folder.
+
+    The model kind, and with it the family, is read off ``model_index.json``: a UNet
+    (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo: variance-preserving), an
+    ``SD3Transformer2DModel`` (SD3, SD3.5: rectified flow) or a ``FluxTransformer2DModel``
+    (FLUX.1: rectified flow).
 
     :param model: a hub id (``"stabilityai/sd-turbo"``) or a pipeline folder, resolved by
         :func:`r0kit.weights.resolve_pipeline` (local folder, Hugging Face cache, download of
         only the components asked for).
     :param variant: the weights variant to fetch and load (``"fp16"``: half the download);
         default the repository's main weights.
-    :param components: any of ``"unet"``, ``"vae"``, ``"text"`` (text encoders and tokenizers).
-        The scheduler is always loaded.
+    :param components: any of ``"backbone"`` (the UNet or transformer; ``"unet"`` is an alias),
+        ``"vae"``, ``"text"`` (text encoders and tokenizers). The scheduler is always loaded.
     :param scheduler: replace the pipeline's scheduler by this one (``"ddim"``, ``"euler"``,
-        ``"lcm"``, ... or a class name), built from the pipeline's scheduler config plus
-        ``scheduler_options``.
+        ``"lcm"``, ... or a class name; a ``FlowMatch*`` scheduler for a flow model), built from
+        the pipeline's scheduler config plus ``scheduler_options``.
     :param vae_dtype: the VAE's dtype when it differs. An SDXL VAE whose config says
         ``force_upcast`` runs in float32 whatever is asked (see :attr:`DiffusionModel.vae_needs_upcast`).
-    :raises WeightsError: the folder is not a diffusers pipeline, or a component is missing or unreadable.
+    :param drop_t5: SD3/SD3.5: neither fetch nor load the T5 encoder (4.7B parameters for T5-XXL); its
+        embeddings are zeros, as diffusers does with ``text_encoder_3=None``. FLUX needs its T5.
+    :param max_sequence_length: the T5 prompt length in tokens (default diffusers': 256 for SD3, 512 for FLUX;
+        FLUX.1-schnell is documented with 256).
+    :raises WeightsError: the folder is not a pipeline r0kit samples, or a component is missing or unreadable.
+    :raises OptionError: an unknown component, ``drop_t5`` for a model without a droppable T5.
     """
     from r0kit.weights import resolve_pipeline
 
     diffusers = _import_diffusers()
-    unknown = set(components) - {"unet", "vae", "text"}
+    components = tuple("backbone" if c == "unet" else c for c in components)
+    unknown = set(components) - set(COMPONENTS)
     if unknown:
-        raise OptionError(f"unknown component(s) {sorted(unknown)}; use unet, vae, text")
+        raise OptionError(f"unknown component(s) {sorted(unknown)}; use {', '.join(COMPONENTS)} ('unet' = 'backbone')")
+    if max_sequence_length is not None and (not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512):
+        raise OptionError(f"max_sequence_length must be an int from 1 to 512 (T5 tokens), got {max_sequence_length!r}")
     dt = resolve_dtype(dtype)
     vdt = resolve_dtype(vae_dtype) if vae_dtype is not None else dt
     dev = resolve_device(device)
     if dev.type == "cpu" and dt == torch.float16:
         log.warning("float16 on the CPU is slow and partly unsupported; use float32 or bfloat16 there")
-    keys = [c for c in components if c != "text"]
+    keys = ["unet", "transformer"] if "backbone" in components else []
+    keys += [c for c in components if c == "vae"]
     if "text" in components:
         keys += ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
+        if not drop_t5:
+            keys += ["text_encoder_3", "tokenizer_3"]
 
     def check(index: dict[str, Any]) -> None:  # before any weight is fetched
-        if "unet" in components and _component(index, "unet") is None:
+        kind = _kind_of(index)
+        if kind is None:
             other = _component(index, "transformer")
-            what = f"a {other[1]} transformer" if other else "no unet"
+            what = f"a {other[1]}" if other else "no unet or transformer"
             raise WeightsError(
-                f"{model!r} ({index.get('_class_name') or 'unknown pipeline'}) has {what}; r0kit's diffusion generators "
-                "need a UNet pipeline of the Stable Diffusion family (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo)"
+                f"{model!r} ({index.get('_class_name') or 'unknown pipeline'}) has {what}; r0kit samples the Stable "
+                "Diffusion family (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo: a UNet), SD3/SD3.5 (SD3Transformer2DModel) "
+                "and FLUX.1 (FluxTransformer2DModel)"
+            )
+        if drop_t5 and kind != "sd3":
+            raise OptionError(
+                f"drop_t5: {model!r} is a {kind} model; only SD3/SD3.5 run without their T5 encoder "
+                "(text_encoder_3), FLUX.1 conditions on T5 alone"
             )
 
     folder = resolve_pipeline(
@@ -954,12 +1312,13 @@ def load(
     )
     index = read_model_index(folder)
     check(index)
+    kind = _kind_of(index)
+    assert kind is not None  # check() refused the others
+    family = FAMILIES[kind]
     cls_name = str(index.get("_class_name", ""))
 
     def comp(key: str) -> tuple[str, str] | None:
         return _component(index, key)
-
-    kind: Literal["sd", "sdxl"] = "sdxl" if comp("text_encoder_2") is not None or "XL" in cls_name else "sd"
 
     def from_pretrained(key: str, torch_dtype: torch.dtype | None):
         spec = comp(key)
@@ -997,27 +1356,42 @@ def load(
         raise WeightsError(f"{str(folder)!r}: cannot load the scheduler ({exc})") from None
     if scheduler is not None or scheduler_options:
         sched = make_scheduler(scheduler or type(sched).__name__, sched.config, **(scheduler_options or {}))
-    if getattr(sched, "alphas_cumprod", None) is None:
+    if family == "vp" and getattr(sched, "alphas_cumprod", None) is None:
         raise WeightsError(
             f"{str(folder)!r}: its scheduler {type(sched).__name__} is not DDPM-family (no alphas_cumprod); "
-            "r0kit samples Stable Diffusion-family UNet pipelines"
+            "r0kit samples a UNet pipeline with a DDPM-family scheduler (DDIM, Euler, LCM, ...)"
+        )
+    if family == "flow" and not type(sched).__name__.startswith("FlowMatch"):
+        raise WeightsError(
+            f"{str(folder)!r}: a {kind} model needs a flow-matching scheduler (FlowMatchEulerDiscreteScheduler), "
+            f"not {type(sched).__name__}"
         )
 
-    unet = frozen(from_pretrained("unet", dt)) if "unet" in components else None
-    if unet is not None and type(unet).__name__ not in _UNET_CLASSES:
-        raise WeightsError(f"{str(folder)!r}: the unet is a {type(unet).__name__}; expected one of {_UNET_CLASSES}")
+    backbone = None
+    if "backbone" in components:
+        key = "unet" if family == "vp" else "transformer"
+        backbone = frozen(from_pretrained(key, dt))
+        expected = _UNET_CLASSES if family == "vp" else tuple(c for c, k in _TRANSFORMER_KINDS.items() if k == kind)
+        if type(backbone).__name__ not in expected:
+            raise WeightsError(f"{str(folder)!r}: the {key} is a {type(backbone).__name__}; expected one of {expected}")
     if "vae" in components and kind == "sdxl" and vdt == torch.float16 and _vae_force_upcast(folder):
         log.warning("%s: the SDXL VAE says force_upcast, so it is loaded in float32 (as diffusers runs it)", model)
         vdt = torch.float32
     vae = frozen(from_pretrained("vae", vdt)) if "vae" in components else None
     encoders, tokenizers = [], []
     if "text" in components:
-        keys = [("text_encoder", "tokenizer")] + ([("text_encoder_2", "tokenizer_2")] if kind == "sdxl" else [])
-        for enc_key, tok_key in keys:
+        pairs = [("text_encoder", "tokenizer")]
+        if kind in ("sdxl", "sd3", "flux"):
+            pairs.append(("text_encoder_2", "tokenizer_2"))
+        if kind == "sd3" and not drop_t5:
+            if comp("text_encoder_3") is None:
+                raise WeightsError(f"{str(folder)!r}: this SD3 pipeline has no text_encoder_3 (T5); load it with drop_t5=True")
+            pairs.append(("text_encoder_3", "tokenizer_3"))
+        for enc_key, tok_key in pairs:
             encoders.append(frozen(from_pretrained(enc_key, dt)))
             tokenizers.append(from_pretrained(tok_key, None))
     out = DiffusionModel(
-        unet=unet,
+        backbone=backbone,
         vae=vae,
         text_encoders=encoders,
         tokenizers=tokenizers,
@@ -1027,6 +1401,7 @@ def load(
         device=dev,
         source=str(model),
         force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
+        max_sequence_length=max_sequence_length,
     )
     out.set_memory_options(
         gradient_checkpointing=gradient_checkpointing or None,
@@ -1038,8 +1413,14 @@ def load(
 
 
 __all__ = [
+    "COMPONENTS",
     "Conditioning",
     "DiffusionModel",
+    "FAMILIES",
+    "Family",
+    "Kind",
+    "LORA_TARGETS",
+    "PIPELINE_CLASSES",
     "PromptTruncationWarning",
     "SCHEDULERS",
     "SamplingSchedule",
@@ -1047,6 +1428,8 @@ __all__ = [
     "alphas_sigmas",
     "autocast_regime",
     "eta_step",
+    "flow_pipeline_scheduler",
+    "flow_shift_mu",
     "guidance_embedding",
     "is_sigma_space",
     "load",

@@ -64,8 +64,10 @@ class TruncationWarner:
         ids = tokenizer(prompt, padding=False, truncation=False, verbose=False)["input_ids"]
         if len(ids) <= self.max_tokens:
             return False
-        body = ids[1:-1]  # between the start and end tokens, which every encoder here adds
-        keep = self.max_tokens - 2
+        # between the start and end tokens, which every encoder here adds; T5 adds only the end token
+        start = int(getattr(tokenizer, "bos_token_id", None) is not None and ids[0] == tokenizer.bos_token_id)
+        body = ids[start:-1]
+        keep = self.max_tokens - start - 1
         return self.check(prompt, len(ids), kept=tokenizer.decode(body[:keep]), dropped=tokenizer.decode(body[keep:]))
 
     def check_open_clip(self, tokenizer: Any, prompt: str) -> bool:

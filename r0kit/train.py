@@ -5,8 +5,11 @@ generator (random η per sample and step), evaluates the objective (rewards,
 optionally with per-reward gradient normalization, minus regularizers such as
 ``weight_l2``), back-propagates it into the trainable weights and steps the
 optimizer. It runs on accelerate: ``accelerate launch -m r0kit.cli train ...``
-gives DDP (each rank draws its own prompts and noise), ``mixed_precision``
-autocasts the networks, and the trackers log the values.
+gives DDP (each rank takes its part of every global batch: prompts, noise and η
+are those one process would draw for the combined batch), an FSDP plugin of
+``fsdp_version: 2`` shards the backbone (see :mod:`r0kit.sharding` and the
+README: ``accelerate launch --config_file fsdp.yaml -m r0kit.cli train ...``),
+``mixed_precision`` autocasts the networks, and the trackers log the values.
 
 A training config (TOML)::
 
@@ -58,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r0kit.checks import MAX_LR, MAX_SEED
 from r0kit.config import ObjectiveConfig, StrictModel, check_prompts, format_validation_error, load_toml, read_prompts
 from r0kit.errors import ConfigError, NonFiniteError, OptionError, RunError, WeightsError, describe_failure, is_out_of_memory
+from r0kit.sharding import full_tensor, is_sharded, shard_like
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
 
@@ -392,7 +396,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     for idx, st in sd["state"].items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"state.{idx}.{k}"] = full_tensor(v).detach().cpu().contiguous()
             else:
                 scalars[f"{idx}.{k}"] = v
     return tensors, {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
@@ -407,6 +411,12 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
         idx, k = key.split(".", 1)
         state.setdefault(int(idx), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    for group in opt.param_groups:  # FSDP2: per-parameter state is sharded as its parameter is
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if is_sharded(p) and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape):
+                    st[k] = shard_like(v, p)
 
 
 def save_checkpoint(
@@ -418,24 +428,33 @@ def save_checkpoint(
     sampler: torch.Generator,
     ema: EMA | None,
     fp: dict[str, Any],
+    write: bool = True,
 ) -> Path:
-    """Write ``folder`` atomically (a temporary sibling renamed into place)."""
+    """Write ``folder`` atomically (a temporary sibling renamed into place).
+
+    Sharded (FSDP2) weights, optimizer state and EMA are gathered whole first, which every
+    rank must do: each calls this, and only the one with ``write=True`` writes.
+    """
     from safetensors.torch import save_file
 
+    trainable = {n: full_tensor(p).detach().cpu().contiguous() for n, p in gen.named_parameters()}
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    shadow = {n: full_tensor(v).cpu().contiguous() for n, v in ema.shadow.items()} if ema is not None else None
     folder = Path(folder)
+    if not write:
+        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file({n: p.detach().cpu().contiguous() for n, p in gen.named_parameters()}, str(tmp / "trainable.safetensors"))
-        t, meta = _optimizer_tensors(optimizer)
-        save_file(t, str(tmp / "optimizer.safetensors"), metadata=meta)
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata=opt_meta)
         t, meta = _rng_state(sampler)
         save_file(t, str(tmp / "rng.safetensors"), metadata=meta)
         files = list(CHECKPOINT_FILES)
-        if ema is not None:
-            save_file({n: v.contiguous() for n, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+        if shadow is not None:
+            save_file(shadow, str(tmp / "ema.safetensors"))
             files.append("ema.safetensors")
         state = {"step": step, "fingerprint": fp, "files": {f: _sha256(tmp / f) for f in files}, "time": time.time()}
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
@@ -595,6 +614,9 @@ def train(
     if "tensorboard" in cfg.trackers and tensorboard_available():
         trackers.append("tensorboard")
     accelerator = Accelerator(
+        # without CUDA, accelerate treats a multi-process launch as MULTI_CPU (gloo) only when told:
+        # otherwise every process trains alone on the same output folder (as r0kit.optimize.shard_prompts)
+        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
@@ -618,8 +640,12 @@ def train(
     unet = gen.unet
     wrapped, optimizer = accelerator.prepare(unet, optimizer)
     gen.set_forward_module(wrapped)
+    named = gen.named_parameters()  # under FSDP2, prepare replaced them by their shards
+    params = [p for _, p in named]
+    sharded = any(is_sharded(p) for p in params)
     ema = EMA(named, cfg.ema.decay) if cfg.ema.enabled else None
-    sampler = torch.Generator("cpu").manual_seed(cfg.seed * 7919 + rank)
+    # One stream on every rank: each rank keeps its rows of the global batch's draws (KStepGenerator.sample).
+    sampler = torch.Generator("cpu").manual_seed(cfg.seed * 7919)
     fp = fingerprint(cfg, gen, objective, prompts, world)
 
     if resume_state is not None:
@@ -653,8 +679,10 @@ def train(
 
     def checkpoint() -> Path:
         path = output / "checkpoints" / f"step-{step:07d}"
+        if main_process or sharded:  # sharded tensors are gathered by every rank
+            save_checkpoint(path, step=step, gen=gen, optimizer=optimizer, sampler=sampler, ema=ema, fp=fp,
+                            write=main_process)
         if main_process:
-            save_checkpoint(path, step=step, gen=gen, optimizer=optimizer, sampler=sampler, ema=ema, fp=fp)
             old = find_checkpoints(output)
             for p in old[: max(0, len(old) - cfg.keep_checkpoints)]:
                 if p != path:
@@ -683,7 +711,7 @@ def train(
                 bp = batch_prompts(prompts, cfg.seed, step, micro, cfg.batch_size, rank, world, cfg.grad_accum)
                 sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(wrapped)
                 with sync, accelerator.autocast():
-                    sample = gen.sample(bp, generator=sampler)
+                    sample = gen.sample(bp, generator=sampler, shard=(rank, world))
                     result = objective.backward(sample, bp, gen, reduction="mean")
                 for k, v in result.mean().items():
                     sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
@@ -692,10 +720,10 @@ def train(
                     if p.grad is not None:
                         p.grad.div_(cfg.grad_accum)
             if cfg.optimizer.grad_clip is not None:
-                gnorm = float(accelerator.clip_grad_norm_(params, cfg.optimizer.grad_clip))
+                gnorm = float(full_tensor(accelerator.clip_grad_norm_(params, cfg.optimizer.grad_clip)))
             else:
-                gs = [p.grad.norm() for p in params if p.grad is not None]
-                gnorm = float(torch.linalg.vector_norm(torch.stack(gs))) if gs else 0.0
+                gs = [p.grad for p in params if p.grad is not None]
+                gnorm = float(full_tensor(torch.nn.utils.get_total_norm(gs))) if gs else 0.0
             if not math.isfinite(gnorm):
                 raise NonFiniteError(
                     f"the gradient went NaN or Inf at step {step + 1}; lower optimizer.lr or raise a regularizer's weight"
@@ -715,8 +743,9 @@ def train(
                     console.print(_line(step, cfg.steps, values, labels, rate), highlight=False)
             if callback is not None:
                 callback(step, values)
-            if cfg.sample_every and step % cfg.sample_every == 0 and main_process:
-                sample_grid(gen, sample_prompts, output / "samples" / f"step-{step:07d}.png", seed=cfg.seed, ema=ema)
+            if cfg.sample_every and step % cfg.sample_every == 0 and (main_process or sharded):
+                sample_grid(gen, sample_prompts, output / "samples" / f"step-{step:07d}.png", seed=cfg.seed, ema=ema,
+                            write=main_process)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:
                 last_ckpt = checkpoint()
     except KeyboardInterrupt:
@@ -745,10 +774,15 @@ def train(
         last_ckpt = checkpoint()
         if main_process:
             claim.keep()
-        if failure is None and not interrupted and step >= cfg.steps and cfg.export and main_process:
-            export_path = gen.export(output / "export", weights=ema.shadow if ema is not None else None)
+        if failure is None and not interrupted and step >= cfg.steps and cfg.export and (main_process or sharded):
+            weights = ema.shadow if ema is not None else None
+            if sharded:  # the export is written from whole tensors, which every rank gathers
+                weights = {n: full_tensor(v).detach() for n, v in (weights or dict(named)).items()}
+            if main_process:
+                export_path = gen.export(output / "export", weights=weights)
             if cfg.sample_every:
-                sample_grid(gen, sample_prompts, output / "samples" / "final.png", seed=cfg.seed, ema=ema)
+                sample_grid(gen, sample_prompts, output / "samples" / "final.png", seed=cfg.seed, ema=ema,
+                            write=main_process)
         manifest("interrupted" if interrupted else "failed" if failure is not None else "complete" if step >= cfg.steps else "stopped")
     except Exception as exc:  # writing the checkpoint or the export failed
         if failure is None:
@@ -792,7 +826,7 @@ def _restore(ckpt_path: Path, resume_state: dict[str, Any], fp: dict[str, Any], 
         raise WeightsError(f"checkpoint file {str(ckpt_path / 'trainable.safetensors')!r} lacks {missing[:3]}")
     with torch.no_grad():
         for n, p in named:
-            p.copy_(weights[n].to(p.device, p.dtype))
+            p.copy_(shard_like(weights[n], p))
     t, meta = _read_safetensors(ckpt_path / "optimizer.safetensors")
     try:
         _load_optimizer(optimizer, t, meta)
@@ -800,7 +834,7 @@ def _restore(ckpt_path: Path, resume_state: dict[str, Any], fp: dict[str, Any], 
         raise WeightsError(f"checkpoint file {str(ckpt_path / 'optimizer.safetensors')!r} is corrupt ({exc})") from None
     if ema is not None:
         t, _ = _read_safetensors(ckpt_path / "ema.safetensors")
-        ema.shadow = {n: v.float().to(p.device) for (n, p), v in zip(named, (t[n] for n, _ in named))}
+        ema.shadow = {n: shard_like(t[n], p).float() for n, p in named}
     t, meta = _read_safetensors(ckpt_path / "rng.safetensors")
     try:
         _set_rng_state(t, meta, sampler)
@@ -809,8 +843,11 @@ def _restore(ckpt_path: Path, resume_state: dict[str, Any], fp: dict[str, Any], 
 
 
 @torch.no_grad()
-def sample_grid(gen: Any, prompts: list[str], path: Path, *, seed: int = 0, ema: EMA | None = None) -> Path:
-    """A contact sheet of ``prompts`` sampled with η = 0 from fixed noise (EMA weights when given)."""
+def sample_grid(gen: Any, prompts: list[str], path: Path, *, seed: int = 0, ema: EMA | None = None, write: bool = True) -> Path:
+    """A contact sheet of ``prompts`` sampled with η = 0 from fixed noise (EMA weights when given).
+
+    Under FSDP2 every rank samples (the network's forward is collective) and only ``write=True`` writes.
+    """
     from r0kit.outputs import contact_sheet
 
     saved = None
@@ -827,4 +864,4 @@ def sample_grid(gen: Any, prompts: list[str], path: Path, *, seed: int = 0, ema:
         if saved is not None:
             for n, p in gen.named_parameters():
                 p.copy_(saved[n])
-    return contact_sheet(path, images)
+    return contact_sheet(path, images) if write else path

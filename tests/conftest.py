@@ -65,12 +65,12 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _tiny_pipeline(folder: Path, kind: str) -> Path:
+def _tiny_pipeline(folder: Path, kind: str, **options) -> Path:
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
     from r0kit.testing.pipelines import build_tiny_pipeline
 
-    return build_tiny_pipeline(folder, kind)
+    return build_tiny_pipeline(folder, kind, **options)
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +91,26 @@ def sd_model(tiny_sd):
     from r0kit.diffusion import load
 
     return load(str(tiny_sd), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion 3 pipeline folder (CLIP-L, CLIP-G, T5; SD3's scheduler, shift 3)."""
+    return _tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd3", "sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> Path:
+    """A tiny FLUX.1-schnell-style pipeline folder (no guidance embedding, static shift 1)."""
+    return _tiny_pipeline(tmp_path_factory.mktemp("tiny") / "flux", "flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dev(tmp_path_factory) -> Path:
+    """A tiny FLUX.1-dev-style pipeline folder: guidance embedding and the resolution-dependent shift."""
+    from r0kit.testing.pipelines import FLOW_SCHEDULER_CONFIGS
+
+    return _tiny_pipeline(
+        tmp_path_factory.mktemp("tiny") / "flux-dev", "flux", transformer_options={"guidance_embeds": True},
+        scheduler=FLOW_SCHEDULER_CONFIGS["black-forest-labs/FLUX.1-dev"],
+    )

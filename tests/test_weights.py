@@ -244,17 +244,46 @@ def test_legacy_bin_weights_when_there_are_no_safetensors(fake_hub):
     assert set().union(*hub.fetched) == BASE | {"vae/config.json", "vae/diffusion_pytorch_model.bin"}
 
 
-def test_a_transformer_pipeline_is_refused_before_any_weight_is_fetched(fake_hub):
+def test_a_pipeline_r0kit_does_not_sample_is_refused_before_any_weight_is_fetched(fake_hub):
     from r0kit.diffusion import load
 
-    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "text_encoder_2": ["transformers", "T5EncoderModel"],
-             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
+    index = {"_class_name": "SanaSprintPipeline", "transformer": ["diffusers", "SanaTransformer2DModel"],
+             "vae": ["diffusers", "AutoencoderDC"], "text_encoder": ["transformers", "Gemma2Model"],
+             "scheduler": ["diffusers", "SCMScheduler"]}
     hub = fake_hub(files=["model_index.json", "transformer/diffusion_pytorch_model.safetensors",
-                          "text_encoder_2/model.safetensors"], index=index)
-    with pytest.raises(WeightsError, match="FluxTransformer2DModel transformer"):
-        load("black-forest-labs/FLUX.1-schnell", device="cpu")
+                          "text_encoder/model.safetensors"], index=index)
+    with pytest.raises(WeightsError, match="has a SanaTransformer2DModel"):
+        load("Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers", device="cpu")
     assert hub.fetched == [{"model_index.json"}]
+
+
+SD3_INDEX = {
+    "_class_name": "StableDiffusion3Pipeline",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "transformer": ["diffusers", "SD3Transformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+    **{f"text_encoder{s}": ["transformers", c] for s, c in (("", "CLIPTextModelWithProjection"),
+                                                            ("_2", "CLIPTextModelWithProjection"), ("_3", "T5EncoderModel"))},
+    **{f"tokenizer{s}": ["transformers", c] for s, c in (("", "CLIPTokenizer"), ("_2", "CLIPTokenizer"), ("_3", "T5TokenizerFast"))},
+}
+SD3_FILES = ["model_index.json", "scheduler/scheduler_config.json", "transformer/config.json",
+             "transformer/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+             *(f"text_encoder{s}/{f}" for s in ("", "_2", "_3") for f in ("config.json", "model.safetensors")),
+             *(f"tokenizer{s}/tokenizer_config.json" for s in ("", "_2", "_3"))]
+
+
+@pytest.mark.parametrize("drop_t5", [False, True])
+def test_sd3_fetches_its_t5_only_when_it_is_loaded(fake_hub, drop_t5):
+    """T5-XXL is 9.5 GB of weights: drop_t5 neither fetches nor loads it."""
+    from r0kit.diffusion import load
+
+    hub = fake_hub(files=SD3_FILES, index=SD3_INDEX)
+    with pytest.raises(WeightsError, match="scheduler|cannot load component"):  # the fake files hold no weights
+        load("stabilityai/stable-diffusion-3-medium-diffusers", device="cpu", drop_t5=drop_t5)
+    got = set().union(*hub.fetched)
+    t5 = {f for f in SD3_FILES if f.startswith(("text_encoder_3/", "tokenizer_3/"))}
+    assert {"transformer/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors"} <= got
+    assert (got & t5 == set()) if drop_t5 else (t5 <= got)
 
 
 def test_offline_with_nothing_cached_names_the_fix(tmp_path, monkeypatch):

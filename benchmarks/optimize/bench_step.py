@@ -31,6 +31,17 @@ Modes
 
         python benchmarks/optimize/bench_step.py --mode gpu
 
+``--arch sd3-medium`` / ``--arch flux-schnell``
+    the rectified-flow transformers at their real size (2.0B and 12B parameters,
+    16-channel VAE; one-layer text-encoder stand-ins with the real widths, see
+    ``r0kit.testing.pipelines.architecture_model``), bfloat16, one step, at each
+    ``--size`` (comma-separated, e.g. ``512,1024``). Only the ``r0kit`` provider:
+    the by-hand loop is the UNet's. On the CPU, ``--arch tiny-sd3`` / ``tiny-flux``
+    run the tiny pipelines::
+
+        python benchmarks/optimize/bench_step.py --mode gpu --arch sd3-medium --size 512,1024
+        python benchmarks/optimize/bench_step.py --mode gpu --arch flux-schnell --size 512,1024
+
 On the CPU the step time is the process's CPU time (``time.process_time``), with
 one torch thread by default, so that other jobs on a shared machine do not drown
 a few-percent difference; on CUDA it is wall time after a synchronize.
@@ -143,7 +154,7 @@ def sd_turbo_size_model(device: str, dtype: torch.dtype) -> DiffusionModel:
         m.requires_grad_(False).eval().to(dev, dtype)
         parts.append(m)
     return DiffusionModel(
-        unet=unet, vae=vae, text_encoders=[text], tokenizers=[tok], scheduler=sched, kind="sd", dtype=dtype, device=dev,
+        backbone=unet, vae=vae, text_encoders=[text], tokenizers=[tok], scheduler=sched, kind="sd", dtype=dtype, device=dev,
         source="sd-turbo-size (random weights)",
     )
 
@@ -337,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=None, help="timed iterations per round")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds of both providers")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--size", type=int, default=None, help="image size (cpu 32, gpu 512)")
+    p.add_argument("--size", default=None, help="image sizes, comma-separated (cpu 32, gpu 512)")
+    p.add_argument("--arch", default=None, choices=["tiny", "tiny-sd3", "tiny-flux", "sd-turbo", "sd3-medium", "flux-schnell"],
+                   help="the model (default: sd-turbo on gpu, tiny on cpu)")
     p.add_argument("--checkpointing", choices=["off", "on", "both"], default=None, help="UNet + VAE-decode checkpointing (gpu default: both)")
     p.add_argument("--providers", default="r0kit,torch")
     p.add_argument("--threads", type=int, default=1, help="cpu mode: torch threads (1 keeps a shared machine's noise down)")
@@ -351,17 +364,32 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if gpu else "cpu"
     if not gpu:
         torch.set_num_threads(args.threads)
-    dtype = torch.float16 if gpu else torch.float32
-    size = args.size or (512 if gpu else 32)
+    arch = args.arch or ("sd-turbo" if gpu else "tiny")
+    flow = arch in ("sd3-medium", "flux-schnell", "tiny-sd3", "tiny-flux")
+    dtype = (torch.bfloat16 if flow else torch.float16) if gpu else torch.float32
+    sizes = [int(v) for v in (args.size or ("512" if gpu else "32")).split(",")]
     iters = args.iters or (10 if gpu else 6)
     rounds = args.rounds or (2 if gpu else 4)
     ckpts = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing or ("both" if gpu else "off")]
     providers = [s.strip() for s in args.providers.split(",") if s.strip()]
+    if flow and "torch" in providers:
+        if args.providers != p.get_default("providers"):
+            p.error("--providers torch is the UNet's by-hand loop; the flow architectures run the r0kit provider")
+        providers = ["r0kit"]
     fns = {"r0kit": run_r0kit, "torch": run_torch}
 
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="r0kit-bench-"))
-    model = sd_turbo_size_model(device, dtype) if gpu else cpu_model(tmp, device)
+    if arch in ("sd3-medium", "flux-schnell"):
+        from r0kit.testing.pipelines import architecture_model
+
+        model = architecture_model(arch, device=device, dtype=dtype, max_sequence_length=256)
+    elif arch in ("tiny-sd3", "tiny-flux"):
+        from r0kit.testing.pipelines import build_tiny_pipeline
+
+        model = load(str(build_tiny_pipeline(tmp / arch, arch[5:])), device=device, dtype="float32")
+    else:
+        model = sd_turbo_size_model(device, dtype) if gpu else cpu_model(tmp, device)
     rewards, reward_label = make_rewards(args.rewards or ("auto" if gpu else "analytic"), device, dtype)
     prompts = [f"object {i}" for i in range(args.batch)]
     print(f"bench: setup {time.perf_counter() - t0:.1f}s on {_device_name(device)}; rewards {reward_label}", file=sys.stderr)
@@ -370,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     rows = []
-    for ckpt in ckpts:
+    for size, ckpt in ((sz, ck) for sz in sizes for ck in ckpts):
         times: dict[str, list[float]] = {k: [] for k in providers}
         peaks: dict[str, float] = {k: 0.0 for k in providers}
         for r in range(rounds):
@@ -387,12 +415,12 @@ def main(argv: list[str] | None = None) -> int:
                 "device": _device_name(device),
                 "mode": args.mode,
                 "provider": name,
-                "model": model.source if gpu else "tiny random-weight SD (r0kit.testing.pipelines)",
+                "model": model.source if gpu else f"tiny random-weight {arch} (r0kit.testing.pipelines)",
                 "size": size,
                 "batch": args.batch,
                 "sampler_steps": 1,
                 "dtype": str(dtype).replace("torch.", ""),
-                "checkpointing": "unet+vae" if ckpt else "off",
+                "checkpointing": "backbone+vae" if ckpt else "off",
                 "rewards": reward_label,
                 "iters": len(times[name]),
                 "clock": "wall" if gpu else "process cpu time",
@@ -409,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows.append(row)
             print(
-                f"{name:6s} ckpt={row['checkpointing']:8s} p50 {med * 1e3:8.1f} ms  (p20 {row['p20_s'] * 1e3:.1f}, "
+                f"{arch} {size}px {name:6s} ckpt={row['checkpointing']:8s} p50 {med * 1e3:8.1f} ms  (p20 {row['p20_s'] * 1e3:.1f}, "
                 f"p80 {row['p80_s'] * 1e3:.1f})  peak {row['peak_gb']:.2f} GB  overhead {row['overhead_vs_torch_pct']}%"
             )
     if not args.no_csv:

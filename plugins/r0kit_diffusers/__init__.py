@@ -7,16 +7,22 @@
 ``noise``
     The initial noise ``z`` is the parameter, pushed through a frozen few-step
     sampler (SD-Turbo, SDXL-Turbo, or any Stable Diffusion / SDXL pipeline with
-    any diffusers scheduler and 1–4 steps). The image is differentiable with
-    respect to the noise; this is the ReNO parameterization.
+    any diffusers scheduler and 1–4 steps; FLUX.1-schnell, SD3.5-Large-Turbo or
+    any SD3/FLUX.1 pipeline). The image is differentiable with respect to the
+    noise; this is the ReNO parameterization.
 
-Sampling follows r0kit's one few-step rule (:mod:`r0kit.diffusion`): trailing
-timesteps from the top of the schedule, ``x_T = c·z`` as the pipeline's
-scheduler scales ``latents``, and the deterministic first-order step. The same
-``z`` given as ``latents`` to a diffusers pipeline whose scheduler is
-``generator.schedule.scheduler`` gives the same image. Guidance follows
-diffusers too: classifier-free guidance only for ``guidance > 1``, so the
-``guidance_scale=0`` of the turbo models' documentation means no guidance.
+Sampling follows r0kit's one few-step rule (:mod:`r0kit.diffusion`), the same
+for both model families: trailing timesteps from the top of the schedule (for
+rectified flow ``t = 1 − i/K`` through the scheduler's shift, dynamic for
+FLUX.1-dev), ``x_T = c·z`` as the pipeline's scheduler scales ``latents``, and
+the deterministic first-order step. The same ``z`` given as ``latents`` (packed
+2×2 for FLUX) to a diffusers pipeline whose scheduler is
+``generator.schedule.scheduler``, with ``**generator.schedule.pipeline_kwargs``,
+gives the same image. Guidance follows diffusers too: classifier-free guidance
+only for ``guidance > 1``, so the ``guidance_scale=0`` of the turbo models'
+documentation means no guidance; for FLUX.1 ``guidance`` is the embedded
+guidance of a guidance-distilled transformer (FLUX.1-dev), as ``FluxPipeline``'s
+``guidance_scale`` is.
 
 Both load through :func:`r0kit.diffusion.load` (a hub id or a pipeline folder,
 resolved by :mod:`r0kit.weights`) and accept an already loaded
@@ -116,7 +122,9 @@ class NoiseGenerator(_Base):
     :param negative_prompt: the unconditional prompt when ``guidance > 1``.
     :param dtype: ``float32``, ``float16`` or ``bfloat16`` for the networks; the noise stays float32.
     :param variant: the weights variant to fetch and load (``"fp16"``), see :func:`r0kit.diffusion.load`.
-    :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` the same for the decode.
+    :param gradient_checkpointing: backbone gradient checkpointing; ``vae_checkpointing`` the same for the decode.
+    :param drop_t5: SD3/SD3.5 without their T5 encoder (zeros instead, as ``text_encoder_3=None`` in diffusers).
+    :param max_sequence_length: T5 prompt tokens of an SD3 or FLUX.1 model (default diffusers': 256 / 512).
     """
 
     name = "noise"
@@ -142,6 +150,8 @@ class NoiseGenerator(_Base):
         vae_tiling: bool = False,
         revision: str | None = None,
         variant: str | None = None,
+        drop_t5: bool = False,
+        max_sequence_length: int | None = None,
     ):
         _check_size("noise", height, width)
         n = len(timesteps) if timesteps is not None else steps
@@ -154,7 +164,7 @@ class NoiseGenerator(_Base):
         super().__init__(height, width)
         self.model = _load(
             model,
-            ("unet", "vae", "text"),
+            ("backbone", "vae", "text"),
             dtype=dtype,
             vae_dtype=vae_dtype,
             device=device,
@@ -166,9 +176,11 @@ class NoiseGenerator(_Base):
             vae_checkpointing=vae_checkpointing,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
+            drop_t5=drop_t5,
+            max_sequence_length=max_sequence_length,
         )
         self.model.latent_shape(height, width)  # validates the size against the VAE factor
-        self.schedule = self.model.schedule(None if timesteps is not None else steps, timesteps)
+        self.schedule = self.model.schedule(None if timesteps is not None else steps, timesteps, height=height, width=width)
         self.timesteps = self.schedule.timesteps
         self.guidance = float(guidance)
         self.negative_prompt = negative_prompt
@@ -184,7 +196,7 @@ class NoiseGenerator(_Base):
         self._cond = m.encode_prompts(self.prompts, height=self.height, width=self.width)
         self._uncond = (
             m.encode_negative(len(prompts), self.negative_prompt, height=self.height, width=self.width)
-            if uses_cfg(self.guidance, m.unet)
+            if uses_cfg(self.guidance, m.backbone)
             else None
         )
 
@@ -209,6 +221,7 @@ class LatentGenerator(_Base):
         from the seed's noise (loads the UNet and text encoders too), by the noise generator's rule.
     :param guidance: classifier-free guidance scale of the ``"pipeline"`` init, ``>= 0``; only
         a scale ``> 1`` runs the unconditional pass.
+    :param drop_t5, max_sequence_length: as for ``noise`` (the ``"pipeline"`` init of an SD3 or FLUX.1 model).
     """
 
     name = "latent"
@@ -231,6 +244,8 @@ class LatentGenerator(_Base):
         vae_tiling: bool = False,
         revision: str | None = None,
         variant: str | None = None,
+        drop_t5: bool = False,
+        max_sequence_length: int | None = None,
     ):
         _check_size("latent", height, width)
         if init not in ("noise", "pipeline"):
@@ -239,7 +254,7 @@ class LatentGenerator(_Base):
             raise OptionError(f"latent: init_scale must be a number >= 0, got {init_scale!r}")
         _check_guidance("latent", guidance)
         super().__init__(height, width)
-        comps = ("unet", "vae", "text") if init == "pipeline" else ("vae",)
+        comps = ("backbone", "vae", "text") if init == "pipeline" else ("vae",)
         self.model = _load(
             model,
             comps,
@@ -252,10 +267,11 @@ class LatentGenerator(_Base):
             vae_checkpointing=vae_checkpointing,
             vae_slicing=vae_slicing,
             vae_tiling=vae_tiling,
+            **(dict(drop_t5=drop_t5, max_sequence_length=max_sequence_length) if init == "pipeline" else {}),
         )
         self.model.latent_shape(height, width)
         self.init, self.init_scale, self.guidance = init, float(init_scale), float(guidance)
-        self.schedule = self.model.schedule(steps) if init == "pipeline" else None
+        self.schedule = self.model.schedule(steps, height=height, width=width) if init == "pipeline" else None
         self.timesteps = self.schedule.timesteps if self.schedule is not None else None
 
     def prepare(self, prompts: list[str], seed: int) -> None:
@@ -265,7 +281,7 @@ class LatentGenerator(_Base):
         if self.init == "pipeline":
             with torch.no_grad():
                 cond = m.encode_prompts(self.prompts, height=self.height, width=self.width)
-                uncond = m.encode_negative(len(prompts), height=self.height, width=self.width) if uses_cfg(self.guidance, m.unet) else None
+                uncond = m.encode_negative(len(prompts), height=self.height, width=self.width) if uses_cfg(self.guidance, m.backbone) else None
                 z = m.unroll(noise, cond, self.schedule, guidance_scale=self.guidance, uncond=uncond).latents.float()  # type: ignore[arg-type]
         else:
             z = noise * self.init_scale
@@ -286,6 +302,6 @@ def r0kit_register_generators(register):
     register(
         "noise",
         NoiseGenerator,
-        description="initial noise of a frozen few-step diffusers pipeline (ReNO; SD-Turbo, SDXL-Turbo, SD/SDXL 1-4 steps)",
+        description="initial noise of a frozen few-step diffusers pipeline (ReNO; SD-Turbo, SDXL-Turbo, FLUX.1-schnell, SD3.5-Turbo)",
     )
     register("latent", LatentGenerator, description="VAE latent of a diffusers pipeline; the image is its decode")

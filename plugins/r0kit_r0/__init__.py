@@ -1,15 +1,17 @@
 """R0: a trainable K-step generator (``kstep``) and the ``weight_l2`` regularizer.
 
 ``kstep``
-    A pretrained diffusers UNet model (SD 1.x/2.x, SD-Turbo, SDXL) unrolled for
-    K steps (4 by default) from pure noise. Each step predicts ``x̂₀`` and moves
-    to the next noise level with
+    A pretrained diffusers model unrolled for K steps (4 by default) from pure
+    noise: a UNet (SD 1.x/2.x, SD-Turbo, SDXL) or a rectified-flow transformer
+    (SD3/SD3.5, FLUX.1). Each step predicts ``x̂₀`` and moves to the next noise
+    level with
 
     ``x_{t'} = α' x̂₀ + σ' (√(1 − η²) ε̂ + η ξ)``
 
-    where ``η`` is drawn per sample and per step from ``U[eta_min, eta_max]``
-    while training (R0's random-η regularization) and is 0 when evaluating.
-    The UNet is trained by LoRA (peft, on the attention projections) or in full.
+    (``α' = 1 − t'``, ``σ' = t'`` for rectified flow) where ``η`` is drawn per
+    sample and per step from ``U[eta_min, eta_max]`` while training (R0's
+    random-η regularization) and is 0 when evaluating. The network is trained by
+    LoRA (peft, on the attention projections) or in full.
     Options select truncated back-propagation through the last ``backprop_steps``
     steps and R0+ intermediate supervision: a random step ``j`` is picked, the
     path before it runs without autograd (stop-gradient), and the image is the
@@ -43,12 +45,15 @@ from typing import Any, Literal, Sequence
 import torch
 
 import r0kit
+from r0kit.diffusion import LORA_TARGETS as _LORA_TARGETS
 from r0kit.diffusion import trailing_timesteps  # noqa: F401  (the spacing kstep samples with; re-exported)
 from r0kit.errors import InputError, OptionError, WeightsError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-#: The UNet attention projections LoRA adapts by default.
-LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+#: The UNet attention projections LoRA adapts by default (:data:`r0kit.diffusion.LORA_TARGETS`).
+LORA_TARGETS: tuple[str, ...] = _LORA_TARGETS["vp"]
+#: The SD3/FLUX transformer attention projections LoRA adapts by default, joint attention's text stream included.
+FLOW_LORA_TARGETS: tuple[str, ...] = _LORA_TARGETS["flow"]
 #: Written beside an exported generator; describes how to sample it.
 EXPORT_META = "kstep.json"
 
@@ -75,13 +80,15 @@ class KStepGenerator:
     :param eta: ``[min, max]`` of the per-sample, per-step ``η`` drawn while training.
     :param train: ``"lora"``, ``"full"``, or ``"none"`` (frozen: evaluation and baselines).
     :param lora_rank: LoRA rank; ``lora_alpha`` defaults to the rank (scale 1).
-    :param lora_targets: module-name suffixes LoRA adapts (the attention projections).
+    :param lora_targets: module-name suffixes LoRA adapts (default the attention projections:
+        :data:`LORA_TARGETS` for a UNet, :data:`FLOW_LORA_TARGETS` for a transformer).
     :param lora_weights: a folder or ``.safetensors`` file of LoRA weights to load (an export).
     :param backprop_steps: back-propagate through the last this-many steps only (truncated backprop).
     :param intermediate_supervision: R0+: decode ``x̂₀`` of a random step, no gradient before it.
     :param gradient_checkpointing: UNet gradient checkpointing; ``vae_checkpointing`` for the decode.
     :param init_seed: seeds the LoRA initialization, so a rebuilt generator starts identical.
     :param variant: the weights variant to fetch and load (``"fp16"``), see :func:`r0kit.diffusion.load`.
+    :param drop_t5, max_sequence_length: an SD3 model without its T5; the T5 prompt length (see :func:`r0kit.diffusion.load`).
     """
 
     name = "kstep"
@@ -97,7 +104,7 @@ class KStepGenerator:
         train: Literal["lora", "full", "none"] = "lora",
         lora_rank: int = 16,
         lora_alpha: float | None = None,
-        lora_targets: Sequence[str] = LORA_TARGETS,
+        lora_targets: Sequence[str] | None = None,
         lora_weights: str | None = None,
         backprop_steps: int | None = None,
         intermediate_supervision: bool = False,
@@ -109,6 +116,8 @@ class KStepGenerator:
         init_seed: int = 0,
         revision: str | None = None,
         variant: str | None = None,
+        drop_t5: bool = False,
+        max_sequence_length: int | None = None,
     ):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise OptionError(f"kstep: steps (K) must be an int >= 1, got {steps!r}")
@@ -127,7 +136,6 @@ class KStepGenerator:
         self.intermediate_supervision = bool(intermediate_supervision)
         self.lora_rank = lora_rank
         self.lora_alpha = float(lora_alpha if lora_alpha is not None else lora_rank)
-        self.lora_targets = tuple(lora_targets)
         self.init_seed = int(init_seed)
         self.model = _load(
             model,
@@ -138,13 +146,16 @@ class KStepGenerator:
             variant=variant,
             gradient_checkpointing=gradient_checkpointing,
             vae_checkpointing=vae_checkpointing,
+            drop_t5=drop_t5,
+            max_sequence_length=max_sequence_length,
         )
         self.source = self.model.source
-        self.unet = self.model.unet  # the unwrapped module (config, names, export)
+        self.unet = self.model.unet  # the unwrapped denoising network, UNet or transformer (config, names, export)
+        self.lora_targets = tuple(lora_targets if lora_targets is not None else _LORA_TARGETS[self.model.family])
         self.latent_shape = self.model.latent_shape(height, width)
         if timesteps is not None and len(timesteps) != steps:
             raise OptionError(f"kstep: {len(timesteps)} timesteps given for steps={steps}; give exactly K of them")
-        self.schedule = self.model.schedule(steps, None if timesteps is None else list(timesteps))
+        self.schedule = self.model.schedule(steps, None if timesteps is None else list(timesteps), height=height, width=width)
         self.timesteps = self.schedule.timesteps
         self.training = train != "none"
 
@@ -192,27 +203,40 @@ class KStepGenerator:
             raise WeightsError(f"kstep: lora_weights {str(p)!r} does not exist; pass an exported folder or its .safetensors file")
         try:
             folder, name = (p, "pytorch_lora_weights.safetensors") if p.is_dir() else (p.parent, p.name)
-            self.unet.load_lora_adapter(str(folder), weight_name=name, prefix="unet", adapter_name="default", use_safetensors=True)
+            prefix = "unet" if self.model.family == "vp" else "transformer"  # the key prefix of diffusers' LoRA files
+            self.unet.load_lora_adapter(str(folder), weight_name=name, prefix=prefix, adapter_name="default", use_safetensors=True)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise WeightsError(f"kstep: cannot load the LoRA weights in {str(p)!r}: {str(exc).splitlines()[0]}") from None
         self.unet.requires_grad_(False)
 
     def parameters(self) -> list[torch.Tensor]:
-        return [p for _, p in self._trainable]
+        return [p for _, p in self.named_parameters()]
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """The trainable tensors with their UNet parameter names (checkpoint keys)."""
+        """The trainable tensors with their network parameter names (checkpoint keys): under FSDP2 the
+        sharded parameters the optimizer steps (FSDP swaps whole ones in while the network runs)."""
         return list(self._trainable)
 
     def weight_reference(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(θ, θ₀)``: the trainable tensors and their values when the generator was built."""
-        if not self._trainable:
+        if self.train_mode == "none":
             raise OptionError("weight_l2: the kstep generator has no trainable weights (train='none')")
         return self.parameters(), self._reference
 
     def set_forward_module(self, module: torch.nn.Module) -> None:
-        """Run the UNet through ``module`` (a DDP/FSDP wrapper of it from ``accelerator.prepare``)."""
-        self.model.unet = module
+        """Run the network through ``module`` (a DDP/FSDP wrapper of it from ``accelerator.prepare``).
+
+        Under FSDP2 the parameters are sharded ``DTensor`` s from then on; θ₀ of ``weight_l2`` is
+        sharded the same way (its local shards, no communication), so ``θ − θ₀`` stays elementwise.
+        """
+        from r0kit.sharding import is_sharded, shard_like
+
+        self.model.set_forward_module(module)
+        registered = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
+        if any(is_sharded(p) for _, p in registered) and not any(is_sharded(p) for p in self.parameters()):
+            # prepare has just sharded them (later, a forward swaps whole ones in: keep the sharded handles)
+            self._trainable = registered
+            self._reference = [shard_like(r, p) for r, p in zip(self._reference, self.parameters())]
 
     def train(self, mode: bool = True) -> KStepGenerator:
         """Training mode draws random η (and the R0+ step); evaluation mode uses η = 0 and all K steps."""
@@ -228,7 +252,7 @@ class KStepGenerator:
             "model": self.source,
             "kind": self.model.kind,
             "steps": self.steps,
-            "timesteps": [int(t) for t in self.timesteps.tolist()],
+            "timesteps": self.timesteps.tolist(),  # int (vp) or float 1000·t (flow)
             "height": self.height,
             "width": self.width,
             "eta": list(self.eta_range),
@@ -239,7 +263,13 @@ class KStepGenerator:
             "backprop_steps": self.backprop_steps,
             "intermediate_supervision": self.intermediate_supervision,
             "prediction_type": self.model.prediction_type,
+            **self._flow_options(),
         }
+
+    def _flow_options(self) -> dict[str, Any]:
+        """The text-side options of an SD3/FLUX model (what its conditioning depends on); none for a UNet."""
+        m = self.model
+        return {} if m.family == "vp" else {"drop_t5": not m.has_t5, "max_sequence_length": m.max_sequence_length}
 
     # -- sampling -----------------------------------------------------------------
     def prepare(self, prompts: list[str], seed: int) -> None:
@@ -268,12 +298,17 @@ class KStepGenerator:
         *,
         noise: torch.Tensor | None = None,
         eta: torch.Tensor | float | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> r0kit.Sample:
         """Unroll K steps for ``prompts``; differentiable with respect to :meth:`parameters`.
 
         :param generator: draws ``x_T``, η, ξ and the R0+ step (default: the one seeded by :meth:`prepare`).
         :param noise: an explicit ``x_T`` instead of drawing one.
         :param eta: explicit η (float, ``[K]`` or ``[K, B]``) instead of drawing it.
+        :param shard: ``(rank, world)``: ``prompts`` are rank's part of a global batch of ``world·B``.
+            ``x_T``, η, the R0+ step and the ξ seed are drawn for the global batch from ``generator``
+            (the same stream on every rank) and this rank keeps its rows, so N processes sample what
+            one process samples for the combined batch; ξ itself is drawn from the seed plus the rank.
         """
         if not prompts:
             raise InputError("kstep: sample() needs at least one prompt")
@@ -281,12 +316,16 @@ class KStepGenerator:
         b = len(prompts)
         m = self.model
         k = self.steps
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise InputError(f"kstep: shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        rows = slice(rank * b, (rank + 1) * b)
         if noise is None:
-            noise = self.draw_noise(b, gen)
+            noise = self.draw_noise(world * b, gen)[rows]
         elif noise.shape[0] != b:
             raise InputError(f"kstep: noise has batch {noise.shape[0]} for {b} prompt(s)")
         if eta is None:
-            etas = self.draw_etas(b, gen) if self.training else torch.zeros(k, b)
+            etas = self.draw_etas(world * b, gen)[:, rows].contiguous() if self.training else torch.zeros(k, b)
         else:
             etas = torch.as_tensor(eta, dtype=torch.float32)
             etas = etas.expand(k, b).clone() if etas.dim() == 0 else (etas.view(k, 1).expand(k, b).clone() if etas.dim() == 1 else etas)
@@ -298,7 +337,7 @@ class KStepGenerator:
         elif self.training and self.backprop_steps is not None:
             grad_from = k - self.backprop_steps
         # ξ of every step comes from one seed drawn here, so the sampler's generator is the only state.
-        xi_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        xi_seed = (int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) + rank) % (2**31 - 1)
         cond = m.encode_prompts(list(prompts), height=self.height, width=self.width)
         out = m.unroll(noise, cond, self.schedule.head(last + 1), eta=etas[: last + 1], seed=xi_seed, grad_from_step=grad_from)
         images = m.decode(out.latents)
@@ -322,7 +361,9 @@ class KStepGenerator:
         ``scheduler/``, the scheduler that reproduces the η = 0 sampler
         (:attr:`r0kit.diffusion.SamplingSchedule.scheduler`: Euler or first-order
         DPM-Solver, trailing spacing, so ``num_inference_steps=K`` gives the training
-        timesteps), and :data:`EXPORT_META`.
+        timesteps; for SD3/FLUX ``FlowMatchEulerDiscreteScheduler`` with the model's shift,
+        sampled with the ``sigmas`` :data:`EXPORT_META` holds), and :data:`EXPORT_META`
+        (``usage`` there is the diffusers call).
 
         :param weights: trainable tensors by name to export instead of the current ones (EMA).
         """
@@ -345,7 +386,7 @@ def _load(model: Any, **kw: Any):
         return model
     if not isinstance(model, str) or not model:
         raise OptionError(f"kstep: model must be a hub id, a pipeline folder or a loaded DiffusionModel, got {model!r}")
-    return load(model, components=("unet", "vae", "text"), **kw)
+    return load(model, components=("backbone", "vae", "text"), **kw)
 
 
 def export_scheduler(gen: KStepGenerator):
@@ -356,11 +397,16 @@ def export_scheduler(gen: KStepGenerator):
 def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, torch.Tensor] | None = None) -> Path:
     from r0kit.io import write_json
 
+    from r0kit.sharding import is_sharded
+
     if gen.train_mode == "none":
         raise OptionError("kstep: nothing to export from an untrained generator (train='none')")
+    sharded = any(is_sharded(p) for p in gen.parameters())
+    if sharded and weights is None:
+        raise OptionError("kstep: a sharded (FSDP) generator exports whole tensors: pass weights gathered with r0kit.sharding.full_tensor")
     folder.mkdir(parents=True, exist_ok=True)
     saved = None
-    if weights is not None:
+    if weights is not None and gen.train_mode == "full" and not sharded:
         saved = {n: p.detach().clone() for n, p in gen.named_parameters()}
         _assign(gen, weights)
     try:
@@ -369,34 +415,43 @@ def export_generator(gen: KStepGenerator, folder: Path, *, weights: dict[str, to
         if gen.train_mode == "lora":
             from peft.utils import get_peft_model_state_dict
 
-            state = get_peft_model_state_dict(gen.unet)
+            current = weights if weights is not None else {n: p.detach() for n, p in gen.named_parameters()}
+            state = get_peft_model_state_dict(gen.unet, state_dict=dict(current))  # from tensors, not the (sharded) module
             state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
             pipe_cls = _pipeline_class(m.kind)
             meta = gen.unet.peft_config["default"].to_dict()
             meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+            key = "unet" if m.family == "vp" else "transformer"  # save_lora_weights' argument names
             with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
-                pipe_cls.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=meta)
+                pipe_cls.save_lora_weights(tmp, **{f"{key}_lora_layers": state, f"{key}_lora_adapter_metadata": meta})
                 os.replace(Path(tmp) / "pytorch_lora_weights.safetensors", folder / "pytorch_lora_weights.safetensors")
         else:
-            pipe = _full_pipeline(gen, sched)
+            pipe = _full_pipeline(gen, sched, _unsharded(gen.unet, weights) if sharded else gen.unet)
             pipe.save_pretrained(str(folder), safe_serialization=True)
         sched.save_pretrained(str(folder / "scheduler"))
         info = gen.options()
         sched_cls = type(sched).__name__
+        # what the pipeline takes for the training steps: timesteps (vp) or the unshifted sigmas (flow)
+        (arg, values), = gen.schedule.pipeline_kwargs.items()
+        pipe_name = _pipeline_class(m.kind).__name__
+        extra = f", max_sequence_length={m.max_sequence_length}" if m.family == "flow" else ""
+        no_t5 = ", text_encoder_3=None, tokenizer_3=None" if m.kind == "sd3" and not m.has_t5 else ""
         info.update(
             base_model=gen.source,
             format="lora" if gen.train_mode == "lora" else "pipeline",
+            pipeline=pipe_name,
             scheduler=sched_cls,
             guidance_scale=0.0,
             usage=(
-                "pipe = AutoPipelineForText2Image.from_pretrained(base_model); "
+                f"pipe = {pipe_name}.from_pretrained(base_model); "
                 "pipe.load_lora_weights(folder, weight_name='pytorch_lora_weights.safetensors'); "
                 f"pipe.scheduler = {sched_cls}.from_pretrained(folder, subfolder='scheduler'); "
-                "pipe(prompt, timesteps=timesteps, guidance_scale=0)"
+                f"pipe(prompt, {arg}={arg}, guidance_scale=0{extra})"
                 if gen.train_mode == "lora"
-                else "pipe = AutoPipelineForText2Image.from_pretrained(folder); pipe(prompt, timesteps=timesteps, guidance_scale=0)"
+                else f"pipe = {pipe_name}.from_pretrained(folder{no_t5}); pipe(prompt, {arg}={arg}, guidance_scale=0{extra})"
             ),
         )
+        info[arg] = values
         write_json(folder / EXPORT_META, info)
     finally:
         if saved is not None:
@@ -411,14 +466,33 @@ def _assign(gen: KStepGenerator, weights: dict[str, torch.Tensor]) -> None:
 
 
 def _pipeline_class(kind: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
-    return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    from r0kit.diffusion import PIPELINE_CLASSES
+
+    return getattr(diffusers, PIPELINE_CLASSES[kind])
 
 
-def _full_pipeline(gen: KStepGenerator, sched):
+def _unsharded(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A plain copy of a fully fine-tuned network that FSDP has sharded, from its whole ``weights`` (every
+    parameter) and its buffers (FSDP leaves them whole), built on the meta device and assigned, so no
+    second random initialization is paid for."""
+    with torch.device("meta"):
+        copy = type(net).from_config(net.config)
+    copy.load_state_dict({**{n: b for n, b in net.named_buffers()}, **weights}, strict=True, assign=True)
+    return copy.eval()
+
+
+def _full_pipeline(gen: KStepGenerator, sched, backbone: torch.nn.Module):
     m = gen.model
-    comps: dict[str, Any] = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], unet=gen.unet, scheduler=sched)
+    comps: dict[str, Any] = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], scheduler=sched)
+    if m.family == "flow":
+        comps.update(transformer=backbone, text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
+        if m.kind == "sd3":  # without T5 when it was dropped: text_encoder_3=None loads in diffusers as it did here
+            t5 = m.has_t5
+            comps.update(text_encoder_3=m.text_encoders[2] if t5 else None, tokenizer_3=m.tokenizers[2] if t5 else None)
+        return _pipeline_class(m.kind)(**comps)
+    comps["unet"] = backbone
     if m.kind == "sdxl":
         comps.update(text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
         return _pipeline_class("sdxl")(**comps, force_zeros_for_empty_prompt=m.force_zeros_for_empty_prompt)
@@ -440,6 +514,7 @@ def load_export(folder: str | Path, **overrides: Any) -> KStepGenerator:
     """A frozen :class:`KStepGenerator` from an export folder (LoRA on its base model, or a full pipeline)."""
     info = read_export(folder)
     kw: dict[str, Any] = dict(steps=info["steps"], timesteps=info["timesteps"], height=info["height"], width=info["width"], train="none")
+    kw.update({k: info[k] for k in ("drop_t5", "max_sequence_length") if k in info})
     if info.get("format") == "lora":
         kw.update(model=info["base_model"], lora_weights=str(folder))
     else:
@@ -469,12 +544,21 @@ class WeightL2:
                 f"got {type(generator).__name__}"
             )
         params, refs = ref()
+        from r0kit.sharding import is_sharded
+
+        if any(is_sharded(p) for p in params):  # FSDP2: elementwise on the shards; full_tensor() sums them (all-reduce)
+            partial = sum(((p - r).float() ** 2).sum() for p, r in zip(params, refs))
+            return partial.full_tensor()
         return weight_l2(params, refs, 1.0, accumulate_grad=False)
 
 
 @r0kit.hookimpl
 def r0kit_register_generators(register):
-    register("kstep", KStepGenerator, description="K-step generator from a diffusers UNet model, trainable by LoRA or in full (R0)")
+    register(
+        "kstep",
+        KStepGenerator,
+        description="K-step generator from a diffusers UNet or SD3/FLUX transformer, trainable by LoRA or in full (R0)",
+    )
 
 
 @r0kit.hookimpl

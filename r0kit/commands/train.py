@@ -4,8 +4,10 @@
 ``r0kit train --preset train_tiny`` tries the whole loop on a CPU in seconds, without weights.
 ``--resume latest`` continues from the newest checkpoint under the output folder;
 ``--overwrite`` replaces the run there. Multi-GPU:
-``accelerate launch -m r0kit.cli train --config train.toml``. Every way a run
-ends (Ctrl-C, a NaN, an error) keeps a checkpoint of its last completed step.
+``accelerate launch -m r0kit.cli train --config train.toml`` (DDP), or with an FSDP
+config file (``fsdp_version: 2``) to shard SD3/FLUX-size networks; ``--dry-run`` prints
+the memory a run needs from the model's configs alone. Every way a run ends (Ctrl-C,
+a NaN, an error) keeps a checkpoint of its last completed step.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def add_parser(sub) -> None:
     p.add_argument("--max-steps", type=int_at_least(1), help="stop at this step with a checkpoint (resume later)")
     add_output(p, default=None, what="the output folder (default: the config's)", resume=True)
     p.add_argument("--no-progress", action="store_true", help="no per-step progress line")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="print the memory the run needs (weights, gradients, optimizer state, activations with and without "
+        "checkpointing, per FSDP process count) from the model's configs alone, and exit",
+    )
     p.set_defaults(run=run)
 
 
@@ -86,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None and args.overwrite:
         raise ConfigError("--resume continues the run in the output folder and --overwrite replaces it; give one of them")
     cfg, origins, where = build_config(args)
+    if args.dry_run:  # nothing is written, so the output folder is not checked
+        from r0kit.memory import estimate_training
+
+        check_model(cfg.generator.model, origins.get("generator.model", f"generator.model in {where}"))
+        cfg.generator.model = resolve_tiny_model(cfg.generator.model)
+        print(estimate_training(cfg).table())
+        return 0
     what = origins.get("output", f"output in {where}")
     check_output_dir(cfg.output, what, overwrite=args.overwrite, resume=args.resume is not None, resume_hint="--resume latest")
     device = cfg.generator.model_extra.get("device") if cfg.generator.model_extra else None

@@ -34,11 +34,11 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
         load(str(tmp_path), device="cpu")
 
 
-def test_transformer_pipeline_is_refused_clearly(tmp_path):
+def test_a_transformer_pipeline_r0kit_does_not_sample_is_refused_clearly(tmp_path):
     (tmp_path / "model_index.json").write_text(
-        json.dumps({"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"]})
+        json.dumps({"_class_name": "SanaSprintPipeline", "transformer": ["diffusers", "SanaTransformer2DModel"]})
     )
-    with pytest.raises(WeightsError, match="SD3Transformer2DModel transformer.*UNet pipeline"):
+    with pytest.raises(WeightsError, match="has a SanaTransformer2DModel.*SD3Transformer2DModel.*FluxTransformer2DModel"):
         load(str(tmp_path), device="cpu")
 
 
