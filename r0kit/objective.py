@@ -460,7 +460,22 @@ def reward(name: str, *, label: str = "", **options: Any) -> Term:
 
     entry = get_host().rewards.get(name)
     module = entry.create(**options)
-    return Term("reward", name, module, dict(options), 1.0, label or name, entry.contract, entry.plugin)
+    return Term("reward", name, module, dict(options), 1.0, label or name, instance_contract(module, entry.contract), entry.plugin)
+
+
+def instance_contract(module: Any, registered: RewardContract | None) -> RewardContract | None:
+    """The contract a reward instance declares (its ``contract`` attribute), else the registered one.
+
+    A reward whose input depends on its options (a CLIP model repository brings its own image
+    size and normalization) sets ``contract`` on the instance; the plugin's registered contract
+    describes the defaults.
+    """
+    own = getattr(module, "contract", None)
+    if own is None:
+        return registered
+    if not isinstance(own, RewardContract):
+        raise OptionError(f"the reward's contract attribute is a {type(own).__name__}, not an r0kit.RewardContract")
+    return own
 
 
 def regularizer(name: str, *, label: str = "", **options: Any) -> Term:

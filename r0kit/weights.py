@@ -18,6 +18,67 @@ import torch
 from r0kit.errors import WeightsError
 
 
+#: Models that ship inside the r0kit package, by short name: (folder under the package, what it is).
+#: They resolve before any local path or hub id, are verified against the sha256 sums in the
+#: ``checksums.json`` beside them on first use, and never touch the network.
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "r0kit-mini": ("mini/models/pipeline", "the mini world's text-to-image pipeline (diffusers)"),
+    "r0kit-mini-clip": ("mini/models/clip", "the mini world's CLIP (open_clip layout)"),
+    "r0kit-mini-hps": ("mini/models/hps", "the mini world's preference model (HPS checkpoint)"),
+    "r0kit-mini-aesthetic": ("mini/models/aesthetic", "the mini world's aesthetic predictor (CLIP + MLP head)"),
+    "r0kit-mini-judge": ("mini/models/judge", "the mini world's judge feature network"),
+}
+_VERIFIED: set[str] = set()
+
+
+def builtin_model(name: str | os.PathLike) -> Path | None:
+    """The folder of a built-in model's short name (see :data:`BUILTIN_MODELS`), checksums verified; else ``None``.
+
+    :raises WeightsError: when a file of the folder is missing or does not match its recorded sha256.
+    """
+    entry = BUILTIN_MODELS.get(str(name))
+    if entry is None:
+        return None
+    folder = Path(__file__).resolve().parent / entry[0]
+    if str(name) not in _VERIFIED:
+        verify_checksums(folder, what=f"{name} ({entry[1]})")
+        _VERIFIED.add(str(name))
+    return folder
+
+
+def verify_checksums(folder: Path, *, what: str) -> None:
+    """Check every file ``checksums.json`` (in ``folder`` or its parent) lists under ``folder``.
+
+    :raises WeightsError: naming the file that is missing or differs.
+    """
+    import hashlib
+    import json
+
+    for sums_file in (folder / "checksums.json", folder.parent / "checksums.json"):
+        if sums_file.is_file():
+            break
+    else:
+        raise WeightsError(f"{what}: {str(folder)!r} has no checksums.json; reinstall r0kit")
+    base = sums_file.parent
+    sums = json.loads(sums_file.read_text())
+    mine = {k: v for k, v in sums.items() if (base / k).resolve().is_relative_to(folder.resolve())}
+    if not mine:
+        raise WeightsError(f"{what}: checksums.json lists no file of {str(folder)!r}; reinstall r0kit")
+    for rel, expected in sorted(mine.items()):
+        path = base / rel
+        if not path.is_file():
+            raise WeightsError(f"{what}: {str(path)!r} is missing; reinstall r0kit or rebuild with `python -m r0kit.mini build`")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != expected:
+            raise WeightsError(
+                f"{what}: {str(path)!r} does not match its recorded sha256 (the file is damaged or was replaced); "
+                "reinstall r0kit or rebuild with `python -m r0kit.mini build`"
+            )
+
+
 def is_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -52,13 +113,13 @@ def resolve_file(
     :raises WeightsError: with the missing repository and file and how to fetch them.
     """
     if path is not None:
-        p = Path(path).expanduser()
+        p = builtin_model(path) or Path(path).expanduser()
         if p.is_dir():
             p = p / filename
         if not p.is_file():
             raise WeightsError(f"{what}: the local path {str(p)!r} does not exist or is not a file")
         return p
-    local = Path(repo_id).expanduser()
+    local = builtin_model(repo_id) or Path(repo_id).expanduser()
     if local.is_dir():
         p = local / filename
         if not p.is_file():
@@ -92,7 +153,8 @@ def resolve_repo(
 ) -> Path:
     """Return a local folder for a whole repository (a diffusers or transformers model).
 
-    ``repo_id`` may be a local folder, used as is. Pass ``allow_patterns`` for the files
+    ``repo_id`` may be a built-in model's short name (:data:`BUILTIN_MODELS`) or a local
+    folder, used as is. Pass ``allow_patterns`` for the files
     actually read (a whole repository can hold many checkpoints); a diffusers pipeline
     goes through :func:`resolve_pipeline`, which selects them itself.
     """
@@ -120,7 +182,11 @@ def resolve_repo(
 
 
 def _check_repo_id(repo_id: str, what: str) -> Path | None:
-    """The local folder ``repo_id`` names, ``None`` for a hub id, or :class:`WeightsError` for a missing folder."""
+    """The local folder ``repo_id`` names (a built-in short name or a path), ``None`` for a hub id,
+    or :class:`WeightsError` for a missing folder."""
+    builtin = builtin_model(repo_id)
+    if builtin is not None:
+        return builtin
     local = Path(repo_id).expanduser()
     if local.is_dir():
         return local

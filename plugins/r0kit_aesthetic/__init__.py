@@ -32,7 +32,12 @@ CONTRACT = r0kit.RewardContract(
 
 
 class AestheticScore(torch.nn.Module):
-    """``mlp(normalize(clip_image_embedding(x)))`` per image; the prompts are ignored."""
+    """``mlp(normalize(clip_image_embedding(x)))`` per image; the prompts are ignored.
+
+    :ivar contract: the input the CLIP expects (its image size and normalization).
+    """
+
+    contract: r0kit.RewardContract = CONTRACT
 
     def __init__(self, embed: torch.nn.Module, head: torch.nn.Module) -> None:
         super().__init__()
@@ -61,7 +66,7 @@ def aesthetic_reward(
     """
     from r0kit.backbones.common import require, resolve_device, resolve_dtype
     from r0kit.backbones.heads import ScoreMLP
-    from r0kit.backbones.hf_clip import ClipImageEmbedding, load_clip
+    from r0kit.backbones.hf_clip import ClipImageEmbedding, image_contract, load_clip
     from r0kit.weights import load_state_dict, resolve_file
 
     what = "the aesthetic reward"
@@ -71,7 +76,9 @@ def aesthetic_reward(
     head = ScoreMLP.from_state_dict(load_state_dict(path), what=what, source=str(path))
     vision = load_clip(clip_model, extra="aesthetic", what=what)
     embed = ClipImageEmbedding(vision, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
-    return AestheticScore(embed, head)
+    out = AestheticScore(embed, head)
+    out.contract = image_contract(vision, clip_model, CONTRACT, what=what)
+    return out
 
 
 @r0kit.hookimpl

@@ -29,8 +29,10 @@ def clip_reward(
 ):
     """Build the reward.
 
-    :param model: an open_clip architecture name.
-    :param pretrained: an open_clip pretrained tag, resolved to its Hugging Face repository.
+    :param model: an open_clip architecture name, or a model repository in open_clip's layout
+        (``open_clip_config.json`` + weights + tokenizer): a folder, ``"hf-hub:org/name"`` or a built-in
+        short name such as ``"r0kit-mini-clip"``; a repository brings its own input size and normalization.
+    :param pretrained: an open_clip pretrained tag, resolved to its Hugging Face repository (ignored for a repository).
     :param checkpoint: a local open_clip checkpoint (file or folder); wins over ``pretrained``.
     :param scale: multiplier of the cosine similarity.
     """

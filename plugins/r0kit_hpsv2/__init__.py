@@ -47,8 +47,11 @@ def hpsv2_reward(
     """Build the reward.
 
     :param version: ``"2.0"`` or ``"2.1"``; picks the hub file.
-    :param checkpoint: a local HPS checkpoint file, or a folder holding the version's file.
-    :param model: the open_clip architecture the checkpoint belongs to (ViT-H-14 for HPS).
+    :param checkpoint: a local HPS checkpoint file, or a folder (or built-in short name) holding the version's file.
+    :param model: the open_clip architecture the checkpoint belongs to (ViT-H-14 for HPS), or a model
+        repository in open_clip's layout (a folder, ``"hf-hub:org/name"`` or a built-in short name such as
+        ``"r0kit-mini-clip"``) that gives the architecture, tokenizer, input size and normalization; the
+        weights still come from the HPS checkpoint, and the resize follows HPS's own preprocessing.
     """
     from r0kit.backbones.openclip import open_clip_score
     from r0kit.weights import resolve_file
@@ -72,6 +75,7 @@ def hpsv2_reward(
         device=device,
         gradient_checkpointing=gradient_checkpointing,
         resolve_checkpoint=resolve,
+        contract_resize_from_model=False,
     )
 
 

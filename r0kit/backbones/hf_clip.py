@@ -34,7 +34,11 @@ TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer_config.json", "special
 
 def model_folder(repo: str | os.PathLike, *, what: str) -> Path:
     """A local folder holding ``config.json`` and the weights (safetensors preferred, else ``pytorch_model.bin``)."""
-    folder = resolve_repo(str(repo), allow_patterns=["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"], what=what)
+    folder = resolve_repo(
+        str(repo),
+        allow_patterns=["config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
+        what=what,
+    )
     has_weights = any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
     if not (folder / "config.json").is_file():
         raise WeightsError(f"{what}: {str(repo)!r} has no config.json; it must be a transformers CLIP model folder or repository")
@@ -57,6 +61,25 @@ def load_clip(repo: str | os.PathLike, *, extra: str, what: str) -> torch.nn.Mod
     if bad:
         raise WeightsError(f"{what}: the checkpoint in {str(folder)!r} does not fill the CLIP model: {sorted(bad)[:6]}")
     return model
+
+
+def image_contract(model: torch.nn.Module, repo: str | os.PathLike, base: Any, *, what: str) -> Any:
+    """``base`` (a RewardContract) with the model's input size, and the mean and std of the
+    ``preprocessor_config.json`` beside its weights when there is one (CLIPImageProcessor's keys)."""
+    import dataclasses
+    import json
+
+    changes: dict[str, Any] = {"size": int(model.config.vision_config.image_size)}
+    pre = model_folder(repo, what=what) / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            cfg = json.loads(pre.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise WeightsError(f"{what}: {str(pre)!r} cannot be read ({exc})") from None
+        for key, field_name in (("image_mean", "mean"), ("image_std", "std")):
+            if key in cfg:
+                changes[field_name] = tuple(float(v) for v in cfg[key])
+    return dataclasses.replace(base, **changes)
 
 
 def load_clip_tokenizer(repo: str | os.PathLike, *, extra: str, what: str):

@@ -5,18 +5,29 @@ model; they differ in the weights and the scale (CLIP score: 100 by
 convention; HPS: 1, exactly as ``hpsv2``'s scorer computes
 ``image_features @ text_features.T`` on normalized features).
 
+The model is named either by an open_clip architecture (``"ViT-H-14"``) with a
+pretrained tag, or by a model *repository* in open_clip's hub layout
+(``open_clip_config.json`` + ``open_clip_model.safetensors`` [+ tokenizer files]):
+a local folder, a built-in short name such as ``"r0kit-mini-clip"``, or
+``"hf-hub:org/name"``. A repository brings its own architecture, tokenizer and
+preprocessing, so the reward's input contract is read from its
+``preprocess_cfg`` (image size, mean, std, interpolation, resize mode).
+
 Weights resolve through :mod:`r0kit.weights`: an explicit ``checkpoint``
-path, else the open_clip pretrained tag's Hugging Face repository (cache, then
-download). The architecture is built from open_clip's config with no
-download, then the state dict is loaded strictly.
+path, else the repository's weights or the open_clip pretrained tag's Hugging
+Face repository (cache, then download). The architecture is built from
+open_clip's config with no download, then the state dict is loaded strictly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -39,6 +50,10 @@ from r0kit.text import TruncationWarner
 from r0kit.weights import load_state_dict
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+#: What a model repository in open_clip's hub layout holds (fetched together, nothing else).
+REPO_FILES = [OPEN_CLIP_CONFIG, *OPEN_CLIP_FILES, "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+              "special_tokens_map.json", "spiece.model"]
 
 
 def import_open_clip(extra: str, what: str):
@@ -55,6 +70,79 @@ def _quiet_open_clip():
         yield
     finally:
         logger.setLevel(level)
+
+
+def repository(model_name: str, *, what: str) -> Path | None:
+    """The local folder of a model repository in open_clip's hub layout, or ``None`` for an architecture name.
+
+    ``model_name`` is a repository when it is ``"local-dir:PATH"``, ``"hf-hub:org/name"``
+    (resolved by :func:`r0kit.weights.resolve_repo`: cache, then download), a built-in
+    short name, or a folder holding ``open_clip_config.json``.
+
+    :raises WeightsError: the folder has no ``open_clip_config.json``.
+    """
+    from r0kit.weights import builtin_model, resolve_repo
+
+    name = str(model_name)
+    if name.startswith("local-dir:"):
+        folder = Path(name.removeprefix("local-dir:")).expanduser()
+    elif name.startswith("hf-hub:"):
+        folder = resolve_repo(name.removeprefix("hf-hub:"), allow_patterns=REPO_FILES, what=what)
+    else:
+        folder = builtin_model(name)
+        if folder is None:
+            candidate = Path(name).expanduser()
+            if not (candidate.is_dir() and (candidate / OPEN_CLIP_CONFIG).is_file()):
+                return None
+            folder = candidate
+    if not (folder / OPEN_CLIP_CONFIG).is_file():
+        raise WeightsError(
+            f"{what}: {str(folder)!r} has no {OPEN_CLIP_CONFIG}; a model repository in open_clip's layout holds "
+            f"{OPEN_CLIP_CONFIG} and {OPEN_CLIP_FILES[0]}"
+        )
+    return folder
+
+
+def repository_config(folder: Path, *, what: str) -> dict[str, Any]:
+    """``open_clip_config.json`` of a repository: ``{"model_cfg": ..., "preprocess_cfg": ...}``."""
+    try:
+        cfg = json.loads((folder / OPEN_CLIP_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{what}: {str(folder / OPEN_CLIP_CONFIG)!r} cannot be read ({exc})") from None
+    if not isinstance(cfg, dict) or "model_cfg" not in cfg:
+        raise WeightsError(f"{what}: {str(folder / OPEN_CLIP_CONFIG)!r} has no model_cfg")
+    return cfg
+
+
+def contract_from_preprocess(preprocess: dict[str, Any], base: RewardContract, *, what: str, resize: bool = True) -> RewardContract:
+    """``base`` with the image size, mean and std (and, with ``resize``, the interpolation and resize
+    mode) of an open_clip ``preprocess_cfg``.
+
+    open_clip's resize modes map to the contract's crops: ``shortest`` (resize the shorter side,
+    center-crop) -> ``"center"``; ``squash`` (resize both sides) -> ``"none"``.
+
+    :raises OptionError: a non-square input size or a resize mode the contract cannot express.
+    """
+    size = preprocess.get("size", base.size)
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise OptionError(f"{what}: the model expects a non-square input {tuple(size)}, which reward contracts do not describe")
+        size = size[0]
+    changes: dict[str, Any] = {"size": int(size)}
+    for key in ("mean", "std"):
+        if key in preprocess:
+            changes[key] = tuple(float(v) for v in preprocess[key])
+    if resize:
+        interp = preprocess.get("interpolation", base.resize)
+        if interp not in ("bilinear", "bicubic", "nearest"):
+            raise OptionError(f"{what}: the model resizes with {interp!r}, which reward contracts do not describe")
+        changes["resize"] = interp
+        mode = preprocess.get("resize_mode", "shortest")
+        crops = {"shortest": "center", "squash": "none"}
+        if mode not in crops:
+            raise OptionError(f"{what}: the model's resize mode {mode!r} is not one of {', '.join(crops)}")
+        changes["crop"] = crops[mode]
+    return dataclasses.replace(base, **changes)
 
 
 def build_open_clip(model_name: str, *, extra: str, what: str, quick_gelu: bool = False) -> torch.nn.Module:
@@ -170,7 +258,10 @@ class OpenClipScore(FrozenScorer):
     :param model: an open_clip ``CLIP`` model with its weights loaded.
     :param tokenizer: open_clip's tokenizer for it.
     :param scale: the multiplier of the cosine similarity.
+    :ivar contract: the input this model expects (set by :func:`open_clip_score`).
     """
+
+    contract: RewardContract | None = None
 
     def __init__(
         self,
@@ -223,15 +314,37 @@ def open_clip_score(
     device: str | torch.device | None = None,
     gradient_checkpointing: bool = False,
     resolve_checkpoint=None,
+    contract_resize_from_model: bool = True,
 ) -> OpenClipScore:
-    """Build, load and freeze an :class:`OpenClipScore`.
+    """Build, load and freeze an :class:`OpenClipScore`; its ``contract`` is the input it expects.
 
-    ``checkpoint`` (a local file or folder) wins over ``pretrained`` (an
-    open_clip tag); ``resolve_checkpoint()``, when given, resolves the default
-    weights lazily (HPS's hub files).
+    ``model_name`` is an open_clip architecture or a model repository (see :func:`repository`).
+    ``checkpoint`` (a local file or folder) wins over the repository's weights, over
+    ``resolve_checkpoint()`` (HPS's hub files, resolved lazily) and over ``pretrained`` (an
+    open_clip tag). A repository's ``preprocess_cfg`` sets the contract's size, mean and std,
+    and, with ``contract_resize_from_model``, its interpolation and crop too.
     """
     open_clip = import_open_clip(extra, what)
     dt, dev = resolve_dtype(dtype), resolve_device(device)  # validate options before any loading
+    repo = repository(model_name, what=what)
+    if repo is not None:
+        cfg = repository_config(repo, what=what)
+        contract = contract_from_preprocess(cfg.get("preprocess_cfg") or {}, contract, what=what, resize=contract_resize_from_model)
+        if checkpoint is not None:
+            path = checkpoint
+        elif resolve_checkpoint is not None:
+            path = resolve_checkpoint()
+        else:
+            path = resolve_first(str(repo), OPEN_CLIP_FILES, what=what)
+        if os.path.isdir(os.path.expanduser(str(path))):
+            path = resolve_first(os.path.expanduser(str(path)), OPEN_CLIP_FILES, what=what)
+        with _quiet_open_clip():
+            model = open_clip.create_model("local-dir:" + str(repo), load_weights=False, output_dict=False)
+        load_open_clip_weights(model, path, state_dict_key=state_dict_key if checkpoint is not None or resolve_checkpoint else None, what=what)
+        tokenizer = open_clip.get_tokenizer("local-dir:" + str(repo))
+        out = OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
+        out.contract = contract
+        return out
     if checkpoint is None and resolve_checkpoint is None and not pretrained:
         raise OptionError(f"{what}: pass pretrained='<open_clip tag>' or checkpoint='/path/to/weights'")
     if open_clip.get_model_config(model_name) is None:
@@ -250,4 +363,6 @@ def open_clip_score(
     model = build_open_clip(model_name, extra=extra, what=what, quick_gelu=quick_gelu)
     load_open_clip_weights(model, path, state_dict_key=state_dict_key, what=what)
     tokenizer = open_clip.get_tokenizer(model_name)
-    return OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
+    out = OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
+    out.contract = contract
+    return out
