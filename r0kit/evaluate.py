@@ -4,18 +4,19 @@ Each *source* is one row of the table:
 
 * an exported kstep generator (a folder with ``kstep.json``: a LoRA on its base
   model, or a full pipeline), sampled in its K steps with η = 0;
-* a diffusers pipeline folder or hub id (the base model), sampled with ``steps``
-  steps of the same deterministic sampler;
+* a diffusers pipeline folder, hub id or built-in short name (the base model),
+  sampled with ``steps`` steps of the same deterministic sampler; ``MODEL@K``
+  samples it in K steps (``r0kit-mini@4 r0kit-mini@25`` puts both in one table);
 * a folder of images, scored as they are (prompts from the PNG ``prompt`` chunk
   or from the prompt file, in sorted file-name order).
 
-Every chosen reward is scored, plus at least one *held-out* reward that was not
-trained on: a rise of the trained rewards with a fall of the held-out ones is
-the signature of reward hacking. Scoring goes through :mod:`r0kit.score`.
-
-FID is not computed: it needs a reference image set and Inception weights, and
-a FID on a few hundred images is not comparable to published numbers; the
-table says so rather than printing a number.
+Every chosen reward is scored, plus *held-out* judges that were not trained on:
+held-out rewards, and *metrics* (``r0kit_register_metrics``) computed over each
+row's whole image set, such as FID (``fid``, Inception-v3 against a reference
+folder) or the mini world's GenEval-style accuracy. A rise of the trained
+rewards with a fall of the held-out judges is the signature of reward hacking.
+Scoring goes through :mod:`r0kit.score`; rewards are shown in R0's table units
+(:data:`DISPLAY`: HPS ×100, CLIP score ×100, ...).
 """
 
 from __future__ import annotations
@@ -30,9 +31,17 @@ import torch
 
 from r0kit.errors import InputError, OptionError
 
-#: Weight-free rewards used as held-out indicators when none is named.
+#: Weight-free rewards used as held-out indicators when no held-out reward or metric is named.
 DEFAULT_HELD_OUT = ("contrast", "colorfulness", "symmetry")
-FID_NOTE = "FID omitted: it needs a reference image set and Inception weights, which r0kit does not load"
+FID_NOTE = "FID omitted: pass --metric fid with -M reference=FOLDER (Inception-v3 weights, see r0kit.metrics)"
+#: Rewards shown in R0's table units: name -> (column title, multiplier) (R0, Table 1).
+DISPLAY: dict[str, tuple[str, float]] = {
+    "hpsv2": ("HPS", 100.0),
+    "aesthetic": ("Aes", 1.0),
+    "clip": ("CLIP score", 1.0),  # the clip reward is already 100·cos
+    "imagereward": ("ImageReward", 1.0),
+    "pickscore": ("PickScore", 1.0),
+}
 
 
 @dataclass
@@ -44,6 +53,8 @@ class EvalRow:
     files: list[str]
     prompts: list[str]
     grid: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    images: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -65,18 +76,35 @@ class Evaluation:
     error: BaseException | None = None
     not_done: list[str] = field(default_factory=list)
 
+    metrics: list[str] = field(default_factory=list)
+
+    def columns(self) -> list[tuple[str, str, float]]:
+        """``(key, title, multiplier)`` of every table column: rewards in R0's units, held-out ones
+        and metric values marked ``*``."""
+        cols = []
+        for r in self.rewards + self.held_out:
+            title, k = DISPLAY.get(r, (r, 1.0))
+            if k != 1.0:
+                title += f" ×{k:g}"
+            cols.append((r, title + ("*" if r in self.held_out else ""), k))
+        for m in self.metrics:
+            cols.append((m, m + "*", 1.0))
+        return cols
+
+    def value(self, row: EvalRow, key: str) -> float:
+        return row.metrics[key] if key in self.metrics else row.means[key]
+
     def table(self):
-        """A rich Table in the shape of the R0 paper's: model | one column per reward."""
+        """A rich Table in the shape of the R0 paper's: model | one column per reward and metric."""
         from rich.table import Table
 
         t = Table(title="evaluation", caption="* held out (not trained on): a reward-hacking indicator")
         t.add_column("model")
-        for r in self.rewards:
-            t.add_column(r, justify="right")
-        for r in self.held_out:
-            t.add_column(r + "*", justify="right")
+        cols = self.columns()
+        for _, title, _ in cols:
+            t.add_column(title, justify="right")
         for row in self.rows:
-            t.add_row(row.label, *(_fmt(row.means[r]) for r in self.rewards + self.held_out))
+            t.add_row(row.label, *(_fmt(self.value(row, key) * k) for key, _, k in cols))
         return t
 
 
@@ -84,10 +112,26 @@ def _fmt(v: float) -> str:
     return "nan" if not math.isfinite(v) else f"{v:.4g}"
 
 
+def parse_source(source: str) -> tuple[str, int | None]:
+    """``"MODEL@K"`` -> ``("MODEL", K)``; any other source -> ``(source, None)``.
+
+    :raises InputError: a ``@`` suffix that is not a positive step count.
+    """
+    base, sep, steps = str(source).rpartition("@")
+    if not sep or Path(str(source)).exists():
+        return str(source), None
+    if not steps.isdigit() or int(steps) < 1:
+        raise InputError(f"{source!r}: the part after '@' must be a number of sampling steps, such as r0kit-mini@4")
+    return base, int(steps)
+
+
 def source_kind(source: str) -> str:
-    """``"generator"`` (an export), ``"base"`` (a pipeline folder or hub id) or ``"images"``."""
+    """``"generator"`` (an export), ``"base"`` (a pipeline folder, hub id or built-in name) or ``"images"``."""
+    from r0kit.weights import BUILTIN_MODELS
     from r0kit_r0 import EXPORT_META
 
+    if source in BUILTIN_MODELS:
+        return "base"
     p = Path(source)
     if p.is_dir() and (p / EXPORT_META).is_file():
         return "generator"
@@ -102,7 +146,8 @@ def source_kind(source: str) -> str:
     raise InputError(f"{source!r} does not exist; pass an exported generator folder, a pipeline folder, a hub id or a folder of images")
 
 
-def _generate(gen, prompts: list[str], seed: int, batch_size: int) -> torch.Tensor:
+def _generate(gen, prompts: list[str], seed: int, batch_size: int, progress: Any = None) -> torch.Tensor:
+    """Image ``i`` from the noise of seed ``seed + i``, whatever the batching."""
     gen.eval()
     out = []
     with torch.no_grad():
@@ -110,7 +155,39 @@ def _generate(gen, prompts: list[str], seed: int, batch_size: int) -> torch.Tens
             ps = prompts[start : start + batch_size]
             noise = gen.noise_for_seeds([seed + start + i for i in range(len(ps))])
             out.append(gen.sample(ps, noise=noise).images.float().cpu())
+            if progress is not None:
+                progress(len(ps))
     return torch.cat(out)
+
+
+def build_metrics(names: Sequence[str], options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Instantiate the registered metrics ``names`` with their options (unknown names and options fail first)."""
+    from r0kit.plugins import get_host
+
+    options = options or {}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise OptionError(f"options given for metric(s) {sorted(unknown)} that are not evaluated; add --metric {sorted(unknown)[0]}")
+    host = get_host()
+    entries = {n: host.metrics.get(n) for n in dict.fromkeys(names)}
+    for n, e in entries.items():
+        e.check_options(options.get(n, {}))
+    return {n: (e, e.create(**options.get(n, {}))) for n, e in entries.items()}
+
+
+def compute_metrics(metrics: dict[str, Any], images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    """Every metric over one image set; each output goes through :func:`r0kit.metrics.check_metric_values`."""
+    from r0kit.metrics import check_images, check_metric_values
+
+    out: dict[str, float] = {}
+    for name, (entry, metric) in metrics.items():
+        check_images(images, prompts, name=name)
+        values = check_metric_values(metric(images, prompts), name=name, plugin=entry.plugin)
+        clash = set(values) & set(out)
+        if clash:
+            raise OptionError(f"metric {name!r} returns {sorted(clash)}, which another metric already returned")
+        out.update(values)
+    return out
 
 
 def evaluate(
@@ -120,32 +197,45 @@ def evaluate(
     rewards: Sequence[str],
     held_out: Sequence[str] = (),
     reward_options: dict[str, dict[str, Any]] | None = None,
+    metrics: Sequence[str] = (),
+    metric_options: dict[str, dict[str, Any]] | None = None,
     output: str | Path = "r0kit-eval",
     steps: int = 25,
     size: int | None = None,
     seed: int = 0,
+    seeds: int = 1,
+    guidance: float = 1.0,
     batch_size: int = 4,
     device: str = "auto",
     labels: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> Evaluation:
-    """Score each source on ``prompts`` with ``rewards`` and the ``held_out`` rewards.
+    """Score each source on ``prompts`` with ``rewards``, the ``held_out`` rewards and the ``metrics``.
 
-    :param held_out: rewards not trained on; when empty, the first weight-free reward
-        of :data:`DEFAULT_HELD_OUT` not among ``rewards`` is used.
-    :param steps: sampling steps for base-model sources (exports use their own K).
-    :param size: image side for base models (exports use their own; default 512).
+    :param held_out: rewards not trained on; when empty and no metric is named, the first
+        weight-free reward of :data:`DEFAULT_HELD_OUT` not among ``rewards`` is used.
+    :param metrics: registered metrics, computed over each row's whole image set.
+    :param steps: sampling steps for base-model sources without ``@K`` (exports use their own K).
+    :param size: image side for base models (exports use their own; default: the model's native size).
+    :param seeds: images per prompt for generated rows (image ``i`` of the row, prompt ``i // seeds``,
+        uses seed ``seed + i``); diversity metrics need 2 or more.
+    :param guidance: classifier-free guidance scale for base models (1 = none; exports sample without).
     """
     from r0kit.score import build_rewards, list_images
 
     if not sources:
         raise OptionError("evaluate needs at least one source (an exported generator, a pipeline or an image folder)")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise OptionError(f"seeds must be a positive integer, got {seeds!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 1:
+        raise OptionError(f"guidance must be a finite number >= 1 (1 = no classifier-free guidance), got {guidance!r}")
     rewards = list(dict.fromkeys(rewards))
     if not rewards:
         raise OptionError("evaluate needs at least one reward (--reward NAME, or --train-config to take its objective's)")
     held = [h for h in dict.fromkeys(held_out) if h not in rewards]
     if held_out and not held:
         raise OptionError(f"the held-out reward(s) {list(held_out)} are all among the trained rewards; hold out another one")
-    if not held:
+    if not held and not metrics:
         held = [next((h for h in DEFAULT_HELD_OUT if h not in rewards), "")]
         if not held[0]:
             raise OptionError("every default held-out reward is trained on; name one with --held-out")
@@ -154,32 +244,41 @@ def evaluate(
     if len(labels) > len(sources):
         raise OptionError(f"got {len(labels)} --label(s) for {len(sources)} source(s); give at most one per source")
     # Every source is checked before any model loads: a bad third source must not cost two samplings.
-    kinds = [source_kind(str(source)) for source in sources]
-    for source, kind in zip(sources, kinds):
+    parsed = [parse_source(str(source)) for source in sources]
+    kinds = [source_kind(src) for src, _ in parsed]
+    for (source, k), kind in zip(parsed, kinds):
+        if k is not None and kind != "base":
+            raise InputError(f"'@{k}' applies to base models only; {source!r} is {'an export' if kind == 'generator' else 'an image folder'}")
         if kind == "images":
             _image_prompts(source, list_images(source), prompts)
         elif prompts is None:
             raise OptionError(f"sampling {str(source)!r} needs prompts: pass --prompts-file")
     terms = build_rewards(names, reward_options)
+    built_metrics = build_metrics(metrics, metric_options)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[EvalRow] = []
     used: set[str] = set()
+    options = dict(steps=steps, size=size, seed=seed, seeds=seeds, guidance=guidance, batch_size=batch_size,
+                   device=device, progress=progress)
     try:
-        for i, source in enumerate(sources):
-            rows.append(_evaluate_source(i, source, kinds[i], labels, used, prompts, names, terms, out,
-                                         steps=steps, size=size, seed=seed, batch_size=batch_size, device=device))
+        for i, (source, src_steps) in enumerate(parsed):
+            rows.append(_evaluate_source(i, source, src_steps, kinds[i], labels, used, prompts, names, terms,
+                                         built_metrics, out, **options))
     except (Exception, KeyboardInterrupt) as exc:
         if not rows:
             raise
         done = len(rows)
-        csv_path, summary = _write_csvs(out, rows, names, held)
-        return Evaluation(rows, rewards, held, csv_path, summary, [FID_NOTE],
-                          interrupted=isinstance(exc, KeyboardInterrupt),
-                          error=None if isinstance(exc, KeyboardInterrupt) else exc,
-                          not_done=[str(s) for s in sources[done:]])
-    csv_path, summary = _write_csvs(out, rows, names, held)
-    return Evaluation(rows, rewards, held, csv_path, summary, [FID_NOTE])
+        return _finish(out, rows, rewards, held, names, interrupted=isinstance(exc, KeyboardInterrupt),
+                       error=None if isinstance(exc, KeyboardInterrupt) else exc, not_done=[str(s) for s in sources[done:]])
+    return _finish(out, rows, rewards, held, names)
+
+
+def _finish(out: Path, rows: list[EvalRow], rewards: list[str], held: list[str], names: list[str], **state: Any) -> Evaluation:
+    metric_keys = list(dict.fromkeys(k for r in rows for k in r.metrics))
+    csv_path, summary = _write_csvs(out, rows, names, held, metric_keys)
+    notes = [] if "fid" in metric_keys else [FID_NOTE]
+    return Evaluation(rows, rewards, held, csv_path, summary, notes, metrics=metric_keys, **state)
 
 
 def _image_prompts(source, files: list[Path], prompts: list[str] | None) -> list[str]:
@@ -200,12 +299,14 @@ def _image_prompts(source, files: list[Path], prompts: list[str] | None) -> list
     return [p or "" for p in found]
 
 
-def _evaluate_source(i, source, kind, labels, used, prompts, names, terms, out, *, steps, size, seed, batch_size, device) -> EvalRow:
-    """One row of the table: sample (or read) the source's images and score them."""
+def _evaluate_source(i, source, src_steps, kind, labels, used, prompts, names, terms, metrics, out, *, steps, size, seed,
+                     seeds, guidance, batch_size, device, progress) -> EvalRow:
+    """One row of the table: sample (or read) the source's images, score them and compute the metrics."""
     from r0kit.outputs import contact_sheet, save_png
     from r0kit.score import list_images, load_image, score_tensor
 
-    label = labels[i] if i < len(labels) else Path(str(source).rstrip("/")).name or str(source)
+    default = Path(str(source).rstrip("/")).name or str(source)
+    label = labels[i] if i < len(labels) else (f"{default}@{src_steps}" if src_steps else default)
     while label in used:
         label += "'"
     used.add(label)
@@ -221,10 +322,12 @@ def _evaluate_source(i, source, kind, labels, used, prompts, names, terms, out, 
             for k in names:
                 scores[k].append(float(v[k][0]))
         file_names = [f.name for f in files]
+        if metrics and images is None:
+            raise InputError(f"{str(source)!r} holds images of different sizes; metrics need one size")
     else:
-        gen = _build_generator(str(source), kind, steps=steps, size=size, device=device)
-        images = _generate(gen, list(prompts), seed, batch_size)
-        row_prompts = list(prompts)
+        gen = _build_generator(str(source), kind, steps=src_steps or steps, size=size, device=device, guidance=guidance)
+        row_prompts = [p for p in prompts for _ in range(seeds)]
+        images = _generate(gen, row_prompts, seed, batch_size, _progress_bar(label, len(row_prompts)) if progress else None)
         folder = out / _safe(label)
         file_names = []
         for j, (img, p) in enumerate(zip(images, row_prompts)):
@@ -236,14 +339,34 @@ def _evaluate_source(i, source, kind, labels, used, prompts, names, terms, out, 
         del gen
     grid = contact_sheet(out / f"grid-{_safe(label)}.png", images[:16]) if images is not None else None
     means = {k: sum(v) / len(v) for k, v in scores.items()}
-    return EvalRow(label, kind, means, scores, file_names, row_prompts, grid)
+    row_metrics = compute_metrics(metrics, images, row_prompts) if metrics else {}
+    return EvalRow(label, kind, means, scores, file_names, row_prompts, grid, row_metrics, images)
+
+
+def _progress_bar(label: str, total: int):
+    """A rich progress bar for one row's sampling; returns ``advance(n)``, closing itself when full."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(f"[bold]sampling {label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    task = bar.add_task(label, total=total)
+    bar.start()
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        bar.update(task, advance=n)
+        if done >= total:
+            bar.stop()
+
+    return advance
 
 
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "model"
 
 
-def _build_generator(source: str, kind: str, *, steps: int, size: int | None, device: str):
+def _build_generator(source: str, kind: str, *, steps: int, size: int | None, device: str, guidance: float = 1.0):
     from r0kit_r0 import KStepGenerator, load_export
 
     if kind == "generator":
@@ -251,11 +374,11 @@ def _build_generator(source: str, kind: str, *, steps: int, size: int | None, de
         if size is not None:
             over.update(height=size, width=size)
         return load_export(source, **over)
-    side = size or 512
-    return KStepGenerator(model=source, steps=steps, height=side, width=side, train="none", device=device).eval()
+    side = {"height": size, "width": size} if size is not None else {}
+    return KStepGenerator(model=source, steps=steps, train="none", device=device, guidance_scale=guidance, **side).eval()
 
 
-def _write_csvs(out: Path, rows: list[EvalRow], names: list[str], held: list[str]) -> tuple[Path, Path]:
+def _write_csvs(out: Path, rows: list[EvalRow], names: list[str], held: list[str], metric_keys: Sequence[str] = ()) -> tuple[Path, Path]:
     from r0kit.io import atomic_path
 
     path = out / "evaluation.csv"
@@ -268,7 +391,84 @@ def _write_csvs(out: Path, rows: list[EvalRow], names: list[str], held: list[str
     summary = out / "summary.csv"
     with atomic_path(summary) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "kind", "images", *[k + ("*" if k in held else "") for k in names]])
+        w.writerow(["model", "kind", "images", *[k + ("*" if k in held else "") for k in names], *metric_keys])
         for row in rows:
-            w.writerow([row.label, row.kind, len(row.files), *(f"{row.means[k]:.6g}" for k in names)])
+            w.writerow(
+                [row.label, row.kind, len(row.files), *(f"{row.means[k]:.6g}" for k in names)]
+                + [f"{row.metrics[k]:.6g}" if k in row.metrics else "" for k in metric_keys]
+            )
     return path, summary
+
+
+def evaluate_training(cfg: Any, export: str | Path, *, progress: bool = False) -> tuple[Evaluation, list[Path]]:
+    """The ``[evaluate]`` table of a training config: the export against its baselines.
+
+    Rewards are the training objective's (with their options). Writes, under
+    ``<output>/evaluation``, the CSVs and grids of :func:`evaluate`, ``before_after.png``
+    (one row per prompt, one column per model, the same noise in every column) and
+    ``curves.png`` (the training reward curves, from ``logs/train.csv``).
+
+    :returns: the evaluation and the extra files written.
+    """
+    from r0kit.config import read_prompts
+    from r0kit.outputs import contact_sheet
+
+    ev = cfg.evaluate
+    prompts = list(ev.prompts) if ev.prompts else read_prompts(ev.prompts_file)
+    rewards, options = [], {}
+    for label, term in cfg.objective.rewards.items():
+        name = term.name or label
+        rewards.append(name)
+        options[name] = dict(term.options)
+    out = Path(cfg.output) / "evaluation"
+    labels = [*(b for b in ev.baselines), f"{Path(cfg.output).name}/export"]
+    result = evaluate(
+        [*ev.baselines, str(export)],
+        prompts,
+        rewards=rewards,
+        held_out=ev.held_out,
+        reward_options=options,
+        metrics=ev.metrics,
+        metric_options=ev.metric_options,
+        output=out,
+        seed=ev.seed,
+        seeds=ev.seeds,
+        guidance=ev.guidance,
+        batch_size=ev.batch_size,
+        device=str(cfg.generator.model_extra.get("device", "auto")) if cfg.generator.model_extra else "auto",
+        labels=labels,
+        progress=progress,
+    )
+    written = []
+    n = min(ev.grid_prompts, len(prompts))
+    idx = [i * ev.seeds for i in range(n)]  # the first seed of each of the first n prompts
+    columns = [r.images[idx] for r in result.rows if r.images is not None]
+    if columns:
+        grid = torch.stack(columns, 1).flatten(0, 1)  # row-major: prompt by prompt, one column per model
+        written.append(contact_sheet(out / "before_after.png", grid, nrow=len(columns)))
+        from r0kit.io import write_text
+
+        write_text(
+            out / "before_after.txt",
+            "columns: " + " | ".join(r.label for r in result.rows if r.images is not None) + "\n"
+            + "".join(f"row {i + 1}: {prompts[i]}\n" for i in range(n)),
+        )
+    log = Path(cfg.output) / "logs" / "train" / "metrics.csv"
+    if log.is_file():
+        written.append(plot_training_curves(log, out / "curves.png", [*rewards, "loss"]))
+    return result, written
+
+
+def plot_training_curves(log_csv: str | Path, path: str | Path, columns: Sequence[str]) -> Path:
+    """The training log's ``columns`` against the step (one panel each), via :func:`r0kit.outputs.plot_curves`."""
+    from r0kit.outputs import plot_curves
+
+    with open(log_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    keep = [c for c in columns if rows and c in rows[0]]
+    history = [
+        {"step": int(float(r["step"])), "values": {c: [float(r[c])] for c in keep if r.get(c) not in (None, "")}}
+        for r in rows
+    ]
+    history = [h for h in history if len(h["values"]) == len(keep)]
+    return plot_curves(path, history, title="R0 training: mean over the batch at each logged step")

@@ -87,3 +87,22 @@ def r0kit_register_generators(register: RegisterComponent) -> None:
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec
+def r0kit_register_metrics(register: RegisterComponent) -> None:
+    """Register evaluation metrics: numbers computed over a *set* of generated images.
+
+    Call ``register(name, factory, description=...)``. ``factory(**options)``
+    returns a callable ``metric(images, prompts) -> dict[str, float]`` where
+    ``images`` is ``[N, 3, H, W]`` float in [0, 1] and ``prompts`` holds one
+    prompt per image (images of the same prompt, drawn with different seeds,
+    repeat it). The returned names become table columns (``"fid"``,
+    ``"accuracy/colour"``, ...). Metrics judge; they are never optimized, so
+    they need no gradient. ``r0kit evaluate --metric NAME`` computes them.
+
+    :param register: the callback that records one metric.
+    :returns: nothing; the return value is ignored.
+
+    .. versionadded:: 0.2
+    """

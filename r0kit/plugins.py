@@ -53,12 +53,15 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "r0kit_aesthetic",
     "r0kit_diffusers",
     "r0kit_r0",
+    "r0kit_fid",
+    "r0kit_mini",
 )
 
 _HOOKS: tuple[tuple[str, str], ...] = (
     ("r0kit_register_rewards", "reward"),
     ("r0kit_register_regularizers", "regularizer"),
     ("r0kit_register_generators", "generator"),
+    ("r0kit_register_metrics", "metric"),
 )
 
 
@@ -90,7 +93,7 @@ def _autoload_disabled() -> bool:
 
 
 class PluginHost:
-    """A plugin manager and the three registries it fills.
+    """A plugin manager and the registries it fills (rewards, regularizers, generators, metrics).
 
     Core code talks to plugins only through this facade.
     """
@@ -118,6 +121,10 @@ class PluginHost:
     @property
     def generators(self) -> Registry:
         return self.registries["generator"]
+
+    @property
+    def metrics(self) -> Registry:
+        return self.registries["metric"]
 
     # -- loading ------------------------------------------------------------
     def load_defaults(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 
 from r0kit.errors import OptionError, PluginError, UnknownNameError
 
-Kind = Literal["reward", "regularizer", "generator"]
+Kind = Literal["reward", "regularizer", "generator", "metric"]
 
 
 @dataclass(frozen=True)

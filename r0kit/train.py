@@ -140,6 +140,33 @@ class EMAConfig(StrictModel):
     decay: float = Field(0.999, gt=0, lt=1, allow_inf_nan=False)
 
 
+class EvaluateConfig(StrictModel):
+    """The ``[evaluate]`` table: after training, compare the export with baselines on held-out prompts.
+
+    The trained rewards (with their options) are scored, plus ``held_out`` rewards and ``metrics``
+    (see :func:`r0kit.evaluate.evaluate`); the table, a before/after grid and the reward curves are
+    written under ``output/evaluation``.
+    """
+
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: Path | None = None
+    baselines: list[str] = Field(default_factory=list, description="base models, MODEL@K for K steps")
+    guidance: float = Field(1.0, ge=1)
+    seeds: int = Field(1, ge=1)
+    seed: int = 1000
+    held_out: list[str] = Field(default_factory=list)
+    metrics: list[str] = Field(default_factory=list)
+    metric_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    batch_size: int = Field(16, ge=1)
+    grid_prompts: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _prompts(self) -> EvaluateConfig:
+        if not self.prompts and self.prompts_file is None:
+            raise ValueError("give prompts = [...] or prompts_file = 'eval.txt' for the evaluation")
+        return self
+
+
 class TrainConfig(StrictModel):
     """A training run (``r0kit train``)."""
 
@@ -163,6 +190,7 @@ class TrainConfig(StrictModel):
     optimizer: TrainOptimizerConfig = TrainOptimizerConfig()
     ema: EMAConfig = EMAConfig()
     objective: ObjectiveConfig
+    evaluate: EvaluateConfig | None = None
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -195,6 +223,8 @@ def load_train_config(path: str | Path) -> TrainConfig:
     base = Path(path).parent
     if cfg.prompts_file is not None and not cfg.prompts_file.is_absolute():
         cfg.prompts_file = base / cfg.prompts_file
+    if cfg.evaluate is not None and cfg.evaluate.prompts_file is not None and not cfg.evaluate.prompts_file.is_absolute():
+        cfg.evaluate.prompts_file = base / cfg.evaluate.prompts_file
     model = Path(cfg.generator.model)
     if not model.is_absolute() and (base / model).exists():
         cfg.generator.model = str(base / model)

@@ -77,6 +77,7 @@ class KStepGenerator:
     :param model: hub id or pipeline folder, or a loaded :class:`~r0kit.diffusion.DiffusionModel`.
     :param steps: K, the number of network evaluations per image.
     :param timesteps: explicit strictly decreasing timesteps (length K); default the trailing spacing.
+    :param height, width: image size in pixels; default the model's native size (UNet sample size × VAE factor).
     :param eta: ``[min, max]`` of the per-sample, per-step ``η`` drawn while training.
     :param train: ``"lora"``, ``"full"``, or ``"none"`` (frozen: evaluation and baselines).
     :param lora_rank: LoRA rank; ``lora_alpha`` defaults to the rank (scale 1).
@@ -89,6 +90,8 @@ class KStepGenerator:
     :param init_seed: seeds the LoRA initialization, so a rebuilt generator starts identical.
     :param variant: the weights variant to fetch and load (``"fp16"``), see :func:`r0kit.diffusion.load`.
     :param drop_t5, max_sequence_length: an SD3 model without its T5; the T5 prompt length (see :func:`r0kit.diffusion.load`).
+    :param guidance_scale: classifier-free guidance when *sampling* (evaluation mode, > 1 only;
+        diffusers' convention); training always samples without guidance, as R0 does.
     """
 
     name = "kstep"
@@ -98,8 +101,8 @@ class KStepGenerator:
         model: Any = DEFAULT_MODEL,
         steps: int = 4,
         timesteps: Sequence[int] | None = None,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         eta: Sequence[float] | float = (0.0, 1.0),
         train: Literal["lora", "full", "none"] = "lora",
         lora_rank: int = 16,
@@ -118,12 +121,16 @@ class KStepGenerator:
         variant: str | None = None,
         drop_t5: bool = False,
         max_sequence_length: int | None = None,
+        guidance_scale: float = 1.0,
     ):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise OptionError(f"kstep: steps (K) must be an int >= 1, got {steps!r}")
         for label, v in (("height", height), ("width", width)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 8:
-                raise OptionError(f"kstep: {label} must be an int >= 8, got {v!r}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8):
+                raise OptionError(f"kstep: {label} must be an int >= 8 (or unset for the model's native size), got {v!r}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not 1 <= guidance_scale < float("inf"):
+            raise OptionError(f"kstep: guidance_scale must be a finite number >= 1 (1 = no classifier-free guidance), got {guidance_scale!r}")
+        self.guidance_scale = float(guidance_scale)
         if train not in ("lora", "full", "none"):
             raise OptionError(f"kstep: train must be 'lora', 'full' or 'none', got {train!r}")
         if backprop_steps is not None and (not isinstance(backprop_steps, int) or not 1 <= backprop_steps <= steps):
@@ -152,6 +159,9 @@ class KStepGenerator:
         self.source = self.model.source
         self.unet = self.model.unet  # the unwrapped denoising network, UNet or transformer (config, names, export)
         self.lora_targets = tuple(lora_targets if lora_targets is not None else _LORA_TARGETS[self.model.family])
+        native = self.model.native_size
+        height, width = height or native, width or native
+        self.height, self.width = height, width
         self.latent_shape = self.model.latent_shape(height, width)
         if timesteps is not None and len(timesteps) != steps:
             raise OptionError(f"kstep: {len(timesteps)} timesteps given for steps={steps}; give exactly K of them")
@@ -264,6 +274,7 @@ class KStepGenerator:
             "intermediate_supervision": self.intermediate_supervision,
             "prediction_type": self.model.prediction_type,
             **self._flow_options(),
+            "guidance_scale": self.guidance_scale,
         }
 
     def _flow_options(self) -> dict[str, Any]:
@@ -339,7 +350,12 @@ class KStepGenerator:
         # ξ of every step comes from one seed drawn here, so the sampler's generator is the only state.
         xi_seed = (int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) + rank) % (2**31 - 1)
         cond = m.encode_prompts(list(prompts), height=self.height, width=self.width)
-        out = m.unroll(noise, cond, self.schedule.head(last + 1), eta=etas[: last + 1], seed=xi_seed, grad_from_step=grad_from)
+        guide = {}
+        if not self.training and self.guidance_scale > 1:  # classifier-free guidance: sampling only, R0 trains without
+            guide = dict(guidance_scale=self.guidance_scale, uncond=m.encode_negative(b, height=self.height, width=self.width))
+        out = m.unroll(
+            noise, cond, self.schedule.head(last + 1), eta=etas[: last + 1], seed=xi_seed, grad_from_step=grad_from, **guide
+        )
         images = m.decode(out.latents)
         state = {
             "noise": noise,

@@ -1,11 +1,13 @@
 """``r0kit evaluate``: score trained generators, base models or image folders on a prompt set.
 
     r0kit evaluate r0kit-train/export stable-diffusion-v1-5/stable-diffusion-v1-5 \\
-        --prompts-file eval.txt --train-config train.toml --held-out pickscore
+        --prompts-file eval.txt --train-config train.toml --held-out pickscore \\
+        --metric fid -M fid.reference=coco-5k/
 
-prints a table shaped like the R0 paper's (model | one column per reward; held-out
-rewards marked ``*``) and writes ``evaluation.csv``, ``summary.csv`` and one grid
-image per model under ``--output``. Every source, prompt, device and the output
+prints a table shaped like the R0 paper's (model | one column per reward, in R0's
+units; held-out rewards and metrics marked ``*``) and writes ``evaluation.csv``,
+``summary.csv`` and one grid image per model under ``--output``. ``MODEL@K``
+samples a base model in K steps, so ``r0kit-mini@4 r0kit-mini@25`` compares both. Every source, prompt, device and the output
 folder are checked before a model loads; a run stopped part-way keeps the rows
 it finished.
 """
@@ -28,11 +30,17 @@ def add_parser(sub) -> None:
     p.add_argument("--held-out", action="append", default=[], help="a reward not trained on (repeatable)")
     p.add_argument("--reward-option", "-R", action="append", default=[], metavar="REWARD.KEY=VALUE",
                    help="a reward factory option; VALUE is read as TOML (clip.device='cpu')")
+    p.add_argument("--metric", "-m", action="append", default=[],
+                   help="a set-level metric (repeatable): fid, mini_geneval, mini_fid, mini_diversity, ... (r0kit plugins)")
+    p.add_argument("--metric-option", "-M", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                   help="a metric option; VALUE is read as TOML (fid.reference='ref/')")
     p.add_argument("--train-config", type=Path, help="take the trained rewards (and options) from this training TOML")
     p.add_argument("--label", action="append", default=[], help="row label of each source, in order")
     p.add_argument("--steps", type=int_at_least(1), default=25, help="sampling steps for base models (default 25)")
     p.add_argument("--size", type=int_at_least(8), help="image side for base models (default 512, exports use their own)")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the first prompt; prompt i uses seed + i")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--seeds", type=int_at_least(1), default=1, help="images per prompt (diversity metrics need 2 or more)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale for base models (default 1: none)")
     p.add_argument("--batch-size", type=int_at_least(1), default=4, help="prompts sampled together (default 4)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default auto)")
     add_output(p, default=Path("r0kit-eval"), what="the output folder")
@@ -62,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(options) - set(rewards) - set(args.held_out))
     if unknown:
         raise OptionError(f"--reward-option names reward(s) {unknown} that neither --reward nor --held-out selects")
+    metric_options = key_values(args.metric_option, "--metric-option", dotted=True)
+    unknown = sorted(set(metric_options) - set(args.metric))
+    if unknown:
+        raise OptionError(f"--metric-option names metric(s) {unknown} that --metric does not select")
+    check_option_devices(metric_options, lambda key: f"metric option {key}")
     check_device(args.device, "--device")
     check_option_devices(options, lambda key: f"reward option {key}")
     prompts = read_prompts(args.prompts_file) if args.prompts_file is not None else None
@@ -75,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
             rewards=rewards,
             held_out=args.held_out,
             reward_options=options,
+            metrics=args.metric,
+            metric_options=metric_options,
             output=staged.path,
             steps=args.steps,
             size=args.size,
             seed=args.seed,
+            seeds=args.seeds,
+            guidance=args.guidance,
             batch_size=args.batch_size,
             device=args.device,
             labels=args.label,

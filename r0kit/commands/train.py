@@ -1,6 +1,8 @@
 """``r0kit train``: train a K-step generator by regularized reward maximization (R0).
 
-``r0kit train --config train.toml`` runs the config (see ``r0kit/presets/train_r0.toml``);
+``r0kit train`` with no config runs the built-in ``mini`` preset: R0 on the mini world, then the
+comparison of its ``[evaluate]`` table (the export against the base model at 4 and 25 steps).
+``r0kit train --config train.toml`` runs a config (see ``r0kit/presets/train_r0.toml``);
 ``r0kit train --preset train_tiny`` tries the whole loop on a CPU in seconds, without weights.
 ``--resume latest`` continues from the newest checkpoint under the output folder;
 ``--overwrite`` replaces the run there. Multi-GPU:
@@ -22,9 +24,9 @@ from r0kit.commands._common import add_output, describe, int_at_least
 def add_parser(sub) -> None:
     from r0kit.commands.optimize import preset_names
 
-    trainable = [n for n in preset_names() if n.startswith("train")]
+    trainable = ["mini"] + [n for n in preset_names() if n.startswith("train")]
     p = sub.add_parser("train", help="train a K-step generator with rewards (R0)", description=describe(__doc__))
-    p.add_argument("--config", "-c", type=Path, help="training config TOML (default: the train_r0 preset)")
+    p.add_argument("--config", "-c", type=Path, help="training config TOML (default: the mini preset)")
     p.add_argument("--preset", help=f"built-in preset to start from: {', '.join(trainable)}")
     p.add_argument("--resume", help="a checkpoint folder, or 'latest' (the newest under the output folder)")
     p.add_argument("--model", help="override generator.model (hub id or pipeline folder)")
@@ -48,13 +50,14 @@ def build_config(args: argparse.Namespace):
     from r0kit.errors import ConfigError
     from r0kit.train import parse_train
 
-    source = args.config or preset_path(args.preset or "train_r0")
+    source = args.config or preset_path(args.preset or "mini")
     where = describe_source(Path(source))
     data = load_toml(source)
     origins: dict[str, str] = {}
     base = Path(source).parent
-    if isinstance(data.get("prompts_file"), str) and not Path(data["prompts_file"]).is_absolute():
-        data["prompts_file"] = str(base / data["prompts_file"])
+    for table in (data, data.get("evaluate")):
+        if isinstance(table, dict) and isinstance(table.get("prompts_file"), str) and not Path(table["prompts_file"]).is_absolute():
+            table["prompts_file"] = str(base / table["prompts_file"])
     gen = data.setdefault("generator", {})
     if isinstance(gen, dict) and isinstance(gen.get("model"), str):
         model = Path(gen["model"])
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         check_device(device, f"generator.device in {where}")
     if not cfg.prompts:
         read_prompts(cfg.prompts_file)  # a missing or empty file is found before any model loads
+    if cfg.evaluate is not None and not cfg.evaluate.prompts:
+        read_prompts(cfg.evaluate.prompts_file)
     ckpt = resolve_resume(args.resume, Path(cfg.output))
     if ckpt is not None:
         read_checkpoint_state(ckpt)
@@ -122,4 +127,14 @@ def run(args: argparse.Namespace) -> int:
         return 130
     where_ckpt = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
     print(f"trained to step {result.step}; {where_ckpt}" + (f"; export {result.export}" if result.export else ""))
+    if cfg.evaluate is not None and result.export is not None:
+        from rich.console import Console
+
+        from r0kit.evaluate import evaluate_training
+
+        evaluation, files = evaluate_training(cfg, result.export, progress=not args.no_progress)
+        Console().print(evaluation.table())
+        for note in evaluation.notes:
+            print(note)
+        print("wrote " + ", ".join(str(f) for f in [evaluation.summary_csv, *files]))
     return 0

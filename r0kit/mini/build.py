@@ -46,7 +46,7 @@ from r0kit.mini import world as W
 
 log = logging.getLogger("r0kit.mini.build")
 
-STAGES: tuple[str, ...] = ("tokenizer", "clip", "hps", "aesthetic", "judge", "vae", "unet", "pipeline")
+STAGES: tuple[str, ...] = ("prompts", "tokenizer", "clip", "hps", "aesthetic", "judge", "vae", "unet", "pipeline")
 #: The folder the committed models live in.
 MODELS = Path(__file__).resolve().parent / "models"
 #: Model folders, relative to the models folder (see r0kit.weights' short names).
@@ -78,7 +78,8 @@ class Settings:
     unet_steps: int = 3000
     unet_batch: int = 128
     unet_lr: float = 5e-4
-    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    vae_channels: tuple[int, ...] = (16, 32, 64)
     cfg_dropout: float = 0.1
     ema_decay: float = 0.999
     extra: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +149,21 @@ class _Progress:
 # ---------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------
+#: The prompt files the presets use, beside the models folder.
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+
+
+def build_prompts(folder: Path, seed: int) -> Path:
+    """``train.txt`` (3000 training-split prompts, drawn as the world draws them) and ``heldout.txt``
+    (the balanced held-out evaluation set of :func:`r0kit.mini.world.evaluation_prompts`)."""
+    from r0kit.io import write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "train.txt", "\n".join(W.prompts(3000, "train", seed=seed)) + "\n")
+    write_text(folder / "heldout.txt", "\n".join(W.evaluation_prompts("heldout")) + "\n")
+    return folder
+
+
 def build_tokenizer(out: Path) -> Path:
     return formats.write_tokenizer(out / "tokenizer", W.vocabulary())
 
@@ -363,17 +379,17 @@ def build_judge(out: Path, data: Data, s: Settings) -> Path:
     return folder
 
 
-def vae_config() -> dict[str, Any]:
+def vae_config(channels: Sequence[int] = (16, 32, 64)) -> dict[str, Any]:
     """The world's ``AutoencoderKL``: 32 px images to 8×8×4 latents (downsampling by 4)."""
     return dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=tuple(channels),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        norm_num_groups=8,
         sample_size=W.RESOLUTION,
     )
 
@@ -383,7 +399,7 @@ def build_vae(out: Path, data: Data, s: Settings) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(s.seed + 5)
-    vae = AutoencoderKL(**vae_config())
+    vae = AutoencoderKL(**vae_config(s.vae_channels))
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=s.vae_lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(s.seed + 5)
@@ -423,7 +439,7 @@ def unet_config(cross_attention_dim: int, channels: Sequence[int]) -> dict[str, 
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=4,
-        norm_num_groups=16,
+        norm_num_groups=8,
     )
 
 
@@ -581,6 +597,7 @@ def build(out: str | Path, settings: Settings | None = None, stages: Sequence[st
         return data
 
     steps: dict[str, Callable[[], Any]] = {
+        "prompts": lambda: build_prompts(out.parent / "prompts" if out == MODELS else out / "prompts", s.seed),
         "tokenizer": lambda: build_tokenizer(out),
         "clip": lambda: build_clip(out, need_data(), s),
         "hps": lambda: build_hps(out, need_data(), s),
@@ -623,7 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         key, _, value = item.partition("=")
         if not hasattr(s, key):
             p.error(f"--set: unknown setting {key!r}")
-        setattr(s, key, type(getattr(s, key))(json.loads(value)))
+        current = getattr(s, key)
+        setattr(s, key, tuple(json.loads(value)) if isinstance(current, tuple) else type(current)(json.loads(value)))
     times = build(args.out, s, args.stages)
     log.info("built in %.0fs: %s", sum(times.values()), ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     return 0

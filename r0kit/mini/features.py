@@ -70,3 +70,16 @@ def scene_labels(scenes: Sequence[W.Scene]) -> dict[str, torch.Tensor]:
         "shape": s.clamp_(max=MAX_COUNT - 1),
         "kind": torch.tensor([_KINDS.index(sc.kind) for sc in scenes]),
     }
+
+
+def load_feature_net(model: str = "r0kit-mini-judge", device: str | torch.device = "cpu") -> FeatureNet:
+    """The trained feature network, resolved by :mod:`r0kit.weights` (short name or folder), frozen."""
+    import json
+
+    from r0kit.weights import load_state_dict, resolve_file
+
+    cfg = json.loads(resolve_file(model, "config.json", what="the mini world's feature network").read_text())
+    net = FeatureNet(**cfg)
+    sd = load_state_dict(resolve_file(model, "features.safetensors", what="the mini world's feature network"))
+    net.load_state_dict({k: v.float() for k, v in sd.items()})
+    return net.to(device).eval().requires_grad_(False)

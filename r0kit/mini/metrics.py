@@ -1,0 +1,63 @@
+"""The mini world's evaluation metrics: GenEval-style accuracy, FID and diversity in the judge's feature space.
+
+Registered by the ``r0kit_mini`` plugin, so ``r0kit evaluate --metric mini_geneval``
+computes them like any metric. None of them is ever a training signal.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from r0kit.mini import judge as J
+from r0kit.mini import world as W
+
+
+class GenEval:
+    """Per-check accuracy of :func:`r0kit.mini.judge.check` over the images: ``geneval`` (all checks
+    of a prompt pass) and ``geneval/<check>`` for each check some prompt states."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        acc = J.accuracy(J.score(list(prompts), images))
+        out = {"geneval": acc["correct"]}
+        out.update({f"geneval/{k}": v for k, v in acc.items() if k != "correct" and v == v})
+        return out
+
+
+class _Features:
+    def __init__(self, model: str, device: str | None) -> None:
+        from r0kit.mini.features import load_feature_net
+
+        self.net = load_feature_net(model, device or "cpu")
+
+
+class FID(_Features):
+    """FID against renders of the same prompts (``per_prompt`` random scenes each, seeded), in the
+    judge feature network's space (computed by torchmetrics)."""
+
+    def __init__(self, per_prompt: int = 8, seed: int = 0, model: str = "r0kit-mini-judge", device: str | None = None) -> None:
+        super().__init__(model, device)
+        self.per_prompt, self.seed = int(per_prompt), int(seed)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        from r0kit.metrics import frechet_distance
+
+        rng = np.random.default_rng(self.seed)
+        unique = list(dict.fromkeys(prompts))
+        scenes = [W.scene_for_prompt(p, rng) for p in unique for _ in range(self.per_prompt)]
+        real = torch.from_numpy(W.render_batch(scenes, images.shape[-1]))
+        return {"fid": frechet_distance(self.net, real, images.float())}
+
+
+class Diversity(_Features):
+    """Mean pairwise cosine distance of judge features between images of the same prompt."""
+
+    def __init__(self, model: str = "r0kit-mini-judge", device: str | None = None) -> None:
+        super().__init__(model, device)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        from r0kit.metrics import diversity, features
+
+        return {"diversity": diversity(features(self.net, images.float()), prompts)}

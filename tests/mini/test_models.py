@@ -1,0 +1,167 @@
+"""The mini world's committed models load through the standard paths, in their real formats, checksums verified."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from r0kit.mini import world as W
+
+pytest.importorskip("diffusers")
+pytest.importorskip("open_clip")
+
+
+def _batch(n: int = 12, seed: int = 0, split: str = "train"):
+    rng = np.random.default_rng(seed)
+    scenes = [W.sample_scene(rng, split) for _ in range(n)]
+    return scenes, torch.from_numpy(W.render_batch(scenes)), [s.prompt for s in scenes]
+
+
+def test_every_built_in_model_folder_matches_its_checksums():
+    from r0kit.weights import BUILTIN_MODELS, builtin_model
+
+    sums = json.loads((builtin_model("r0kit-mini").parent / "checksums.json").read_text())
+    for name in BUILTIN_MODELS:
+        folder = builtin_model(name)
+        assert folder is not None and folder.is_dir()
+        listed = {k for k in sums if k.split("/")[0] == folder.name}
+        on_disk = {str(p.relative_to(folder.parent)) for p in folder.rglob("*") if p.is_file()}
+        assert listed == on_disk, f"{name}: files and checksums.json disagree"
+
+
+def test_a_damaged_file_is_refused_naming_it(tmp_path):
+    from r0kit.errors import WeightsError
+    from r0kit.weights import builtin_model, verify_checksums
+
+    src = builtin_model("r0kit-mini-hps")
+    copy = tmp_path / "models"
+    shutil.copytree(src, copy / src.name)
+    shutil.copy2(src.parent / "checksums.json", copy / "checksums.json")
+    verify_checksums(copy / src.name, what="hps copy")  # intact: passes
+    target = next(p for p in (copy / src.name).iterdir() if p.is_file())
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=target.name):
+        verify_checksums(copy / src.name, what="hps copy")
+    target.unlink()
+    with pytest.raises(WeightsError, match="missing"):
+        verify_checksums(copy / src.name, what="hps copy")
+
+
+def test_the_pipeline_loads_in_plain_diffusers_and_samples():
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    from r0kit.weights import builtin_model
+
+    pipe = DiffusionPipeline.from_pretrained(str(builtin_model("r0kit-mini")))
+    assert isinstance(pipe, StableDiffusionPipeline)
+    out = pipe(["a red circle"], num_inference_steps=2, guidance_scale=1.0, output_type="pt",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 3, W.RESOLUTION, W.RESOLUTION) and torch.isfinite(out).all()
+
+
+def test_r0kit_loads_the_pipeline_by_its_short_name():
+    from r0kit.diffusion import load
+
+    m = load("r0kit-mini", device="cpu")
+    assert m.kind == "sd" and m.latent_shape(W.RESOLUTION, W.RESOLUTION) == (4, W.RESOLUTION // 4, W.RESOLUTION // 4)
+    x = torch.from_numpy(W.render_batch(_batch(2)[0]))
+    rec = m.decode(m.encode_images(x))
+    assert rec.shape == x.shape and float((rec - x).abs().mean()) < 0.08  # the VAE reconstructs the world
+
+
+def test_the_clip_loads_in_open_clip_s_own_format():
+    import open_clip
+
+    from r0kit.weights import builtin_model
+
+    folder = builtin_model("r0kit-mini-clip")
+    model = open_clip.create_model("local-dir:" + str(folder))
+    tok = open_clip.get_tokenizer("local-dir:" + str(folder))
+    assert tok(["a red circle"]).shape[-1] == json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]["context_length"]
+    assert model.visual.image_size == (W.RESOLUTION, W.RESOLUTION)
+
+
+def test_tokenizer_spells_every_grammar_word_as_one_token():
+    from transformers import CLIPTokenizer
+
+    from r0kit.weights import builtin_model
+
+    pipe_tok = CLIPTokenizer.from_pretrained(str(builtin_model("r0kit-mini") / "tokenizer"))
+    for word in W.vocabulary():
+        assert len(pipe_tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+    # the pipeline's text encoder reads the same ids as the CLIP reward
+    import open_clip
+
+    clip_tok = open_clip.get_tokenizer("local-dir:" + str(builtin_model("r0kit-mini-clip")))
+    p = "a red circle left of a blue square"
+    ids = pipe_tok(p, padding="max_length", max_length=pipe_tok.model_max_length, return_tensors="pt").input_ids
+    assert torch.equal(ids, clip_tok([p]))
+
+
+@pytest.fixture(scope="module")
+def rewards():
+    from r0kit import reward
+
+    return {
+        "hpsv2": reward("hpsv2", model="r0kit-mini-clip", checkpoint="r0kit-mini-hps"),
+        "clip": reward("clip", model="r0kit-mini-clip"),
+        "aesthetic": reward("aesthetic", clip_model="r0kit-mini-aesthetic", checkpoint="r0kit-mini-aesthetic"),
+    }
+
+
+def test_rewards_load_through_the_plugins_with_their_own_contract(rewards):
+    for term in rewards.values():
+        assert term.contract.size == W.RESOLUTION
+    _, x, prompts = _batch(4)
+    import r0kit
+
+    result = (rewards["hpsv2"] + rewards["clip"] + rewards["aesthetic"]).evaluate(r0kit.Sample(images=x), prompts)
+    for k in ("hpsv2", "clip", "aesthetic"):
+        assert result.terms[k].shape == (4,) and torch.isfinite(result.terms[k]).all()
+
+
+def _prefers(term, good, bad, prompts) -> float:
+    import r0kit
+
+    obj = r0kit.Objective([term])
+    a = obj.evaluate(r0kit.Sample(images=good), prompts).terms[term.label]
+    b = obj.evaluate(r0kit.Sample(images=bad), prompts).terms[term.label]
+    return float((a > b).float().mean())
+
+
+def test_the_preference_model_and_clip_prefer_the_right_image(rewards):
+    rng = np.random.default_rng(5)
+    scenes, good, prompts = _batch(64, seed=21)
+    bad = torch.from_numpy(W.render_batch([W.mutate(s, rng) for s in scenes]))
+    assert _prefers(rewards["hpsv2"], good, bad, prompts) >= 0.8
+    assert _prefers(rewards["clip"], good, bad, prompts) >= 0.7
+
+
+def test_the_aesthetic_predictor_prefers_clean_renders(rewards):
+    rng = np.random.default_rng(6)
+    _, good, prompts = _batch(48, seed=22)
+    bad = torch.from_numpy(
+        np.stack([W.degrade(im, rng, 0.8) for im in good.numpy().transpose(0, 2, 3, 1)]).transpose(0, 3, 1, 2).copy()
+    )
+    assert _prefers(rewards["aesthetic"], good, bad, prompts) >= 0.8
+
+
+def test_the_aesthetic_clip_is_the_world_clip_converted():
+    import open_clip
+    from transformers import CLIPModel
+
+    from r0kit.mini.formats import image_embeds
+    from r0kit.weights import builtin_model
+
+    oc = open_clip.create_model("local-dir:" + str(builtin_model("r0kit-mini-clip"))).eval()
+    hf = CLIPModel.from_pretrained(str(builtin_model("r0kit-mini-aesthetic")), dtype=torch.float32).eval()
+    x = torch.rand(3, 3, W.RESOLUTION, W.RESOLUTION)
+    with torch.no_grad():
+        a, b = oc.encode_image(x), image_embeds(hf, x)
+    assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
