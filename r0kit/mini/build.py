@@ -62,7 +62,7 @@ class Settings:
     seed: int = 0
     threads: int = 2
     images: int = 40_000
-    clip_steps: int = 1200
+    clip_steps: int = 600
     clip_batch: int = 128
     clip_lr: float = 1e-3
     hps_steps: int = 300
@@ -72,10 +72,10 @@ class Settings:
     aesthetic_images: int = 6000
     judge_steps: int = 500
     judge_batch: int = 128
-    vae_steps: int = 1500
-    vae_batch: int = 64
+    vae_steps: int = 1200
+    vae_batch: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 3000
+    unet_steps: int = 2000
     unet_batch: int = 128
     unet_lr: float = 5e-4
     unet_channels: tuple[int, ...] = (32, 64, 128)
