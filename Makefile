@@ -1,5 +1,5 @@
 # The two set-up commands (see README.md):
-#   make demo   install everything into .venv and run the built-in offline optimization
+#   make demo   install everything into .venv and run the main job on the mini world: R0 training, then the evaluation
 #   make test   install what the tests need into .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -33,7 +33,7 @@ install: $(VENV)/.installed-all
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/r0kit optimize --overwrite  # a demo run replaces the previous demo's files in r0kit-out/
+	$(BIN)/r0kit train --overwrite  # the mini preset; a demo run replaces the previous demo's files in r0kit-demo/
 
 test: install-dev
 	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)

@@ -574,6 +574,31 @@ class TrainResult:
     interrupted: bool = False
 
 
+class _TrainProgress:
+    """A rich progress bar on stderr: steps done, rate, time left, the loss and each term; the logged
+    lines print above it (:attr:`console`)."""
+
+    def __init__(self, start: int, end: int, labels: list[str]) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.labels = labels
+        self._p = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("<"),
+            TimeRemainingColumn(), TextColumn("{task.fields[values]}"), console=self.console, transient=False,
+        )
+        self._task = self._p.add_task("train", total=end, completed=start, values="")
+        self._p.start()
+
+    def update(self, step: int, values: dict[str, float]) -> None:
+        shown = [f"loss {values.get('loss', float('nan')):+.4f}"] + [f"{k} {values[k]:.4g}" for k in self.labels if k in values]
+        self._p.update(self._task, completed=step, values="  ".join(shown))
+
+    def close(self) -> None:
+        self._p.stop()
+
+
 def _line(step: int, total: int, values: dict[str, float], labels: list[str], rate: float) -> str:
     parts = [f"step {step}/{total}", f"loss {values.get('loss', float('nan')):+.4f}"]
     parts += [f"{k} {values[k]:.4g}" for k in labels if k in values]
@@ -699,11 +724,8 @@ def train(
     last_ckpt: Path | None = ckpt_path
     interrupted = False
     failure: BaseException | None = None
-    console = None
-    if progress and main_process:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+    bar = _TrainProgress(start_step, end, labels) if progress and main_process else None
+    console = bar.console if bar is not None else None
     t0 = time.perf_counter()
     sampler_state = sampler.get_state()
 
@@ -766,6 +788,8 @@ def train(
             sampler_state = sampler.get_state()  # from here on, a stop keeps this completed step
             values = {"loss": -sums.pop("total"), **sums, "grad_norm": gnorm, "lr": optimizer.param_groups[0]["lr"]}
             history.append({"step": step, **values})
+            if bar is not None:
+                bar.update(step, values)
             if step % cfg.log_every == 0 or step == end:
                 accelerator.log(values, step=step)
                 if console is not None:
@@ -784,6 +808,8 @@ def train(
             console.print(f"interrupted: writing a checkpoint at step {step}", highlight=False)
     except Exception as exc:  # a NaN, a plugin's error, out of memory, a failed write
         failure = exc
+    if bar is not None:
+        bar.close()
     sampler.set_state(sampler_state)  # a step cut short is redone on resume
     for p in params:  # a partial step's gradients must not leak into the checkpoint's next step
         p.grad = None

@@ -1,9 +1,11 @@
 """``r0kit optimize``: test-time optimization of one or more prompts.
 
-With no arguments it runs the built-in offline preset (``demo``), which needs
-no weights and finishes in seconds on a CPU. With ``--generator noise`` or
-``--generator latent`` and no config it starts from the ``reno`` preset
-(SD-Turbo, SGD-Nesterov lr 5, gradient clip 0.1, 50 steps).
+With no config it runs ReNO on the mini world (the ``reno_mini`` preset: the
+initial noise of the world's base model, its rewards, seconds on a CPU), for
+the prompts given or the preset's. With ``--generator noise`` or ``--generator
+latent`` and another ``--model`` it starts from the ``reno`` preset (SD-Turbo,
+SGD-Nesterov lr 5, gradient clip 0.1, 50 steps); ``--preset demo`` optimizes
+pixels against weight-free rewards.
 
 Everything the run needs is checked before a model loads or a step is taken:
 the values (errors name the flag or config key that set them), the devices,
@@ -92,10 +94,21 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
+def default_preset(generator: str | None, model: str | None) -> str:
+    """The preset a run without ``--config``/``--preset`` starts from: ``reno_mini`` on the mini world
+    (no generator or model named, or a ``r0kit-mini`` model), ``reno`` for a diffusion generator on
+    another model, ``demo`` (pixels) for any other generator."""
+    if model is not None and str(model).startswith("r0kit-mini"):
+        return "reno_mini"
+    if generator in ("noise", "latent") or model is not None:
+        return "reno"
+    return "reno_mini" if generator is None else "demo"
+
+
 def build_config_and_origins(args: argparse.Namespace):
     from r0kit.config import load_toml, objective_table, parse_objective, parse_run, read_prompts
 
-    preset = args.preset or ("reno" if getattr(args, "generator", None) in ("noise", "latent") else "demo")
+    preset = args.preset or default_preset(getattr(args, "generator", None), getattr(args, "model", None))
     source = args.config or preset_path(preset)
     where = describe_source(Path(source))
     data: dict[str, Any] = load_toml(source)

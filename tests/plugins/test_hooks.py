@@ -101,3 +101,35 @@ def test_hook_r0kit_register_generators():
         assert result.history[-1]["values"]["total"][0] > result.history[0]["values"]["total"][0]
     with pytest.raises(r0kit.UnknownNameError):
         get_host().generators.get("hook_constant")
+
+
+class _MeanBrightness:
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def __call__(self, images, prompts):
+        return {"brightness": float(images.mean()) * self.scale, "prompts": len(set(prompts))}
+
+
+class _MetricPlugin:
+    @r0kit.hookimpl
+    def r0kit_register_metrics(self, register):
+        register("hook_brightness_metric", _MeanBrightness, description="mean brightness of the set")
+
+
+def test_hook_r0kit_register_metrics(tmp_path):
+    from r0kit.evaluate import evaluate
+    from r0kit.outputs import save_png
+    from r0kit.plugins import get_host
+
+    for i, v in enumerate((0.2, 0.6)):
+        save_png(tmp_path / "imgs" / f"{i}.png", torch.full((3, 8, 8), v), {"prompt": f"p{i}"})
+    with registered_plugin(_MetricPlugin(), "hook_metric_plugin") as name:
+        assert get_host().metrics.get("hook_brightness_metric").plugin == name
+        result = evaluate([str(tmp_path / "imgs")], None, rewards=["contrast"], metrics=["hook_brightness_metric"],
+                          metric_options={"hook_brightness_metric": {"scale": 2.0}}, output=tmp_path / "eval")
+        row = result.rows[0]
+        assert row.metrics["brightness"] == pytest.approx(0.8, abs=2e-3) and row.metrics["prompts"] == 2.0
+        assert result.held_out == [] and "brightness" in result.metrics
+    with pytest.raises(r0kit.UnknownNameError):
+        get_host().metrics.get("hook_brightness_metric")
