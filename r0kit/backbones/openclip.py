@@ -119,7 +119,8 @@ def contract_from_preprocess(preprocess: dict[str, Any], base: RewardContract, *
     mode) of an open_clip ``preprocess_cfg``.
 
     open_clip's resize modes map to the contract's crops: ``shortest`` (resize the shorter side,
-    center-crop) -> ``"center"``; ``squash`` (resize both sides) -> ``"none"``.
+    center-crop) -> ``"center"``; ``longest`` (resize the longer side, pad) -> ``"pad"``;
+    ``squash`` (resize both sides) -> ``"none"``.
 
     :raises OptionError: a non-square input size or a resize mode the contract cannot express.
     """
@@ -138,7 +139,7 @@ def contract_from_preprocess(preprocess: dict[str, Any], base: RewardContract, *
             raise OptionError(f"{what}: the model resizes with {interp!r}, which reward contracts do not describe")
         changes["resize"] = interp
         mode = preprocess.get("resize_mode", "shortest")
-        crops = {"shortest": "center", "squash": "none"}
+        crops = {"shortest": "center", "longest": "pad", "squash": "none"}
         if mode not in crops:
             raise OptionError(f"{what}: the model's resize mode {mode!r} is not one of {', '.join(crops)}")
         changes["crop"] = crops[mode]
