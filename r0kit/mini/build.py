@@ -62,7 +62,7 @@ class Settings:
     seed: int = 0
     threads: int = 2
     images: int = 40_000
-    clip_steps: int = 600
+    clip_steps: int = 800
     clip_batch: int = 128
     clip_lr: float = 1e-3
     hps_steps: int = 300
@@ -189,7 +189,8 @@ def _text_targets(prompts: Sequence[str]) -> torch.Tensor:
 
 
 def build_clip(out: Path, data: Data, s: Settings) -> Path:
-    """Contrastive CLIP training: symmetric InfoNCE, with each image's mutated caption as an extra hard negative."""
+    """Contrastive CLIP training: symmetric InfoNCE, with two captions each image contradicts as extra
+    hard negatives (another colour, shape, position, size, count, or the relation turned around)."""
     from safetensors.torch import save_file
 
     from transformers import CLIPTokenizer
@@ -210,7 +211,7 @@ def build_clip(out: Path, data: Data, s: Settings) -> Path:
         _set_lr(opt, _cosine_lr(step, s.clip_steps, s.clip_lr, max(1, s.clip_steps // 20)))
         idx = torch.randint(len(data.prompts), (s.clip_batch,), generator=gen)
         images, prompts = data.batch(idx)
-        negatives = [W.mutate(data.scenes[i], rng, counts=(2, 3)).prompt for i in idx.tolist()]
+        negatives = [W.contradicting_prompt(data.scenes[i], rng) for i in idx.tolist() for _ in range(2)]
         img = F.normalize(model.encode_image(_clip_normalize(images)), dim=-1)
         txt = F.normalize(model.encode_text(tokenize(prompts + negatives)), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
@@ -236,7 +237,7 @@ def caption_accuracy(model: torch.nn.Module, tokenize: Any, seed: int, n: int = 
     for split in ("train", "heldout"):
         rng = np.random.default_rng(seed + 100)
         scenes = [W.sample_scene(rng, split) for _ in range(n)]  # type: ignore[arg-type]
-        wrong = [W.mutate(sc, rng, counts=(2, 3)).prompt for sc in scenes]
+        wrong = [W.contradicting_prompt(sc, rng) for sc in scenes]
         img = F.normalize(model.encode_image(_clip_normalize(torch.from_numpy(W.render_batch(scenes)))), dim=-1)
         good = (img * F.normalize(model.encode_text(tokenize([sc.prompt for sc in scenes])), dim=-1)).sum(-1)
         bad = (img * F.normalize(model.encode_text(tokenize(wrong)), dim=-1)).sum(-1)

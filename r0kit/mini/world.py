@@ -452,6 +452,7 @@ __all__ = [
     "Statement",
     "DEGRADATIONS",
     "degrade",
+    "contradicting_prompt",
     "evaluation_prompts",
     "mutate",
     "parse_prompt",
@@ -510,6 +511,25 @@ def mutate(scene: Scene, rng: np.random.Generator, *, counts: Sequence[int] = (1
         a, b = objs
         objs = [replace(a, x=b.x, y=b.y), replace(b, x=a.x, y=a.y)]
     return replace(scene, objects=tuple(objs))
+
+
+_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def contradicting_prompt(scene: Scene, rng: np.random.Generator) -> str:
+    """A grammar prompt that ``scene``'s image contradicts in one attribute: another colour, shape,
+    stated position or size, count (two <-> three), or the relation turned around.
+
+    (:func:`mutate` changes the image and keeps the prompt; for a relation that is the objects
+    trading places, whose prompt is unchanged, so the caption is turned around here instead.)
+    """
+    if scene.kind == "relation" and rng.random() < 1 / 3:
+        return prompt_of(replace(scene, relation=_INVERSE[scene.relation]))  # type: ignore[index]
+    for _ in range(20):
+        text = mutate(scene, rng, counts=(2, 3)).prompt
+        if text != scene.prompt:
+            return text
+    raise RuntimeError(f"no contradicting prompt found for {scene.prompt!r}")  # cannot happen: colours differ
 
 
 DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "colour_cast", "blocks", "smudge")
