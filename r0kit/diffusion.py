@@ -696,6 +696,7 @@ class DiffusionModel:
             return 128 * f  # FluxPipeline.default_sample_size
         size = getattr(self.backbone.config, "sample_size", None) if self.backbone is not None else None
         if size is None:
+            # Not the VAE's sample_size: SD 2.x-derived VAEs (SD-Turbo's) say 768 for a 512-px model.
             return 512 if self.kind == "sd" else 1024
         return int(size if isinstance(size, int) else size[0]) * f
 

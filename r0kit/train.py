@@ -79,8 +79,8 @@ class KStepConfig(BaseModel):
     eta: tuple[float, float] = (0.0, 1.0)
     train: Literal["lora", "full"] = "lora"
     lora_rank: int = Field(16, ge=1)
-    height: int = Field(512, ge=8)
-    width: int = Field(512, ge=8)
+    height: int | None = Field(None, ge=8)  # None: the model's native size (the generator's default)
+    width: int | None = Field(None, ge=8)
     backprop_steps: int | None = None
     intermediate_supervision: bool = False
 

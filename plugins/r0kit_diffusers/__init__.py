@@ -105,8 +105,8 @@ def _check_guidance(name: str, guidance: Any) -> None:
 
 def _check_size(name: str, height: Any, width: Any) -> None:
     for label, v in (("height", height), ("width", width)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 8:
-            raise OptionError(f"{name}: {label} must be an int >= 8, got {v!r}")
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8):
+            raise OptionError(f"{name}: {label} must be an int >= 8 (or unset: the model's native size), got {v!r}")
 
 
 class NoiseGenerator(_Base):
@@ -114,6 +114,7 @@ class NoiseGenerator(_Base):
 
     :param model: hub id or pipeline folder (default ``stabilityai/sd-turbo``), or a loaded model.
     :param steps: sampling steps, 1 to ``max_steps`` (each one is back-propagated through).
+    :param height, width: image size in pixels; default the model's native size (512 for SD 1.5, 1024 for SDXL).
     :param timesteps: explicit strictly decreasing timesteps instead of the trailing spacing.
     :param scheduler: replace the pipeline's scheduler (``ddim``, ``euler``, ``lcm``, ...); it
         supplies the noise levels and the initial scale, the rule stays r0kit's.
@@ -133,8 +134,8 @@ class NoiseGenerator(_Base):
         self,
         model: Any = DEFAULT_MODEL,
         steps: int = 1,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         guidance: float = 1.0,
         negative_prompt: str = "",
         scheduler: str | None = None,
@@ -179,6 +180,8 @@ class NoiseGenerator(_Base):
             drop_t5=drop_t5,
             max_sequence_length=max_sequence_length,
         )
+        height, width = height or self.model.native_size, width or self.model.native_size
+        self.height, self.width = height, width
         self.model.latent_shape(height, width)  # validates the size against the VAE factor
         self.schedule = self.model.schedule(None if timesteps is not None else steps, timesteps, height=height, width=width)
         self.timesteps = self.schedule.timesteps
@@ -229,8 +232,8 @@ class LatentGenerator(_Base):
     def __init__(
         self,
         model: Any = DEFAULT_MODEL,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         init: Literal["noise", "pipeline"] = "noise",
         init_scale: float = 1.0,
         steps: int = 1,
@@ -269,6 +272,8 @@ class LatentGenerator(_Base):
             vae_tiling=vae_tiling,
             **(dict(drop_t5=drop_t5, max_sequence_length=max_sequence_length) if init == "pipeline" else {}),
         )
+        height, width = height or self.model.native_size, width or self.model.native_size
+        self.height, self.width = height, width
         self.model.latent_shape(height, width)
         self.init, self.init_scale, self.guidance = init, float(init_scale), float(guidance)
         self.schedule = self.model.schedule(steps, height=height, width=width) if init == "pipeline" else None
