@@ -37,7 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--train-config", type=Path, help="take the trained rewards (and options) from this training TOML")
     p.add_argument("--label", action="append", default=[], help="row label of each source, in order")
     p.add_argument("--steps", type=int_at_least(1), default=25, help="sampling steps for base models (default 25)")
-    p.add_argument("--size", type=int_at_least(8), help="image side for base models (default 512, exports use their own)")
+    p.add_argument(
+        "--size", type=int_at_least(8), help="image side for base models (default: the model's native size; exports use their own)"
+    )
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--seeds", type=int_at_least(1), default=1, help="images per prompt (diversity metrics need 2 or more)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale for base models (default 1: none)")
