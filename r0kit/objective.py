@@ -286,7 +286,9 @@ class Objective:
         """Evaluate, then back-propagate the *negative* objective (for a minimizing optimizer).
 
         ``reduction="sum"`` treats every sample as its own problem (test-time
-        optimization); ``"mean"`` averages over the batch (training).
+        optimization); ``"mean"`` averages over the batch (training). A regularizer's
+        scalar value (one penalty for the batch) is back-propagated once under either,
+        so no gradient depends on the batch size.
         With ``nonfinite="raise"`` a NaN or Inf in any value raises
         :class:`NonFiniteError` naming the term, before anything is
         back-propagated. With ``"skip"`` a sample whose values (or combined
@@ -300,11 +302,21 @@ class Objective:
         skip = nonfinite == "skip"
         scale = 1.0 if reduction == "sum" else 1.0 / sample.batch_size
         if not self.normalize_gradients:
-            result = self.evaluate(sample, prompts, generator)
+            values = self._reward_values(sample.images, prompts)
+            reg_values = self._regularizer_values(sample, generator)
+            result = self._result({**values, **reg_values}, sample.batch_size)
             if not skip:
                 raise_if_nonfinite(result)
             total = torch.where(result.finite, result.total, torch.zeros_like(result.total)) if skip else result.total
-            (-total.sum() * scale).backward()
+            loss = -total.sum() * scale
+            if reduction == "sum":
+                # A scalar regularizer is one penalty: the total holds it in every sample's value, and summing
+                # those would scale its gradient with the batch size. Count it once.
+                for term in self.regularizers:
+                    v = reg_values[term.label]
+                    if v.dim() == 0 and v.requires_grad:
+                        loss = loss + (sample.batch_size - 1) * term.weight * v.float()
+            loss.backward()
             return result
 
         images = sample.images
@@ -348,7 +360,8 @@ class Objective:
             v = reg_values[term.label]
             if skip and v.dim():
                 v = torch.where(finite, v, torch.zeros_like(v))
-            v = v.sum() if v.dim() else v * sample.batch_size
+            # A scalar is one penalty: counted once under "sum"; under "mean" (times 1/B below) likewise.
+            v = v.sum() if v.dim() else (v * sample.batch_size if reduction == "mean" else v)
             contrib = term.weight * v
             reg_total = contrib if reg_total is None else reg_total + contrib
         if reg_total is not None and reg_total.requires_grad:

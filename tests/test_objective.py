@@ -176,3 +176,24 @@ def test_prompt_count_must_match_when_a_reward_needs_prompts():
 def test_empty_objective_is_an_error():
     with pytest.raises(OptionError, match="no terms"):
         r0kit.Objective([]).evaluate(_sample(), ["a", "b"])
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_scalar_regularizer_counts_once_so_per_sample_gradients_do_not_depend_on_the_batch(normalize):
+    """``reduction="sum"`` (test-time optimization): each sample's gradient is its own problem's. A regularizer
+    returning one scalar for the batch (here Σ_b ‖x_b‖², which is per-sample separable) must give sample b the
+    gradient -λ·2x_b at batch 3 as at batch 1; summing the scalar into every sample's total gave B times that."""
+    penalty = r0kit.Term("regularizer", "sq", lambda s, g: (s.images**2).sum())
+    obj = (reward("contrast") - 0.5 * penalty).with_options(normalize_gradients=normalize)
+    x = _sample(3, seed=4).images.detach()
+    grads = []
+    for rows in (slice(0, 3), slice(1, 2)):
+        leaf = x[rows].clone().requires_grad_(True)
+        obj.backward(r0kit.Sample(images=leaf), ["p"] * leaf.shape[0], reduction="sum")
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0][1:2], grads[1], rtol=1e-5, atol=1e-6)
+    # Under "mean" (training) the scalar is likewise one penalty: the loss λ·Σ‖x_b‖² has gradient λ·2x.
+    leaf = x.clone().requires_grad_(True)
+    only_penalty = r0kit.Objective([r0kit.Term("regularizer", "sq", penalty.module, weight=-0.5)])
+    only_penalty.with_options(normalize_gradients=normalize).backward(r0kit.Sample(images=leaf), ["p"] * 3, reduction="mean")
+    torch.testing.assert_close(leaf.grad, 0.5 * 2 * x)
