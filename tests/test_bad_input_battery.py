@@ -200,9 +200,9 @@ COMMANDS = [
     C("train-config-lr", 4, "train --config train_lr.toml", "train_lr.toml", "optimizer.lr"),
     C("train-empty-prompt", 4, "train --config train_empty.toml", "prompt 2 of 2 is empty"),
     C("train-prompts-file-missing", 4, "train --config train.toml --prompts-file nope.txt", "nope.txt", "does not exist"),
-    C("train-no-prompts", 7, "train", "--prompts-file"),
+    C("train-no-prompts", 7, "train --preset train_r0", "--prompts-file"),
     C("train-preset-unknown", 7, "train --preset train_huge", "--preset 'train_huge'", "train_tiny"),
-]  # kinds 1, 2, 4 and 7 (plain `r0kit train` asks for --prompts-file)
+]  # kinds 1, 2, 4 and 7 (a preset without prompts asks for --prompts-file; plain `r0kit train` is the mini demo)
 
 BAD_PLUGINS = """
     import torch

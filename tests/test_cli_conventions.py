@@ -44,7 +44,7 @@ def test_each_command_follows_the_conventions(name):
         for short in shorts:
             assert SHORT_FLAGS.get(short) == longs[0], f"{name}: {short} means {longs[0]}, elsewhere {SHORT_FLAGS.get(short)}"
         if action.metavar and "=" in str(action.metavar):  # KEY=VALUE options: one name and one TOML parser
-            assert longs[0] in ("--generator-option", "--reward-option"), f"{name}: {longs[0]} takes KEY=VALUE"
+            assert longs[0] in ("--generator-option", "--reward-option", "--metric-option"), f"{name}: {longs[0]} takes KEY=VALUE"
     if name in WRITERS:
         assert "--output" in flags and "-o" in flags and "--overwrite" in flags, f"{name} writes files: --output/-o, --overwrite"
     if name in LOADERS:

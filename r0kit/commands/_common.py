@@ -29,6 +29,8 @@ SHORT_FLAGS: dict[str, str] = {
     "-G": "--generator-option",
     "-R": "--reward-option",
     "-r": "--reward",
+    "-m": "--metric",
+    "-M": "--metric-option",
     "-v": "--verbose",
 }
 

@@ -95,14 +95,14 @@ def build_config(args: argparse.Namespace):
 
 
 def default_preset(generator: str | None, model: str | None) -> str:
-    """The preset a run without ``--config``/``--preset`` starts from: ``reno_mini`` on the mini world
-    (no generator or model named, or a ``r0kit-mini`` model), ``reno`` for a diffusion generator on
-    another model, ``demo`` (pixels) for any other generator."""
+    """The preset a run without ``--config``/``--preset`` starts from: ``reno_mini`` for a ``r0kit-mini``
+    model (ReNO on the mini world), ``reno`` for a diffusion generator or another model, else ``demo``
+    (the offline pixel optimization, which needs no weights)."""
     if model is not None and str(model).startswith("r0kit-mini"):
         return "reno_mini"
     if generator in ("noise", "latent") or model is not None:
         return "reno"
-    return "reno_mini" if generator is None else "demo"
+    return "demo"
 
 
 def build_config_and_origins(args: argparse.Namespace):

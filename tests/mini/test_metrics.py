@@ -27,7 +27,7 @@ def _metric(name, **options):
     return get_host().metrics.get(name).create(**options)
 
 
-def test_geneval_metric_is_perfect_on_renders_and_low_on_noise():
+def test_geneval_metric_is_perfect_on_renders_and_low_on_noise(fresh_host):
     m = _metric("mini_geneval")
     good = m(_renders(PROMPTS), PROMPTS)
     assert good["geneval"] == 1.0 and good["geneval/colour"] == 1.0
@@ -35,7 +35,7 @@ def test_geneval_metric_is_perfect_on_renders_and_low_on_noise():
     assert noise["geneval"] < 0.2
 
 
-def test_fid_metric_separates_renders_from_noise():
+def test_fid_metric_separates_renders_from_noise(fresh_host):
     m = _metric("mini_fid", per_prompt=4)
     prompts = [p for p in PROMPTS for _ in range(4)]
     renders = _renders(prompts, seed=5)
@@ -44,7 +44,7 @@ def test_fid_metric_separates_renders_from_noise():
     assert 0 <= near < far
 
 
-def test_diversity_metric_is_zero_for_one_image_per_prompt_repeated():
+def test_diversity_metric_is_zero_for_one_image_per_prompt_repeated(fresh_host):
     m = _metric("mini_diversity")
     x = _renders(PROMPTS)
     assert m(torch.cat([x, x]), PROMPTS + PROMPTS)["diversity"] == pytest.approx(0.0, abs=1e-6)
@@ -52,7 +52,7 @@ def test_diversity_metric_is_zero_for_one_image_per_prompt_repeated():
     assert m(torch.cat([x, y]), PROMPTS + PROMPTS)["diversity"] > 0.0
 
 
-def test_evaluate_puts_base_models_at_two_step_counts_and_the_metrics_in_one_table(tmp_path):
+def test_evaluate_puts_base_models_at_two_step_counts_and_the_metrics_in_one_table(tmp_path, fresh_host):
     from r0kit.evaluate import evaluate
 
     prompts = PROMPTS[:3]
