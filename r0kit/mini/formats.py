@@ -15,12 +15,45 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
 #: Token budget of the mini world's text towers (the longest grammar prompt is 9 words + 2 specials).
 CONTEXT_LENGTH = 16
+
+
+def _learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    """Byte-pair encoding's training loop (Sennrich et al. 2016) on ``words``, each counted once, until every
+    word is one symbol: merge the most frequent adjacent pair, ties broken by the pair's text.
+
+    Written out rather than taken from the ``tokenizers`` trainer, which does not break ties in a fixed
+    order: the same words gave different merges (and so different models) in two runs of one process.
+    """
+    spelled = [tuple(w[:-1]) + (w[-1] + "</w>",) for w in words]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in spelled:
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        merged = best[0] + best[1]
+        out = []
+        for symbols in spelled:
+            new, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    new.append(merged)
+                    i += 2
+                else:
+                    new.append(symbols[i])
+                    i += 1
+            out.append(tuple(new))
+        spelled = out
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -43,24 +76,16 @@ def write_tokenizer(folder: str | Path, words: Iterable[str], *, max_length: int
     ``</w>`` (end of word), the merged tokens, then ``<|startoftext|>`` and
     ``<|endoftext|>`` last, so the end-of-text token has the highest id (open_clip
     pools the text tower at the argmax token, as OpenAI CLIP does). The merges are
-    learned by the ``tokenizers`` library's BPE trainer on the words until no pair
-    is left, so encoding any of the words replays its training merges into one token.
+    learned by BPE on the words until no pair is left, so encoding any of the words
+    replays its training merges into one token.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     words = sorted(set(words))
     chars = list(_bytes_to_unicode().values())
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000, min_frequency=1, show_progress=False, initial_alphabet=chars, end_of_word_suffix="</w>"
-    )
-    bpe.train_from_iterator(words, trainer=trainer)
-    learned = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    merges = _learn_merges(words)
     vocab: dict[str, int] = {}
     for c in chars:
         vocab[c] = len(vocab)
