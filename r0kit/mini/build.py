@@ -563,7 +563,18 @@ def build_pipeline(out: Path) -> Path:
     pipe.save_pretrained(str(folder), safe_serialization=True)
     for name in ("vocab.json", "merges.txt"):  # the slow tokenizer's files, as Stable Diffusion's repositories hold them
         shutil.copy2(out / "tokenizer" / name, folder / "tokenizer" / name)
+    drop_build_paths(folder)
     return folder
+
+
+def drop_build_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` from every ``config.json`` under ``folder``: from_pretrained records the
+    build's temporary folder there, which would make two builds differ and ship a path of this machine."""
+    for config in sorted(Path(folder).rglob("config.json")):
+        data = json.loads(config.read_text())
+        if "_name_or_path" in data:
+            del data["_name_or_path"]
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------
