@@ -56,19 +56,6 @@ def _learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
         spelled = out
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character map (openai/CLIP simple_tokenizer.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def write_tokenizer(folder: str | Path, words: Iterable[str], *, max_length: int = CONTEXT_LENGTH) -> Path:
     """Write a CLIP BPE tokenizer whose merges spell each of ``words`` as one token.
 
@@ -84,6 +71,8 @@ def write_tokenizer(folder: str | Path, words: Iterable[str], *, max_length: int
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     words = sorted(set(words))
+    from r0kit.testing.pipelines import _bytes_to_unicode  # CLIP's byte map, kept once
+
     chars = list(_bytes_to_unicode().values())
     merges = _learn_merges(words)
     vocab: dict[str, int] = {}
