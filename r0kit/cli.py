@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from r0kit.errors import R0kitError, R0kitWarning
@@ -62,12 +64,40 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _default_showwarning = warnings.showwarning
 
 
+def import_torch_holding_ctrl_c() -> None:
+    """Import torch with a Ctrl-C held until the import ends, then raised as ``KeyboardInterrupt``.
+
+    torch's C extension imports numpy while it initializes and takes any failure
+    there, a ``KeyboardInterrupt`` included, for "numpy is unavailable": a Ctrl-C in
+    that window was lost, and the command ran on with a half-imported numpy. Does
+    nothing when torch is already imported, off the main thread (where signal
+    handlers cannot be set), or when SIGINT is ignored.
+
+    Raises:
+        KeyboardInterrupt: a Ctrl-C arrived during the import.
+    """
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        import torch  # noqa: F401
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("R0KIT_TRACEBACK", "").lower() in ("1", "true", "yes")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
+        import_torch_holding_ctrl_c()
         with warnings.catch_warnings():
             warnings.simplefilter("always", R0kitWarning)
             warnings.showwarning = _show_warning

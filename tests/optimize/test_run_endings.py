@@ -233,6 +233,36 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+_CTRL_C_INSIDE_TORCH_S_NUMPY_IMPORT = """
+import os, signal, sys
+
+class CtrlCOnNumpy:
+    # the first import of numpy comes from torch's C extension, which took a KeyboardInterrupt
+    # raised there for "numpy is unavailable"
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+assert "torch" not in sys.modules and "numpy" not in sys.modules
+sys.meta_path.insert(0, CtrlCOnNumpy())
+from r0kit.cli import main
+sys.exit(main(["optimize", "x", "--steps", "3", "-o", "out"]))
+"""
+
+
+def test_ctrl_c_inside_torch_s_own_numpy_import_is_not_lost(tmp_path):
+    """Deterministic twin of the test above: the SIGINT lands exactly where torch swallowed it."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "plugins")]))
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_INSIDE_TORCH_S_NUMPY_IMPORT], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "r0kit: interrupted" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_write_error_names_the_last_good_checkpoint(tiny_sd, tmp_path, monkeypatch, capsys):
     pytest.importorskip("peft")
     import r0kit.train
