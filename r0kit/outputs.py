@@ -22,6 +22,21 @@ def to_pil(image: torch.Tensor):
     return Image.fromarray(arr)
 
 
+#: The PNG text chunk that marks a figure r0kit drew (curves, contact sheets, before/after grids):
+#: :func:`r0kit.score.list_images` skips such files, so scoring a run's folder scores its images only.
+FIGURE_KEY = "r0kit-figure"
+
+
+def is_figure(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG that r0kit wrote as a figure (it carries :data:`FIGURE_KEY`)."""
+    if Path(path).suffix.lower() != ".png":
+        return False
+    try:
+        return FIGURE_KEY in read_png_metadata(path)
+    except Exception:  # unreadable: not ours to skip; the loader reports it by name
+        return False
+
+
 def save_png(path: str | Path, image: torch.Tensor, metadata: dict[str, Any] | None = None) -> Path:
     """Save a ``[3, H, W]`` image in [0, 1] as PNG, with string text chunks for ``metadata``."""
     from PIL.PngImagePlugin import PngInfo
@@ -90,20 +105,20 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata={FIGURE_KEY: "curves"})
     plt.close(fig)
     return Path(path)
 
 
 def contact_sheet(path: str | Path, images: torch.Tensor, nrow: int | None = None) -> Path:
-    """A grid of ``[B, 3, H, W]`` images in [0, 1]."""
+    """A grid of ``[B, 3, H, W]`` images in [0, 1], marked as a figure (:data:`FIGURE_KEY`)."""
     import math
 
     from torchvision.utils import make_grid
 
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
     grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    return save_png(path, grid)
+    return save_png(path, grid, {FIGURE_KEY: "contact sheet"})
 
 
 def image_name(position: int, n_prompts: int) -> str:

@@ -67,12 +67,23 @@ class ScoreTable:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix, :data:`IMAGE_SUFFIXES`), sorted by name.
+
+    Figures r0kit drew there (``curves.png``, ``contact_sheet.png``: PNGs carrying
+    :data:`r0kit.outputs.FIGURE_KEY`) are not images to score, and are left out.
+
+    :raises InputError: ``folder`` is not a folder, or holds no images.
+    """
+    from r0kit.outputs import is_figure
+
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"{str(root)!r} is not a folder of images")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    candidates = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [p for p in candidates if not is_figure(p)]
     if not files:
-        raise InputError(f"{str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        figures = f" (only r0kit's figures: {', '.join(p.name for p in candidates)})" if candidates else ""
+        raise InputError(f"{str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}){figures}")
     return files
 
 

@@ -94,3 +94,21 @@ def test_option_parsing_errors(tmp_path, capsys, reward_host):
     assert main(["score", str(folder), "--reward", "contrast", "-R", "clip.device=cpu"]) == 2
     assert "no --reward selects" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "nope"), "--reward", "contrast"]) == 2
+
+
+def test_a_run_folder_scores_its_images_and_not_r0kit_s_figures(tmp_path, reward_host):
+    """optimize writes curves.png and contact_sheet.png beside the images; they were scored as images."""
+    from r0kit.outputs import contact_sheet, plot_curves
+    from r0kit.score import list_images
+
+    folder = write_pngs(tmp_path / "run")
+    plot_curves(folder / "curves.png", [{"step": 0, "values": {"total": [1.0]}}, {"step": 1, "values": {"total": [2.0]}}])
+    contact_sheet(folder / "contact_sheet.png", torch.rand(2, 3, 8, 8))
+    assert [p.name for p in list_images(folder)] == [f"img_{i:02d}.png" for i in range(3)]
+    table = score_folder(folder, ["colorfulness"])
+    assert table.files == [f"img_{i:02d}.png" for i in range(3)] and table.prompts == PROMPTS
+    only_figures = tmp_path / "figures"
+    only_figures.mkdir()
+    plot_curves(only_figures / "curves.png", [{"step": 0, "values": {"total": [1.0]}}])
+    with pytest.raises(InputError, match=r"holds no images .*only r0kit's figures: curves.png"):
+        list_images(only_figures)
