@@ -234,21 +234,31 @@ def load_objective_config(path: str | Path) -> ObjectiveConfig:
     return parse_objective(objective_table(path), str(path))
 
 
-def build_objective(cfg: ObjectiveConfig):
-    """Instantiate every term; the result equals the same objective written in Python."""
+def build_objective(cfg: ObjectiveConfig, source: str | None = None):
+    """Instantiate every term; the result equals the same objective written in Python.
+
+    :param source: the file the table came from, named in errors.
+    :raises UnknownNameError: a term names no registered reward or regularizer;
+    :raises OptionError: a term's options do not fit its factory. Both name the term's
+        key (``objective.rewards.<label>``) and ``source``.
+    """
+    from r0kit.errors import OptionError, UnknownNameError
     from r0kit.objective import Objective, regularizer, reward
 
     terms = []
-    for label, t in cfg.rewards.items():
-        terms.append(reward(t.name or label, label=label, **t.options) * t.weight)
-    for label, t in cfg.regularizers.items():
-        terms.append(regularizer(t.name or label, label=label, **t.options) * (-t.weight))
+    for table, make, sign in (("rewards", reward, 1.0), ("regularizers", regularizer, -1.0)):
+        for label, t in getattr(cfg, table).items():
+            try:
+                terms.append(make(t.name or label, label=label, **t.options) * (sign * t.weight))
+            except (UnknownNameError, OptionError) as exc:
+                where = f"{source}: " if source else ""
+                raise type(exc)(f"{where}[objective.{table}.{label}]: {exc}") from None
     return Objective(terms, normalize_gradients=cfg.normalize_gradients, eps=cfg.eps)
 
 
 def load_objective(path: str | Path):
     """Build the :class:`~r0kit.objective.Objective` of a TOML file's ``[objective]`` table."""
-    return build_objective(load_objective_config(path))
+    return build_objective(load_objective_config(path), str(path))
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -33,7 +33,7 @@ from r0kit.errors import InputError, OptionError
 
 #: Weight-free rewards used as held-out indicators when no held-out reward or metric is named.
 DEFAULT_HELD_OUT = ("contrast", "colorfulness", "symmetry")
-FID_NOTE = "FID omitted: pass --metric fid with -M reference=FOLDER (Inception-v3 weights, see r0kit.metrics)"
+FID_NOTE = "FID not computed: add --metric fid -M fid.reference=FOLDER (a folder of reference images; Inception-v3 weights, see r0kit.metrics)"
 #: Rewards shown in R0's table units: name -> (column title, multiplier) (R0, Table 1).
 DISPLAY: dict[str, tuple[str, float]] = {
     "hpsv2": ("HPS", 100.0),
@@ -98,9 +98,10 @@ class Evaluation:
         """A rich Table in the shape of the R0 paper's: model | one column per reward and metric."""
         from rich.table import Table
 
-        t = Table(title="evaluation", caption="* held out (not trained on): a reward-hacking indicator")
-        t.add_column("model")
         cols = self.columns()
+        starred = any(title.endswith("*") for _, title, _ in cols)
+        t = Table(title="evaluation", caption="* held out (not trained on): a reward-hacking indicator" if starred else None)
+        t.add_column("model")
         for _, title, _ in cols:
             t.add_column(title, justify="right")
         for row in self.rows:

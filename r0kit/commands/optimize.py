@@ -247,7 +247,8 @@ def _optimize(cfg, args, shard):
     device = None
     if shard.distributed and cfg.device == "auto" and shard.device is not None:
         device = str(shard.device)
-    objective = build_objective(cfg.objective)
+    source = args.objective or args.config
+    objective = build_objective(cfg.objective, None if source is None else str(source))
     gen = r0kit.generator(cfg.generator.name, **generator_options(cfg, device))
     where = f" (rank {shard.rank} of {shard.world_size})" if shard.distributed else ""
     print(f"r0kit: optimizing {len(shard.prompts)} prompt(s){where} for {cfg.steps} steps: {objective!r}", file=sys.stderr)

@@ -327,7 +327,7 @@ def render(name: str, kind: str = "reward") -> dict[str, str]:
         "cls": class_name(name),
         "kind": kind,
         "table": table,
-        "summary": f"{name}: {what} for r0kit",
+        "summary": f"{name}: an r0kit {kind} plugin (the scaffold starts it as {what}; make it yours)",
     }
     return {
         "pyproject.toml": _PYPROJECT.substitute(subs),

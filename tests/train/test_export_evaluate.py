@@ -89,7 +89,7 @@ def test_evaluate_end_to_end(tiny_sd, tiny_model, tmp_path, capsys):
                "--device", "cpu", "--label", "R0", "--label", "base", "--output", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "colorfulness" in printed and "contrast*" in printed and "R0" in printed and "FID omitted" in printed
+    assert "colorfulness" in printed and "contrast*" in printed and "R0" in printed and "FID not computed: add --metric fid -M fid.reference=FOLDER" in printed
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
     assert len(rows) == 3 * len(PROMPTS)
     assert {r["model"] for r in rows} == {"R0", "base", "images"}
