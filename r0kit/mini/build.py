@@ -649,21 +649,38 @@ def build(out: str | Path, settings: Settings | None = None, stages: Sequence[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m r0kit.mini build", description="Train the mini world's models on the CPU.")
-    p.add_argument("--out", default=str(MODELS), help="output folder (default: the package's models folder)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help="output folder (default: the package's models folder, which a full build rewrites with its checksums)")
+    p.add_argument("--seed", type=int, default=0, help="the build's seed (default 0: the committed models)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the checksums hold for one thread count)")
-    p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the command, not the models")
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, metavar="STAGE")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (experiments)")
+    p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the command, not the models (needs --out)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, metavar="STAGE",
+                   help=f"stages to run, in order (default all: {' '.join(STAGES)})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, VALUE in JSON (experiments), e.g. --set unet_steps=3000 --set 'unet_channels=[32,64,64]'")
     args = p.parse_args(argv)
+    out = args.out
+    if out is None:
+        if args.quick or args.set or args.seed != 0 or list(args.stages) != list(STAGES):
+            p.error("--out is needed with --quick, --set, --seed or --stages: the default is the shipped models' folder, "
+                    "which only a full build with the default settings may rewrite")
+        out = str(MODELS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     s = Settings.quick(seed=args.seed, threads=args.threads) if args.quick else Settings(seed=args.seed, threads=args.threads)
     for item in args.set:
-        key, _, value = item.partition("=")
-        if not hasattr(s, key):
-            p.error(f"--set: unknown setting {key!r}")
+        key, eq, value = item.partition("=")
+        if not eq or not hasattr(s, key) or key in ("seed", "threads", "extra"):
+            known = ", ".join(k for k in asdict(s) if k not in ("seed", "threads", "extra"))
+            p.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {known}")
         current = getattr(s, key)
-        setattr(s, key, tuple(json.loads(value)) if isinstance(current, tuple) else type(current)(json.loads(value)))
+        try:
+            parsed = json.loads(value)
+            new = tuple(int(v) for v in parsed) if isinstance(current, tuple) else type(current)(parsed)
+        except (json.JSONDecodeError, TypeError, ValueError):
+            p.error(f"--set {item!r}: {key} takes a JSON {'list of ints' if isinstance(current, tuple) else type(current).__name__}, "
+                    f"like {json.dumps(list(current) if isinstance(current, tuple) else current)}")
+        setattr(s, key, new)
+    args.out = out
     times = build(args.out, s, args.stages)
     log.info("built in %.0fs: %s", sum(times.values()), ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     return 0

@@ -25,3 +25,32 @@ def test_quick_build_twice_writes_identical_files(tmp_path):
     build(tmp_path / "c" / "models", Settings.quick(threads=1, seed=1), STAGES)
     c = json.loads((tmp_path / "c" / "models" / "checksums.json").read_text())
     assert c["pipeline/unet/diffusion_pytorch_model.safetensors"] != a["pipeline/unet/diffusion_pytorch_model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--quick"], "--out is needed with --quick"),
+        (["--stages", "unet"], "--out is needed with --quick, --set, --seed or --stages"),
+        (["--set", "clip_steps", "--out", "x"], "expected KEY=VALUE with KEY one of images, clip_steps"),
+        (["--set", "clip_steps=abc", "--out", "x"], "clip_steps takes a JSON int, like 700"),
+        (["--set", "unet_channels=[1,\"a\"]", "--out", "x"], "unet_channels takes a JSON list of ints, like [32, 64, 128]"),
+        (["--set", "seed=3", "--out", "x"], "expected KEY=VALUE"),
+    ],
+)
+def test_build_refuses_bad_options_before_any_work_and_never_overwrites_the_shipped_models_by_default(argv, message, capsys, monkeypatch):
+    import r0kit.mini.build as B
+
+    monkeypatch.setattr(B, "build", lambda *a, **k: pytest.fail("the build ran"))
+    with pytest.raises(SystemExit) as exc:
+        B.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_mini_command_line_help_and_unknown_commands(capsys):
+    from r0kit.mini.__main__ import main
+
+    assert main(["--help"]) == 0 and "build" in capsys.readouterr().out
+    assert main(["bogus"]) == 2 and "unknown command 'bogus'; the commands are build" in capsys.readouterr().err
+    assert main([]) == 2 and "no command given" in capsys.readouterr().err
