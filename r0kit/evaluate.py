@@ -308,7 +308,8 @@ def _evaluate_source(i, source, src_steps, kind, labels, used, prompts, names, t
 
     default = Path(str(source).rstrip("/")).name or str(source)
     label = labels[i] if i < len(labels) else (f"{default}@{src_steps}" if src_steps else default)
-    while label in used:
+    # labels and their folder names are both unique: "a b" and "a/b" would share the folder a_b
+    while label in used or _safe(label) in {_safe(u) for u in used}:
         label += "'"
     used.add(label)
     if kind == "images":
@@ -364,7 +365,9 @@ def _progress_bar(label: str, total: int):
 
 
 def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "model"
+    """A row's folder name: letters, digits, ``-_.`` kept, anything else ``_``; never ``.``, ``..`` or hidden."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "model"
+    return "_" + name if name.startswith(".") else name
 
 
 def _build_generator(source: str, kind: str, *, steps: int, size: int | None, device: str, guidance: float = 1.0):

@@ -112,3 +112,22 @@ def test_evaluate_refuses_held_out_equal_to_trained(tmp_path):
 
     with pytest.raises(OptionError, match="held-out"):
         evaluate([str(tmp_path)], None, rewards=["contrast"], held_out=["contrast"], output=tmp_path / "o")
+
+
+def test_labels_that_clean_to_one_folder_name_keep_their_rows_apart(tmp_path):
+    """'a b' and 'a/b' both cleaned to a_b: the second row's grid and images (a generator's row) overwrote the
+    first's; '..' named the parent folder. The row folder and the grid take one name, so the grids show it."""
+    from r0kit.evaluate import evaluate
+    from r0kit.outputs import save_png
+
+    folders = []
+    for k in range(3):
+        f = tmp_path / f"images{k}"
+        for i, p in enumerate(PROMPTS):
+            save_png(f / f"{i}.png", torch.full((3, SIZE, SIZE), 0.2 + 0.3 * k), {"prompt": p})
+        folders.append(str(f))
+    out = tmp_path / "eval"
+    res = evaluate(folders, None, rewards=["colorfulness"], labels=["a b", "a/b", ".."], output=out, progress=False)
+    grids = [row.grid for row in res.rows]
+    assert len(set(grids)) == 3 and all(g.parent == out and g.is_file() for g in grids)
+    assert len({r["model"] for r in csv.DictReader(open(out / "evaluation.csv"))}) == 3
