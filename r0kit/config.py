@@ -283,9 +283,14 @@ def read_prompts(path: str | Path) -> list[str]:
         if p.suffix == ".jsonl":
             try:
                 obj = json.loads(line)
-                prompts.append(str(obj["prompt"]) if isinstance(obj, dict) else str(obj))
-            except (json.JSONDecodeError, KeyError):
-                raise ConfigError(f"{str(p)!r} line {n}: expected a JSON object with a \"prompt\" key") from None
+            except json.JSONDecodeError:
+                obj = None
+            prompt = obj.get("prompt") if isinstance(obj, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                got = "an empty or blank prompt" if isinstance(prompt, str) else (
+                    f"prompt {json.dumps(prompt)}" if isinstance(obj, dict) and "prompt" in obj else "no \"prompt\" key")
+                raise ConfigError(f"{str(p)!r} line {n}: expected a JSON object with a non-empty string \"prompt\", got {got}")
+            prompts.append(prompt)
         else:
             prompts.append(line)
     if not prompts:

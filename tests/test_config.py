@@ -77,6 +77,11 @@ def test_read_prompts(tmp_path):
         read_prompts(_write(tmp_path, "\n# only a comment\n", "empty.txt"))
     with pytest.raises(ConfigError, match="line 1"):
         read_prompts(_write(tmp_path, '{"text": "x"}\n', "bad.jsonl"))
+    # a JSONL prompt that is not a non-empty string was read as "None", "5" or "" and optimized or scored
+    for line, got in (('{"prompt": null}', "prompt null"), ('{"prompt": 5}', "prompt 5"), ('{"prompt": " "}', "an empty or blank prompt"),
+                      ('"just a string"', 'no "prompt" key'), ("[1, 2]", 'no "prompt" key'), ("{broken", 'no "prompt" key')):
+        with pytest.raises(ConfigError, match=f'line 2: expected a JSON object with a non-empty string "prompt", got {got}'):
+            read_prompts(_write(tmp_path, '{"prompt": "ok"}\n' + line + "\n", "bad.jsonl"))
     with pytest.raises(ConfigError, match="does not exist"):
         read_prompts(tmp_path / "missing.txt")
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\xfa")
