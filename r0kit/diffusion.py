@@ -549,6 +549,25 @@ def pipeline_scheduler(scheduler: Any) -> Any:
     )
 
 
+def check_guidance_scale(guidance_scale: Any, what: str = "guidance") -> float:
+    """The one rule every command applies to a classifier-free guidance scale: a finite number ``>= 0``.
+
+    ``0`` and ``1`` both mean no guidance (diffusers' rule, see :func:`uses_cfg`; turbo
+    models are documented with ``guidance_scale=0``).
+
+    :returns: the scale as a float.
+    :raises OptionError: naming ``what``, for anything else (a bool, a string, NaN, ±inf, a negative number).
+    """
+    import math
+
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise OptionError(
+            f"{what} must be a finite number >= 0 (classifier-free guidance runs only above 1; "
+            f"0 or 1 = none, as for turbo models), got {guidance_scale!r}"
+        )
+    return float(guidance_scale)
+
+
 def uses_cfg(guidance_scale: float, backbone: Any = None) -> bool:
     """Whether classifier-free guidance runs: diffusers' rule, ``guidance_scale > 1``.
 

@@ -220,7 +220,7 @@ def evaluate(
     :param size: image side for base models (exports use their own; default: the model's native size).
     :param seeds: images per prompt for generated rows (image ``i`` of the row, prompt ``i // seeds``,
         uses seed ``seed + i``); diversity metrics need 2 or more.
-    :param guidance: classifier-free guidance scale for base models (1 = none; exports sample without).
+    :param guidance: classifier-free guidance scale for base models, >= 0 (0 or 1 = none; exports sample without).
     """
     from r0kit.score import build_rewards, list_images
 
@@ -228,8 +228,9 @@ def evaluate(
         raise OptionError("evaluate needs at least one source (an exported generator, a pipeline or an image folder)")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise OptionError(f"seeds must be a positive integer, got {seeds!r}")
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 1:
-        raise OptionError(f"guidance must be a finite number >= 1 (1 = no classifier-free guidance), got {guidance!r}")
+    from r0kit.diffusion import check_guidance_scale
+
+    guidance = check_guidance_scale(guidance)
     rewards = list(dict.fromkeys(rewards))
     if not rewards:
         raise OptionError("evaluate needs at least one reward (--reward NAME, or --train-config to take its objective's)")

@@ -151,7 +151,7 @@ class EvaluateConfig(StrictModel):
     prompts: list[str] = Field(default_factory=list)
     prompts_file: Path | None = None
     baselines: list[str] = Field(default_factory=list, description="base models, MODEL@K for K steps")
-    guidance: float = Field(1.0, ge=1)
+    guidance: float = Field(1.0, ge=0, allow_inf_nan=False)
     seeds: int = Field(1, ge=1)
     seed: int = 1000
     held_out: list[str] = Field(default_factory=list)

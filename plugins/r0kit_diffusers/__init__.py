@@ -96,11 +96,9 @@ class _Base:
 
 
 def _check_guidance(name: str, guidance: Any) -> None:
-    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not guidance >= 0:
-        raise OptionError(
-            f"{name}: guidance must be a number >= 0 (classifier-free guidance runs only above 1; "
-            f"0 or 1 = none, as for turbo models), got {guidance!r}"
-        )
+    from r0kit.diffusion import check_guidance_scale
+
+    check_guidance_scale(guidance, f"{name}: guidance")
 
 
 def _check_size(name: str, height: Any, width: Any) -> None:

@@ -38,11 +38,11 @@ def add_parser(sub) -> None:
     p.add_argument("--label", action="append", default=[], help="row label of each source, in order")
     p.add_argument("--steps", type=int_at_least(1), default=25, help="sampling steps for base models (default 25)")
     p.add_argument(
-        "--size", type=int_at_least(8), help="image side for base models (default: the model's native size; exports use their own)"
+        "--size", type=int_at_least(8), help="image side of every generated row, exports included (default: each model's native size, an export's own)"
     )
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--seeds", type=int_at_least(1), default=1, help="images per prompt (diversity metrics need 2 or more)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale for base models (default 1: none)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale for base models, >= 0 (default 1; 0 or 1: none)")
     p.add_argument("--batch-size", type=int_at_least(1), default=4, help="prompts sampled together (default 4)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default auto)")
     add_output(p, default=Path("r0kit-eval"), what="the output folder")

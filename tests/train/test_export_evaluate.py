@@ -131,3 +131,31 @@ def test_labels_that_clean_to_one_folder_name_keep_their_rows_apart(tmp_path):
     grids = [row.grid for row in res.rows]
     assert len(set(grids)) == 3 and all(g.parent == out and g.is_file() for g in grids)
     assert len({r["model"] for r in csv.DictReader(open(out / "evaluation.csv"))}) == 3
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "3"])
+def test_guidance_follows_one_rule_in_evaluate_its_config_and_the_generators(tmp_path, bad):
+    """evaluate refused 0 (documented as 'none' for turbo models) that optimize's generators accept."""
+    from r0kit.diffusion import check_guidance_scale
+    from r0kit.errors import OptionError
+    from r0kit.evaluate import evaluate
+    from r0kit.outputs import save_png
+    from r0kit.train import EvaluateConfig
+
+    images = tmp_path / "images"
+    save_png(images / "0.png", torch.rand(3, SIZE, SIZE), {"prompt": "a"})
+    res = evaluate([str(images)], None, rewards=["colorfulness"], guidance=0, output=tmp_path / "ok", progress=False)
+    assert len(res.rows) == 1
+    assert EvaluateConfig(prompts=["a"], guidance=0).guidance == 0
+    rule = "must be a finite number >= 0"
+    with pytest.raises(OptionError, match=rule):
+        evaluate([str(images)], None, rewards=["colorfulness"], guidance=bad, output=tmp_path / "bad", progress=False)
+    with pytest.raises(OptionError, match=rule):
+        check_guidance_scale(bad)
+    import r0kit
+
+    with pytest.raises(OptionError, match=rule):
+        r0kit.generator("noise", model="unused", guidance=bad)
+    if not isinstance(bad, (bool, str)):
+        with pytest.raises(Exception, match="guidance"):
+            EvaluateConfig(prompts=["a"], guidance=bad)

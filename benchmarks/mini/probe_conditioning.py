@@ -1,0 +1,110 @@
+"""How much does a base model listen to each word of a mini-world prompt?
+
+    python benchmarks/mini/probe_conditioning.py                  # the committed r0kit-mini
+    python benchmarks/mini/probe_conditioning.py --model PATH --samples 128
+
+For single-object scenes that state a position and a size, each attribute's phrase
+is swapped for a wrong one ("on the left" -> "on the right", "red" -> "blue", ...)
+and the model's x̂₀ error on the true latents is measured at several timesteps,
+same latents, same noise:
+
+    gap(attribute, t) = E‖x̂₀(x_t, t, swapped prompt) − x₀‖² / E‖x̂₀(x_t, t, true prompt) − x₀‖² − 1
+
+A model that uses the attribute has a clearly positive gap at high timesteps, where the
+noisy latent no longer shows the layout and only the prompt can. A gap near 0 means the
+attribute's words do not reach the prediction, so no sampler or reward can draw on
+what the model does not condition on. The empty prompt's gap is printed beside them as
+the size of "all of the prompt".
+
+Prints a table and writes ``--out`` (CSV, one row per attribute and timestep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from r0kit.diffusion import alphas_sigmas, load  # noqa: E402
+from r0kit.mini import world as W  # noqa: E402
+
+OTHER_POSITION = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "centre": "left"}
+
+
+def swapped(scene: W.Scene, attribute: str) -> str:
+    """``scene``'s prompt with ``attribute``'s phrase replaced by a wrong one (or ``""`` for ``"prompt"``)."""
+    o = scene.objects[0]
+    p = scene.prompt
+    if attribute == "prompt":
+        return ""
+    if attribute == "position":
+        return p.replace(W.POSITION_PHRASES[scene.position], W.POSITION_PHRASES[OTHER_POSITION[scene.position]])
+    if attribute == "colour":
+        return p.replace(o.colour, "blue" if o.colour != "blue" else "red")
+    if attribute == "shape":
+        return p.replace(o.shape, "circle" if o.shape != "circle" else "square")
+    if attribute == "size":
+        return p.replace(o.size, "large" if o.size == "small" else "small")
+    raise ValueError(attribute)
+
+
+@torch.no_grad()
+def probe(model: str, samples: int, timesteps: list[int], seed: int) -> list[dict[str, float | str | int]]:
+    m = load(model, device="cpu")
+    rng = np.random.default_rng(seed)
+    scenes: list[W.Scene] = []
+    while len(scenes) < samples:
+        sc = W.sample_scene(rng, "train", "single")
+        if sc.position and "size" in sc.stated:
+            scenes.append(sc)
+    images = torch.from_numpy(W.render_batch(scenes)).float()
+    x0 = m.encode_images(images)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    attributes = ("position", "size", "shape", "colour", "prompt")
+    conds = {"true": m.encode_prompts([sc.prompt for sc in scenes])}
+    for a in attributes:
+        conds[a] = m.encode_prompts([swapped(sc, a) for sc in scenes])
+    rows = []
+    for t in timesteps:
+        tt = torch.full((samples,), t)
+        alpha, sigma = alphas_sigmas(m.scheduler, tt)
+        alpha, sigma = alpha.view(-1, 1, 1, 1), sigma.view(-1, 1, 1, 1)
+        x_t = alpha * x0 + sigma * noise
+        err = {k: float(((m.predict(x_t, tt, c, alpha=alpha, sigma=sigma)[0] - x0) ** 2).mean()) for k, c in conds.items()}
+        for a in attributes:
+            rows.append(dict(timestep=t, attribute=a, mse_true=err["true"], mse_swapped=err[a], gap=err[a] / err["true"] - 1))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="r0kit-mini")
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--timesteps", default="999,900,700,500,300")
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("probe_conditioning.csv"))
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    rows = probe(args.model, args.samples, [int(t) for t in args.timesteps.split(",")], args.seed)
+    with open(args.out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    attrs = list(dict.fromkeys(r["attribute"] for r in rows))
+    print("x̂₀-error gap when the phrase is swapped (0 = the model ignores it)")
+    print(f"{'timestep':>8}  " + "  ".join(f"{a:>9}" for a in attrs))
+    for t in dict.fromkeys(r["timestep"] for r in rows):
+        print(f"{t:>8}  " + "  ".join(f"{r['gap']:>+9.3f}" for a in attrs for r in rows if r["timestep"] == t and r["attribute"] == a))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
