@@ -176,6 +176,73 @@ def build_metrics(names: Sequence[str], options: dict[str, dict[str, Any]] | Non
     return {n: (e, e.create(**options.get(n, {}))) for n, e in entries.items()}
 
 
+def check_sources(sources: Sequence[str], prompts: list[str] | None) -> tuple[list[tuple[str, int | None]], list[str]]:
+    """Parse and classify every source (:func:`parse_source`, :func:`source_kind`) before any model loads.
+
+    :returns: the parsed ``(source, K)`` pairs and each one's kind.
+    :raises InputError: a source that does not exist, a file, ``@K`` on an export or image folder,
+        or an image folder whose prompts cannot be read.
+    :raises OptionError: a source to sample with no prompts.
+    """
+    from r0kit.score import list_images
+
+    parsed = [parse_source(str(source)) for source in sources]
+    kinds = [source_kind(src) for src, _ in parsed]
+    for (source, k), kind in zip(parsed, kinds):
+        if k is not None and kind != "base":
+            raise InputError(f"'@{k}' applies to base models only; {source!r} is {'an export' if kind == 'generator' else 'an image folder'}")
+        if kind == "images":
+            _image_prompts(source, list_images(source), prompts)
+        elif prompts is None:
+            raise OptionError(f"sampling {str(source)!r} needs prompts: pass --prompts-file")
+    return parsed, kinds
+
+
+def check_metric_needs(metrics: dict[str, Any], *, seeds: int, prompts: int) -> None:
+    """Refuse, before any sampling, metrics a generated row cannot feed.
+
+    A metric object may declare ``min_images_per_prompt`` (diversity across seeds: 2) and
+    ``min_images`` (FID's covariance: 2); a generated row holds ``seeds`` images of each of
+    ``prompts`` prompts.
+
+    :raises OptionError: naming the metric and the ``--seeds`` it needs.
+    """
+    for name, (_, metric) in metrics.items():
+        per_prompt = int(getattr(metric, "min_images_per_prompt", 1))
+        if seeds < per_prompt:
+            raise OptionError(f"metric {name!r} needs {per_prompt} images of each prompt; evaluate with --seeds {per_prompt} or more")
+        least = int(getattr(metric, "min_images", 1))
+        if prompts and seeds * prompts < least:
+            raise OptionError(f"metric {name!r} needs at least {least} images; use more prompts or --seeds {-(-least // prompts)}")
+
+
+def check_training_evaluation(cfg: Any) -> None:
+    """Everything in a training config's ``[evaluate]`` table that can be checked before training:
+    its prompts, baselines, held-out reward names, guidance, and metrics (built, so their options
+    and weights are checked) against its seeds. :func:`evaluate_training` runs after the training.
+
+    :raises ConfigError: naming the ``[evaluate]`` table and what is wrong in it.
+    """
+    from r0kit.config import read_prompts
+    from r0kit.diffusion import check_guidance_scale
+    from r0kit.errors import ConfigError, R0kitError
+    from r0kit.plugins import get_host
+
+    ev = cfg.evaluate
+    if ev is None:
+        return
+    try:
+        prompts = list(ev.prompts) if ev.prompts else read_prompts(ev.prompts_file)
+        check_sources(ev.baselines, prompts)
+        check_guidance_scale(ev.guidance, "evaluate.guidance")
+        host = get_host()
+        for name in ev.held_out:
+            host.rewards.get(name)
+        check_metric_needs(build_metrics(ev.metrics, ev.metric_options), seeds=ev.seeds, prompts=len(prompts))
+    except R0kitError as exc:
+        raise ConfigError(f"the config's [evaluate] table, checked before training: {exc}") from None
+
+
 def compute_metrics(metrics: dict[str, Any], images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
     """Every metric over one image set; each output goes through :func:`r0kit.metrics.check_metric_values`."""
     from r0kit.metrics import check_images, check_metric_values
@@ -222,7 +289,7 @@ def evaluate(
         uses seed ``seed + i``); diversity metrics need 2 or more.
     :param guidance: classifier-free guidance scale for base models, >= 0 (0 or 1 = none; exports sample without).
     """
-    from r0kit.score import build_rewards, list_images
+    from r0kit.score import build_rewards
 
     if not sources:
         raise OptionError("evaluate needs at least one source (an exported generator, a pipeline or an image folder)")
@@ -246,17 +313,11 @@ def evaluate(
     if len(labels) > len(sources):
         raise OptionError(f"got {len(labels)} --label(s) for {len(sources)} source(s); give at most one per source")
     # Every source is checked before any model loads: a bad third source must not cost two samplings.
-    parsed = [parse_source(str(source)) for source in sources]
-    kinds = [source_kind(src) for src, _ in parsed]
-    for (source, k), kind in zip(parsed, kinds):
-        if k is not None and kind != "base":
-            raise InputError(f"'@{k}' applies to base models only; {source!r} is {'an export' if kind == 'generator' else 'an image folder'}")
-        if kind == "images":
-            _image_prompts(source, list_images(source), prompts)
-        elif prompts is None:
-            raise OptionError(f"sampling {str(source)!r} needs prompts: pass --prompts-file")
-    terms = build_rewards(names, reward_options)
+    parsed, kinds = check_sources(sources, prompts)
     built_metrics = build_metrics(metrics, metric_options)
+    if any(kind != "images" for kind in kinds):
+        check_metric_needs(built_metrics, seeds=seeds, prompts=len(prompts or []))
+    terms = build_rewards(names, reward_options)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[EvalRow] = []

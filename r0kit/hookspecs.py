@@ -101,6 +101,11 @@ def r0kit_register_metrics(register: RegisterComponent) -> None:
     ``"accuracy/colour"``, ...). Metrics judge; they are never optimized, so
     they need no gradient. ``r0kit evaluate --metric NAME`` computes them.
 
+    A metric may declare what it needs as attributes, checked before any sampling
+    (:func:`r0kit.evaluate.check_metric_needs`): ``min_images_per_prompt`` (a
+    diversity across seeds: 2) and ``min_images`` (FID: 2). The factory should
+    check its option values itself and raise :class:`r0kit.OptionError`.
+
     :param register: the callback that records one metric.
     :returns: nothing; the return value is ignored.
 

@@ -37,6 +37,7 @@ def fid_metric(reference: str, weights: str | None = None, size: int = 299, batc
 
         return {"fid": frechet_distance(net, real, resize(images.float()), batch_size=batch_size)}
 
+    metric.min_images = 2  # FID's covariance (see r0kit.evaluate.check_metric_needs)
     return metric
 
 

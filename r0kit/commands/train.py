@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         check_device(device, f"generator.device in {where}")
     if not cfg.prompts:
         read_prompts(cfg.prompts_file)  # a missing or empty file is found before any model loads
-    if cfg.evaluate is not None and not cfg.evaluate.prompts:
-        read_prompts(cfg.evaluate.prompts_file)
+    if cfg.evaluate is not None:
+        from r0kit.evaluate import check_training_evaluation
+
+        check_training_evaluation(cfg)  # a bad baseline, metric or option is found before training, not after
     ckpt = resolve_resume(args.resume, Path(cfg.output))
     if ckpt is not None:
         read_checkpoint_state(ckpt)

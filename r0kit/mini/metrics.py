@@ -37,9 +37,18 @@ class FID(_Features):
     """FID against renders of the same prompts (``per_prompt`` random scenes each, seeded), in the
     judge feature network's space (computed by torchmetrics)."""
 
+    #: FID's covariance needs two generated images (see :func:`r0kit.evaluate.check_metric_needs`).
+    min_images = 2
+
     def __init__(self, per_prompt: int = 8, seed: int = 0, model: str = "r0kit-mini-judge", device: str | None = None) -> None:
+        """:raises OptionError: ``per_prompt`` not an int >= 1, or ``seed`` not an int >= 0."""
+        from r0kit.errors import OptionError
+
+        for key, value, least in (("per_prompt", per_prompt, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise OptionError(f"mini_fid.{key} must be an integer >= {least}, got {value!r}")
         super().__init__(model, device)
-        self.per_prompt, self.seed = int(per_prompt), int(seed)
+        self.per_prompt, self.seed = per_prompt, seed
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
         from r0kit.metrics import frechet_distance
@@ -53,6 +62,9 @@ class FID(_Features):
 
 class Diversity(_Features):
     """Mean pairwise cosine distance of judge features between images of the same prompt."""
+
+    #: Diversity is across seeds (see :func:`r0kit.evaluate.check_metric_needs`).
+    min_images_per_prompt = 2
 
     def __init__(self, model: str = "r0kit-mini-judge", device: str | None = None) -> None:
         super().__init__(model, device)

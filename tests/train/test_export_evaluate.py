@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +160,57 @@ def test_guidance_follows_one_rule_in_evaluate_its_config_and_the_generators(tmp
     if not isinstance(bad, (bool, str)):
         with pytest.raises(Exception, match="guidance"):
             EvaluateConfig(prompts=["a"], guidance=bad)
+
+
+_MINI_PRESET = Path(__file__).resolve().parents[2] / "r0kit" / "presets" / "mini.toml"
+
+
+@pytest.mark.parametrize(
+    "evaluate_table, message",
+    [
+        ('baselines = ["r0kit-mini@0"]', "must be a number of sampling steps"),
+        ('baselines = ["/nonexistent/model"]', "does not exist"),
+        ('metrics = ["nosuch"]', "unknown metric 'nosuch'"),
+        ('held_out = ["nosuch"]', "unknown reward 'nosuch'"),
+        ('metrics = ["mini_fid"]\nmetric_options = {mini_fid = {bogus = 1}}', "has no option 'bogus'"),
+        ('metrics = ["mini_fid"]\nmetric_options = {mini_fid = {seed = -1}}', "mini_fid.seed must be an integer >= 0"),
+        ('metrics = ["mini_diversity"]\nseeds = 1', "needs 2 images of each prompt; evaluate with --seeds 2"),
+        ('prompts_file = "nope.txt"', "prompt file"),
+    ],
+)
+def test_a_bad_evaluate_table_fails_before_training(tmp_path, monkeypatch, capsys, evaluate_table, message):
+    """Each of these trained the generator first (minutes on the mini world) and failed after."""
+    pytest.importorskip("peft")
+    import r0kit.train
+    from r0kit.cli import main
+
+    monkeypatch.setattr(r0kit.train, "train", lambda *a, **k: pytest.fail("training started"))
+    text = _MINI_PRESET.read_text().replace('"../mini/prompts/', f'"{_MINI_PRESET.parents[1] / "mini" / "prompts"}/')
+    head, _, _ = text.partition("[evaluate]")
+    body = {"prompts_file": f'prompts_file = "{_MINI_PRESET.parents[1] / "mini" / "prompts" / "heldout.txt"}"',
+            "baselines": 'baselines = ["r0kit-mini@4"]', "seeds": "seeds = 2"}
+    for line in evaluate_table.splitlines():
+        body[line.split("=")[0].strip()] = line
+    (tmp_path / "t.toml").write_text(head + "[evaluate]\n" + "\n".join(body.values()) + "\n")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "--config", str(tmp_path / "t.toml"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert "[evaluate] table, checked before training" in err and message in err
+    assert not (tmp_path / "r0kit-demo").exists()
+
+
+def test_metric_needs_are_checked_before_any_sampling(tmp_path, monkeypatch):
+    """diversity with one seed, and FID with one image, failed only after every row was sampled."""
+    import r0kit.evaluate as E
+    from r0kit.errors import OptionError
+
+    monkeypatch.setattr(E, "_generate", lambda *a, **k: pytest.fail("sampling started"))
+    common = dict(rewards=["colorfulness"], output=tmp_path / "o", progress=False)
+    with pytest.raises(OptionError, match="'mini_diversity' needs 2 images of each prompt; evaluate with --seeds 2"):
+        E.evaluate(["r0kit-mini@1"], ["a red circle"], metrics=["mini_diversity"], seeds=1, **common)
+    with pytest.raises(OptionError, match="'mini_fid' needs at least 2 images; use more prompts or --seeds 2"):
+        E.evaluate(["r0kit-mini@1"], ["a red circle"], metrics=["mini_fid"], seeds=1, **common)
+    for bad in ({"seed": -1}, {"per_prompt": 0}, {"per_prompt": 1.5}):
+        with pytest.raises(OptionError, match=f"mini_fid.{next(iter(bad))} must be an integer"):
+            E.evaluate(["r0kit-mini@1"], ["a red circle"], metrics=["mini_fid"], metric_options={"mini_fid": bad}, seeds=2, **common)
