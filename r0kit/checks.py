@@ -189,3 +189,9 @@ def check_model(model: object, what: str = "--model") -> None:
         raise ConfigError(f"{what} {model!r} is a file; give a diffusers pipeline folder or a hub id")
     if local.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise ConfigError(f"{what} {model!r}: the local folder does not exist")
+    base, at, steps = model.rpartition("@")
+    if at and steps.isdigit():
+        raise ConfigError(
+            f"{what} {model!r}: '@{steps}' (sampling steps) is r0kit evaluate's source syntax; "
+            f"give the model as {base!r} and the steps with the generator's steps option"
+        )
