@@ -16,7 +16,12 @@ attribute's words do not reach the prediction, so no sampler or reward can draw 
 what the model does not condition on. The empty prompt's gap is printed beside them as
 the size of "all of the prompt".
 
-Prints a table and writes ``--out`` (CSV, one row per attribute and timestep).
+The same swaps then ask the world's CLIP (the pipeline's text encoder and the HPS and
+CLIP rewards' backbone) which caption fits a clean render better: the share of scenes
+where it prefers the true caption (0.5 = it cannot tell the attribute apart).
+
+Prints both tables and writes ``--out`` (CSV, one row per attribute and timestep) and
+``<out stem>_clip.csv``.
 """
 
 from __future__ import annotations
@@ -83,13 +88,36 @@ def probe(model: str, samples: int, timesteps: list[int], seed: int) -> list[dic
     return rows
 
 
+@torch.no_grad()
+def clip_preference(scenes_n: int, seed: int) -> dict[str, float]:
+    """Per attribute, how often the world's CLIP scores a render's true caption above the swapped one."""
+    import torch.nn.functional as F
+
+    from r0kit.mini import build as B
+
+    model, tokenize = B._loaded_clip(B.MODELS)
+    rng = np.random.default_rng(seed + 4)
+    scenes: list[W.Scene] = []
+    while len(scenes) < scenes_n:
+        sc = W.sample_scene(rng, "train", "single")
+        if sc.position and "size" in sc.stated:
+            scenes.append(sc)
+    img = F.normalize(model.encode_image(B._clip_normalize(torch.from_numpy(W.render_batch(scenes)))).float(), dim=-1)
+
+    def sim(prompts: list[str]) -> torch.Tensor:
+        return (img * F.normalize(model.encode_text(tokenize(prompts)).float(), dim=-1)).sum(-1)
+
+    true = sim([sc.prompt for sc in scenes])
+    return {a: float((true > sim([swapped(sc, a) for sc in scenes])).float().mean()) for a in ("position", "size", "shape", "colour")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="r0kit-mini")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--timesteps", default="999,900,700,500,300")
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--out", type=Path, default=Path("probe_conditioning.csv"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/mini_probe_conditioning_cpu.csv"))
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     rows = probe(args.model, args.samples, [int(t) for t in args.timesteps.split(",")], args.seed)
@@ -102,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'timestep':>8}  " + "  ".join(f"{a:>9}" for a in attrs))
     for t in dict.fromkeys(r["timestep"] for r in rows):
         print(f"{t:>8}  " + "  ".join(f"{r['gap']:>+9.3f}" for a in attrs for r in rows if r["timestep"] == t and r["attribute"] == a))
-    print(f"wrote {args.out}")
+    prefer = clip_preference(300, args.seed)
+    print("\nthe world's CLIP prefers the true caption over the swapped one (0.5 = chance), 300 scenes")
+    print("  ".join(f"{a} {v:.2f}" for a, v in prefer.items()))
+    clip_out = args.out.with_name(args.out.stem + "_clip.csv")
+    with open(clip_out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["attribute", "true_caption_preferred"])
+        w.writerows([a, f"{v:.6g}"] for a, v in prefer.items())
+    print(f"wrote {clip_out}")
     return 0
 
 

@@ -172,7 +172,17 @@ def build_tokenizer(out: Path) -> Path:
 def _load_open_clip(folder: Path) -> tuple[torch.nn.Module, Any]:
     import open_clip
 
-    model = open_clip.create_model("local-dir:" + str(folder), load_weights=False)
+    class _NoRandomInitNote(logging.Filter):
+        # open_clip logs "initialized randomly" for load_weights=False; the callers load the weights next
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith("No pretrained weights loaded")
+
+    note = _NoRandomInitNote()
+    logging.getLogger().addFilter(note)
+    try:
+        model = open_clip.create_model("local-dir:" + str(folder), load_weights=False)
+    finally:
+        logging.getLogger().removeFilter(note)
     return model, open_clip.get_tokenizer("local-dir:" + str(folder))
 
 
