@@ -127,6 +127,8 @@ def check_output_dir(
     :raises ConfigError: naming ``what`` for a file where the folder should be, a
         folder that cannot be created or written, or a used folder.
     """
+    if not str(folder).strip():
+        raise ConfigError(f"{what} is empty; give a folder (a new one, or an empty one), such as {what} run1")
     p = Path(folder).expanduser()
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{what} {str(p)!r} is a file; give a folder (a new one, or an empty one)")

@@ -138,6 +138,7 @@ ARGPARSE = [
     C("evaluate-size-4", 4, "evaluate imgs -r contrast --size 4", "--size", ">= 8"),
     C("evaluate-seed-negative", 4, "evaluate imgs -r contrast --seed -3", "--seed", ">= 0"),
     C("score-option-short-is-gone", 7, "score imgs -r contrast --option contrast.x=1", "unrecognized arguments"),
+    C("evaluate-output-empty", 1, ["evaluate", "imgs", "-r", "contrast", "-o", ""], "--output", "is empty"),
 ]  # kinds 4 (numbers named by their flag) and 7 (one convention: --option is now --reward-option/-R)
 
 OPTIMIZE = [

@@ -40,10 +40,17 @@ def describe(doc: str | None) -> str:
     return " ".join((doc or "").split("\n\n")[0].replace("``", "").split())
 
 
+def _output_path(text: str) -> Path:
+    """``--output``'s type: ``Path("")`` is the current folder, which an empty argument never meant."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a path, such as -o run1")
+    return Path(text)
+
+
 def add_output(p: argparse.ArgumentParser, *, default: Path | None, what: str, resume: bool = False) -> None:
     """``--output``/``-o`` and ``--overwrite``, worded for ``what`` (a folder, or a file's description)."""
     shown = f" (default {default})" if default is not None else ""
-    p.add_argument("--output", "-o", type=Path, default=default, metavar="PATH", help=f"where to write: {what}{shown}")
+    p.add_argument("--output", "-o", type=_output_path, default=default, metavar="PATH", help=f"where to write: {what}{shown}")
     more = "; it never deletes files the earlier run did not write" if "folder" in what else ""
     p.add_argument(
         "--overwrite",
