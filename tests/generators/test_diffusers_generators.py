@@ -44,7 +44,7 @@ def test_noise_generator_option_errors(sd_model):
         r0kit.generator("noise", model=sd_model, height=16, width=16, steps=6)
     with pytest.raises(OptionError, match="multiple of 2"):
         r0kit.generator("noise", model=sd_model, height=17, width=16)
-    with pytest.raises(OptionError, match="guidance must be a number >= 0"):
+    with pytest.raises(OptionError, match="guidance must be a finite number >= 0"):
         r0kit.generator("noise", model=sd_model, height=16, width=16, guidance=-1)
 
 
