@@ -93,27 +93,77 @@ class StagedDir:
         return self.path
 
     def commit(self) -> list[Path]:
-        """Move the staged entries into ``target``; returns their final paths."""
-        from r0kit.checks import MANIFEST
+        """Move the staged entries into ``target``; returns their final paths.
 
-        old = read_manifest(self.target).get("files", [])
-        new = sorted(e.name for e in self.path.iterdir())
-        moved = []
-        for name in new:
-            dst = self.target / name
-            if dst.is_dir() and not dst.is_symlink():
-                shutil.rmtree(dst)
-            os.replace(self.path / name, dst)
-            moved.append(dst)
-        for name in old if isinstance(old, list) else []:
-            stale = self.target / str(name)
-            if name in new or name == MANIFEST or stale.parent != self.target:
-                continue  # written again, or not a plain entry of this folder
+        An entry of ``target`` is replaced only when an earlier run listed it (or a folder
+        above it) in its manifest; a folder no run listed is merged file by file. When a
+        staged file would replace a file no run wrote, nothing is replaced: the staged
+        files are kept in a visible ``r0kit-unsaved-<pid>`` folder inside ``target``.
+
+        :raises ConfigError: naming the files that would have been replaced and where the
+            run's files are.
+        """
+        from r0kit.checks import MANIFEST
+        from r0kit.errors import ConfigError
+
+        listed = read_manifest(self.target).get("files", [])
+        old = [str(n).rstrip("/") for n in listed] if isinstance(listed, list) else []
+
+        def owned(rel: str) -> bool:
+            return rel == MANIFEST or any(rel == o or rel.startswith(o + "/") for o in old)
+
+        def entries(rel_dir: str) -> list[tuple[str, Path]]:
+            return [((f"{rel_dir}/{e.name}" if rel_dir else e.name), e) for e in sorted((self.path / rel_dir).iterdir())]
+
+        conflicts: list[str] = []
+        staged = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*")}
+
+        def scan(rel_dir: str) -> None:
+            for rel, e in entries(rel_dir):
+                dst = self.target / rel
+                if not (dst.exists() or dst.is_symlink()) or owned(rel):
+                    continue
+                if e.is_dir() and dst.is_dir() and not dst.is_symlink():
+                    scan(rel)
+                else:
+                    conflicts.append(rel)
+
+        scan("")
+        if conflicts:
+            keep = self.target / f"r0kit-unsaved-{os.getpid()}"
+            os.replace(self.path, keep)
+            self._created = []
+            shown = ", ".join(repr(c) for c in conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+            raise ConfigError(
+                f"{str(self.target)!r}: this run's files would replace {shown}, which no r0kit run wrote there, "
+                f"so nothing was replaced; this run's files are in {str(keep)!r}. Move them, or use another folder"
+            )
+        moved = [self.target / e.name for e in sorted(self.path.iterdir())]
+
+        def place(rel_dir: str) -> None:
+            for rel, e in entries(rel_dir):
+                dst = self.target / rel
+                if e.is_dir() and dst.is_dir() and not dst.is_symlink() and not owned(rel):
+                    place(rel)  # a folder no run wrote: merge, keeping the files in it
+                    continue
+                if dst.is_dir() and not dst.is_symlink():
+                    shutil.rmtree(dst)
+                os.replace(e, dst)
+
+        place("")
+        for name in old:
+            stale = self.target / name
+            if name in staged or name == MANIFEST or ".." in Path(name).parts or Path(name).is_absolute():
+                continue  # written again, or not an entry of this folder
+            if "/" in name:
+                if stale.is_file() or stale.is_symlink():
+                    stale.unlink(missing_ok=True)  # a file an earlier run listed inside a folder it shares
+                continue
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-        self.path.rmdir()
+        shutil.rmtree(self.path, ignore_errors=True)
         self._created = []
         return moved
 

@@ -178,6 +178,7 @@ OPTIMIZE = [
 COMMANDS = [
     C("score-output-is-folder", 1, "score imgs -r contrast -o empty", "--output 'empty' is a folder"),
     C("score-output-under-file", 1, "score imgs -r contrast -o f/scores.csv", "'f' is a file"),
+    C("score-output-is-an-image-name", 1, "score imgs -r contrast -o imgs/new.png", "--output 'imgs/new.png' names an image file", "imgs/new.csv"),
     C("score-option-device", 1, "score imgs -r clip -R clip.device='cuda:99'", "--reward-option clip.device"),
     C("score-output-exists", 2, "score imgs -r contrast -o existing.csv", "--overwrite", "existing.csv"),
     C("score-folder-missing", 4, "score nowhere -r contrast", "'nowhere' is not a folder"),

@@ -113,3 +113,48 @@ def test_output_checks(tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         check_output_file(tmp_path / "f")
     assert check_output_file(tmp_path / "f", overwrite=True) == tmp_path / "f"
+
+
+def test_overwrite_never_replaces_a_file_no_run_wrote_and_keeps_the_run_s_files(tmp_path):
+    """--overwrite into a folder without a manifest replaced the user's own image.png; a staged
+    folder of the same name as the user's replaced it whole."""
+    from r0kit.errors import ConfigError
+    from r0kit.io import StagedDir
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "image.png").write_text("the user's")
+    (out / "sub" / "mine.txt").write_text("the user's too")
+    staged = StagedDir(out)
+    staged.open()
+    (staged.path / "image.png").write_text("the run's")
+    with pytest.raises(ConfigError, match=r"would replace 'image.png', which no r0kit run wrote there.*r0kit-unsaved-"):
+        staged.commit()
+    assert (out / "image.png").read_text() == "the user's"
+    (kept,) = out.glob("r0kit-unsaved-*")
+    assert (kept / "image.png").read_text() == "the run's"
+    staged = StagedDir(out)
+    staged.open()
+    (staged.path / "sub").mkdir()
+    (staged.path / "sub" / "new.txt").write_text("the run's")
+    staged.commit()  # a folder no run wrote is merged, not replaced
+    assert sorted(p.name for p in (out / "sub").iterdir()) == ["mine.txt", "new.txt"]
+
+
+def test_new_plugin_overwrite_replaces_the_scaffold_s_files_only(tmp_path):
+    from r0kit.errors import ConfigError
+    from r0kit.scaffold import write
+
+    target, _ = write("foo", "reward", tmp_path / "p")
+    (target / "tests" / "test_mine.py").write_text("# the user's test\n")
+    (target / "notes.txt").write_text("the user's notes\n")
+    write("bar", "reward", target, overwrite=True)
+    assert (target / "tests" / "test_mine.py").read_text() == "# the user's test\n"
+    assert (target / "notes.txt").is_file() and (target / "r0kit_bar.py").is_file()
+    assert not (target / "r0kit_foo.py").exists() and not (target / "tests" / "test_foo.py").exists()
+    user = tmp_path / "u"
+    user.mkdir()
+    (user / "README.md").write_text("the user's readme\n")
+    with pytest.raises(ConfigError, match="would replace 'README.md', which no r0kit run wrote"):
+        write("foo", "reward", user, overwrite=True)
+    assert (user / "README.md").read_text() == "the user's readme\n"

@@ -47,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--reward-option names reward(s) {unknown} that no --reward selects")
     check_option_devices(options, lambda key: f"--reward-option {key}")
     csv_path = check_output_file(Path(args.output), "--output", overwrite=args.overwrite) if args.output else None
+    if csv_path is not None:
+        from r0kit.score import IMAGE_SUFFIXES
+
+        if csv_path.suffix.lower() in IMAGE_SUFFIXES:
+            raise OptionError(f"--output {str(csv_path)!r} names an image file, but score writes a CSV table; "
+                              f"give a .csv name, e.g. -o {str(csv_path.with_suffix('.csv'))!r}")
     table = score_folder(args.folder, args.rewards, prompts_file=args.prompts_file, options=options,
                          csv_path=csv_path, batch_size=args.batch_size, skip_bad=args.skip_bad)
     _print(table, csv_path)

@@ -349,14 +349,20 @@ def write(
 
     ``target`` follows r0kit's output rule (:func:`r0kit.checks.check_output_dir`):
     it may be new or empty; a folder that holds files is refused before anything
-    is written, unless ``overwrite``, which replaces the scaffold's own files
-    and leaves every other file alone. The files are written aside and moved
-    in at the end, so a write that fails half-way changes nothing.
+    is written, unless ``overwrite``, which replaces the files an earlier scaffold
+    wrote (listed, file by file, in its ``r0kit-run.json``) and leaves every other
+    file alone: a file of the user's where the scaffold would write is refused
+    (:meth:`r0kit.io.StagedDir.commit`). The files are written aside and moved in
+    at the end, so a write that fails half-way changes nothing.
     """
-    from r0kit.checks import check_output_dir
+    import json
+
+    from r0kit.checks import MANIFEST, check_output_dir
     from r0kit.io import StagedDir
 
     files = render(name, kind)
+    files[MANIFEST] = json.dumps({"command": "new-plugin", "kind": kind, "name": name,
+                                  "files": sorted([*files, MANIFEST])}, indent=2) + "\n"
     target = check_output_dir(target if target is not None else default_dir(name), "--output", overwrite=overwrite)
     staged = StagedDir(target)
     staged.open()

@@ -30,7 +30,7 @@ def test_scaffold_conforms_out_of_the_box(tmp_path, capsys, kind):
     assert main(["new-plugin", name, "--kind", kind, "--output", str(target)]) == 0
     assert f"created the {kind} plugin r0kit_{name}" in capsys.readouterr().out
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert files == sorted(["pyproject.toml", "README.md", "conftest.py", f"r0kit_{name}.py", f"tests/test_{name}.py"])
+    assert files == sorted(["pyproject.toml", "README.md", "conftest.py", f"r0kit_{name}.py", f"tests/test_{name}.py", "r0kit-run.json"])
     meta = tomllib.loads((target / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["r0kit"] == {f"r0kit_{name}": f"r0kit_{name}"}
     assert meta["tool"]["setuptools"]["py-modules"] == [f"r0kit_{name}"]
