@@ -197,3 +197,21 @@ def test_a_scalar_regularizer_counts_once_so_per_sample_gradients_do_not_depend_
     only_penalty = r0kit.Objective([r0kit.Term("regularizer", "sq", penalty.module, weight=-0.5)])
     only_penalty.with_options(normalize_gradients=normalize).backward(r0kit.Sample(images=leaf), ["p"] * 3, reduction="mean")
     torch.testing.assert_close(leaf.grad, 0.5 * 2 * x)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 5), (2, 3, 5, 1), (2, 3, 1, 1)])
+@pytest.mark.parametrize("p", [1, 2])
+def test_tv_of_a_one_pixel_wide_image_is_the_other_axis_alone(shape, p):
+    """The mean over an empty difference was NaN, silently, in evaluate."""
+    from r0kit.plugins import get_host
+
+    make = get_host().regularizers.get("tv").create
+    x = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    tv = make(p=p)(r0kit.Sample(x))
+    d = x[..., 1:, :] - x[..., :-1, :] if shape[-2] > 1 else x[..., :, 1:] - x[..., :, :-1]
+    want = (d.abs() if p == 1 else d**2).flatten(1).mean(1) if d.numel() else torch.zeros(shape[0], dtype=x.dtype)
+    torch.testing.assert_close(tv, want)
+    if p == 2:  # |·| has a kink at 0; the squared form is smooth
+        assert torch.autograd.gradcheck(lambda y: make(p=2)(r0kit.Sample(y)), (x,))
+    obj = reward("contrast") - 0.1 * regularizer("tv", p=p)
+    assert torch.isfinite(obj.evaluate(r0kit.Sample(x.detach().float()), ["a", "b"]).total).all()

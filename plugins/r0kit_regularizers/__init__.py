@@ -15,7 +15,10 @@ from r0kit.errors import InputError, OptionError
 
 
 class TotalVariation:
-    """Anisotropic total variation of the images: mean ``|Δx|`` + mean ``|Δy|`` (``p=1``), or squared (``p=2``)."""
+    """Anisotropic total variation of the images: mean ``|Δx|`` + mean ``|Δy|`` (``p=1``), or squared (``p=2``).
+
+    An image one pixel wide (or high) has no differences along that axis: that term is 0
+    (the mean of none was NaN)."""
 
     def __init__(self, p: Literal[1, 2] = 1):
         if p not in (1, 2):
@@ -26,9 +29,12 @@ class TotalVariation:
         x = sample.images
         dx = x[..., :, 1:] - x[..., :, :-1]
         dy = x[..., 1:, :] - x[..., :-1, :]
-        if self.p == 1:
-            return dx.abs().flatten(1).mean(1) + dy.abs().flatten(1).mean(1)
-        return (dx**2).flatten(1).mean(1) + (dy**2).flatten(1).mean(1)
+
+        def mean(d: torch.Tensor) -> torch.Tensor:
+            d = d.abs() if self.p == 1 else d**2
+            return d.flatten(1).mean(1) if d.shape[-1] and d.shape[-2] else x.new_zeros(x.shape[0])
+
+        return mean(dx) + mean(dy)
 
 
 class L2ToInitial:

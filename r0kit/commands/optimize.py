@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("optimize", help="optimize images for prompts (test-time)", description=describe(__doc__))
     p.add_argument("prompts", nargs="*", help="prompts (default: the config's, or the preset's)")
     p.add_argument("--config", "-c", type=Path, help="run config TOML (see r0kit/presets/demo.toml)")
-    p.add_argument("--preset", default=None, help=f"built-in preset to start from: {', '.join(preset_names())} "
-                   "(default: demo, or reno with --generator noise/latent)")
+    p.add_argument("--preset", default=None, help=f"built-in preset to start from: {', '.join(preset_names('optimize'))} "
+                   "(default: demo; reno_mini with --model r0kit-mini; reno with another --model or --generator noise/latent)")
     p.add_argument("--objective", type=Path, help="TOML file whose [objective] table replaces the config's")
     p.add_argument("--prompts-file", type=Path, help="text (one per line) or JSONL file of prompts")
     p.add_argument("--generator", help="generator name (r0kit plugins lists them)")
@@ -68,15 +68,34 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def preset_names() -> list[str]:
+def preset_names(command: str | None = None) -> list[str]:
+    """The built-in presets (``r0kit/presets/*.toml``), or only those of ``command``:
+    ``"train"`` (``mini`` and ``train*``) or ``"optimize"`` (the others)."""
     folder = resources.files("r0kit") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    if command is None:
+        return names
+    return [n for n in names if _preset_command(n) == command]
 
 
-def preset_path(name: str) -> Path:
+def _preset_command(name: str) -> str:
+    return "train" if name == "mini" or name.startswith("train") else "optimize"
+
+
+def preset_path(name: str, command: str | None = None) -> Path:
+    """The file of the built-in preset ``name``.
+
+    :raises ConfigError: no such preset, or (with ``command``) a preset of the other command.
+    """
     ref = resources.files("r0kit") / "presets" / f"{name}.toml"
     if not ref.is_file():
-        raise ConfigError(f"--preset {name!r}: no such preset; built-in presets: {', '.join(preset_names())}")
+        raise ConfigError(f"--preset {name!r}: no such preset; built-in presets: {', '.join(preset_names(command))}")
+    if command is not None and _preset_command(name) != command:
+        other = _preset_command(name)
+        raise ConfigError(
+            f"--preset {name!r} is a preset of r0kit {other}: run r0kit {other} --preset {name}; "
+            f"r0kit {command}'s presets are {', '.join(preset_names(command))}"
+        )
     return Path(str(ref))
 
 
@@ -109,7 +128,7 @@ def build_config_and_origins(args: argparse.Namespace):
     from r0kit.config import load_toml, objective_table, parse_objective, parse_run, read_prompts
 
     preset = args.preset or default_preset(getattr(args, "generator", None), getattr(args, "model", None))
-    source = args.config or preset_path(preset)
+    source = args.config or preset_path(preset, "optimize")
     where = describe_source(Path(source))
     data: dict[str, Any] = load_toml(source)
     origins: dict[str, str] = {}

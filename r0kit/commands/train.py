@@ -24,7 +24,7 @@ from r0kit.commands._common import add_output, describe, int_at_least
 def add_parser(sub) -> None:
     from r0kit.commands.optimize import preset_names
 
-    trainable = ["mini"] + [n for n in preset_names() if n.startswith("train")]
+    trainable = preset_names("train")
     p = sub.add_parser("train", help="train a K-step generator with rewards (R0)", description=describe(__doc__))
     p.add_argument("--config", "-c", type=Path, help="training config TOML (default: the mini preset)")
     p.add_argument("--preset", help=f"built-in preset to start from: {', '.join(trainable)}")
@@ -50,7 +50,7 @@ def build_config(args: argparse.Namespace):
     from r0kit.errors import ConfigError
     from r0kit.train import parse_train
 
-    source = args.config or preset_path(args.preset or "mini")
+    source = args.config or preset_path(args.preset or "mini", "train")
     where = describe_source(Path(source))
     data = load_toml(source)
     origins: dict[str, str] = {}
