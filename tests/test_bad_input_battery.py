@@ -150,6 +150,7 @@ OPTIMIZE = [
     C("optimize-reward-device", 1, "optimize x --objective obj_dev.toml", "objective.rewards.contrast.device", "obj_dev.toml"),
     C("optimize-model-missing", 1, "optimize x --generator noise --model ./no-such-model", "--model", "does not exist"),
     C("optimize-model-not-a-pipeline", 1, "optimize x --generator noise --model imgs", "--model", "model_index.json"),
+    C("optimize-flag-and-G-clash", 1, "optimize x --steps 2 --height 8 -G height=16", "--height and -G height=16 both set generator.height"),
     C("optimize-training-preset", 1, "optimize x --preset train_tiny", "--preset 'train_tiny' is a preset of r0kit train", "r0kit train --preset train_tiny"),
     C("train-optimize-preset", 1, "train --preset demo", "--preset 'demo' is a preset of r0kit optimize"),
     C("optimize-model-with-steps", 1, "optimize x --model r0kit-mini@4", "--model 'r0kit-mini@4'", "evaluate's source syntax", "'r0kit-mini'"),

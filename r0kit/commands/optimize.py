@@ -167,6 +167,9 @@ def build_config_and_origins(args: argparse.Namespace):
             gen[key] = getattr(args, key)
             origins[f"generator.{key}"] = f"--{key}"
     for key, value in key_values(getattr(args, "generator_option", []) or [], "-G").items():
+        flag = origins.get(f"generator.{key}")
+        if flag is not None and flag.startswith("--"):  # --model, --height, --width, --generator
+            raise ConfigError(f"{flag} and -G {key}={value!r} both set generator.{key}; give it once")
         gen[key] = value
         origins[f"generator.{key}"] = f"-G {key}"
     if args.normalize_gradients:
