@@ -29,10 +29,13 @@ FIGURE_KEY = "r0kit-figure"
 
 def is_figure(path: str | Path) -> bool:
     """Whether ``path`` is a PNG that r0kit wrote as a figure (it carries :data:`FIGURE_KEY`)."""
+    from PIL import Image
+
     if Path(path).suffix.lower() != ".png":
         return False
     try:
-        return FIGURE_KEY in read_png_metadata(path)
+        with Image.open(path) as im:  # the chunks before the pixels: no decode (r0kit writes the key there)
+            return FIGURE_KEY in im.info
     except Exception:  # unreadable: not ours to skip; the loader reports it by name
         return False
 

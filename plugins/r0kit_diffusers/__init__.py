@@ -81,6 +81,14 @@ class _Base:
         self.z_init: torch.Tensor | None = None
         self.noise: torch.Tensor | None = None
 
+    def _sized(self) -> tuple[int, int]:
+        """``height``/``width`` with an unset side taken as the loaded model's native size (then validated
+        against the VAE factor); stored on the generator and returned."""
+        self.height = self.height or self.model.native_size
+        self.width = self.width or self.model.native_size
+        self.model.latent_shape(self.height, self.width)
+        return self.height, self.width
+
     def parameters(self) -> list[torch.Tensor]:
         self._need_prepare()
         return [self.z]  # type: ignore[list-item]
@@ -178,9 +186,7 @@ class NoiseGenerator(_Base):
             drop_t5=drop_t5,
             max_sequence_length=max_sequence_length,
         )
-        height, width = height or self.model.native_size, width or self.model.native_size
-        self.height, self.width = height, width
-        self.model.latent_shape(height, width)  # validates the size against the VAE factor
+        height, width = self._sized()
         self.schedule = self.model.schedule(None if timesteps is not None else steps, timesteps, height=height, width=width)
         self.timesteps = self.schedule.timesteps
         self.guidance = float(guidance)
@@ -270,9 +276,7 @@ class LatentGenerator(_Base):
             vae_tiling=vae_tiling,
             **(dict(drop_t5=drop_t5, max_sequence_length=max_sequence_length) if init == "pipeline" else {}),
         )
-        height, width = height or self.model.native_size, width or self.model.native_size
-        self.height, self.width = height, width
-        self.model.latent_shape(height, width)
+        height, width = self._sized()
         self.init, self.init_scale, self.guidance = init, float(init_scale), float(guidance)
         self.schedule = self.model.schedule(steps, height=height, width=width) if init == "pipeline" else None
         self.timesteps = self.schedule.timesteps if self.schedule is not None else None

@@ -87,18 +87,15 @@ def finite_float(text: str) -> float:
     return v
 
 
-#: The example each dotted flag's error shows: a real option of a built-in of that flag's kind.
-_DOTTED_EXAMPLES = {"--metric-option": "fid.reference=ref_images"}
-
-
-def key_values(items: list[str], flag: str, *, dotted: bool = False) -> dict[str, Any]:
+def key_values(items: list[str], flag: str, *, dotted: bool = False, example: str | None = None) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` items (``NAME.KEY=VALUE`` when ``dotted``) with TOML values.
 
+    :param example: the item the error shows (default: a reward option when ``dotted``, else a generator option).
     :returns: ``{key: value}``, or ``{name: {key: value}}`` when ``dotted``.
     :raises ConfigError: naming ``flag`` and the item, for an item of the wrong shape.
     """
     out: dict[str, Any] = {}
-    example = _DOTTED_EXAMPLES.get(flag, "hpsv2.version='2.0'") if dotted else "steps=2 or scheduler='ddim'"
+    example = example or ("hpsv2.version='2.0'" if dotted else "steps=2 or scheduler='ddim'")
     shape = "NAME.KEY=VALUE" if dotted else "KEY=VALUE"
     for item in items:
         key, sep, raw = item.partition("=")

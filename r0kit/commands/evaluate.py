@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(options) - set(rewards) - set(args.held_out))
     if unknown:
         raise OptionError(f"--reward-option names reward(s) {unknown} that neither --reward nor --held-out selects")
-    metric_options = key_values(args.metric_option, "--metric-option", dotted=True)
+    metric_options = key_values(args.metric_option, "--metric-option", dotted=True, example="fid.reference=ref_images")
     unknown = sorted(set(metric_options) - set(args.metric))
     if unknown:
         raise OptionError(f"--metric-option names metric(s) {unknown} that --metric does not select")
