@@ -129,12 +129,11 @@ def parse_source(source: str) -> tuple[str, int | None]:
 def source_kind(source: str) -> str:
     """``"generator"`` (an export), ``"base"`` (a pipeline folder, hub id or built-in name) or ``"images"``."""
     from r0kit.weights import BUILTIN_MODELS
-    from r0kit_r0 import EXPORT_META
 
     if source in BUILTIN_MODELS:
         return "base"
     p = Path(source)
-    if p.is_dir() and (p / EXPORT_META).is_file():
+    if p.is_dir() and export_entry(p) is not None:
         return "generator"
     if p.is_dir() and (p / "model_index.json").is_file():
         return "base"
@@ -432,16 +431,41 @@ def _safe(label: str) -> str:
     return "_" + name if name.startswith(".") else name
 
 
-def _build_generator(source: str, kind: str, *, steps: int, size: int | None, device: str, guidance: float = 1.0):
-    from r0kit_r0 import KStepGenerator, load_export
+def export_entry(folder: Path) -> Any:
+    """The registered generator whose export ``folder`` is (its factory's ``export_meta`` file is
+    there; see the ``r0kit_register_generators`` hook), or ``None``."""
+    from r0kit.plugins import get_host
 
-    if kind == "generator":
-        over: dict[str, Any] = {"device": device}
-        if size is not None:
-            over.update(height=size, width=size)
-        return load_export(source, **over)
-    side = {"height": size, "width": size} if size is not None else {}
-    return KStepGenerator(model=source, steps=steps, train="none", device=device, guidance_scale=guidance, **side).eval()
+    for entry in get_host().generators.entries.values():
+        meta = getattr(entry.factory, "export_meta", None)
+        if isinstance(meta, str) and callable(getattr(entry.factory, "from_export", None)) and (folder / meta).is_file():
+            return entry
+    return None
+
+
+#: The generator a base model is sampled with (``MODEL@K``: K steps, frozen), by its registered name.
+BASE_GENERATOR = "kstep"
+
+
+def _build_generator(source: str, kind: str, *, steps: int, size: int | None, device: str, guidance: float = 1.0):
+    from r0kit.plugins import get_host
+
+    side: dict[str, Any] = {"height": size, "width": size} if size is not None else {}
+    try:
+        if kind == "generator":
+            entry = export_entry(Path(source))
+            if entry is None:  # source_kind found it; it can only be gone since
+                raise InputError(f"{source!r} is no longer an exported generator folder")
+            return entry.factory.from_export(source, device=device, **side)
+        gen = get_host().generators.get(BASE_GENERATOR).create(
+            model=source, steps=steps, train="none", device=device, guidance_scale=guidance, **side
+        )
+    except OptionError as exc:
+        # the generator names the height or width it was given; the user typed --size
+        if size is not None and any(w in str(exc) for w in ("height", "width")):
+            raise OptionError(f"--size {size} does not fit {source!r}: {exc}") from None
+        raise
+    return gen.eval()
 
 
 def _write_csvs(out: Path, rows: list[EvalRow], names: list[str], held: list[str], metric_keys: Sequence[str] = ()) -> tuple[Path, Path]:

@@ -82,6 +82,13 @@ def r0kit_register_generators(register: RegisterComponent) -> None:
     through ``parameters()``, and ``sample``-s an image batch in [0, 1] that
     is differentiable with respect to them.
 
+    A generator that saves a trained copy of itself (``export(folder)``, called
+    at the end of ``r0kit train``) says how such a folder is found and loaded
+    again, so that ``r0kit evaluate FOLDER`` and the ``[evaluate]`` table can
+    sample it: the factory's ``export_meta`` attribute names the file that
+    marks an export folder (``"kstep.json"``), and its
+    ``from_export(folder, **overrides)`` builds the frozen generator back.
+
     :param register: the callback that records one generator.
     :returns: nothing; the return value is ignored.
 

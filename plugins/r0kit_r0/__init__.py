@@ -369,6 +369,14 @@ class KStepGenerator:
         return r0kit.Sample(images=images, state=state)
 
     # -- export ---------------------------------------------------------------------
+    #: The file that marks an export folder (see the ``r0kit_register_generators`` hook).
+    export_meta = EXPORT_META
+
+    @classmethod
+    def from_export(cls, folder: str | Path, **overrides: Any) -> KStepGenerator:
+        """The frozen generator an :meth:`export` folder holds (:func:`load_export`)."""
+        return load_export(folder, **overrides)
+
     def export(self, folder: str | Path, *, weights: dict[str, torch.Tensor] | None = None) -> Path:
         """Write a generator plain diffusers loads and samples in K steps.
 
