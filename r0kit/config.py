@@ -25,24 +25,32 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from r0kit.checks import MAX_LR, MAX_SEED, check_weight
 from r0kit.errors import ConfigError
 
 
-class StrictModel(BaseModel):
-    """A pydantic model that refuses unknown keys and validates assignments."""
+#: A number inside a lax field (a tuple from a TOML list): still neither a bool nor a string.
+StrictFloat = Annotated[float, Strict()]
+#: Strict mode refuses a str for a Path; a path field takes the TOML string (``Field(strict=False)``).
+PATH_FIELD: dict[str, Any] = {"strict": False}
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown keys, validates assignments and takes values as written:
+    ``steps = "1"``, ``weight = true`` or ``lr = "1e-3"`` are errors, not 1, 1.0 and 0.001
+    (pydantic's strict mode; an int is still a float)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class TermConfig(BaseModel):
     """One term. ``name`` and ``weight`` are reserved; other keys are factory options."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     name: str | None = None
     weight: float = Field(1.0, allow_inf_nan=False)
 
@@ -71,7 +79,7 @@ class ObjectiveConfig(StrictModel):
 
 
 class GeneratorConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     name: str
 
     @property
@@ -92,11 +100,11 @@ class RunConfig(StrictModel):
     """A test-time optimization run (``r0kit optimize``)."""
 
     prompts: list[str] = Field(default_factory=list)
-    prompts_file: Path | None = None
+    prompts_file: Path | None = Field(None, **PATH_FIELD)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     steps: int = Field(50, ge=1, le=100_000)
     batch_size: int = Field(1, ge=1, le=65_536)
-    output: Path = Path("r0kit-out")
+    output: Path = Field(Path("r0kit-out"), **PATH_FIELD)
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     best_by: Literal["reward", "total"] = "reward"

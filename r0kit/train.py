@@ -59,7 +59,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from r0kit.checks import MAX_LR, MAX_SEED
-from r0kit.config import ObjectiveConfig, StrictModel, check_prompts, format_validation_error, load_toml, read_prompts
+from r0kit.config import PATH_FIELD, ObjectiveConfig, StrictFloat, StrictModel, check_prompts, format_validation_error, load_toml, read_prompts
 from r0kit.errors import ConfigError, NonFiniteError, OptionError, RunError, WeightsError, describe_failure, is_out_of_memory
 from r0kit.sharding import full_tensor, is_sharded, shard_like
 
@@ -72,11 +72,11 @@ CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safet
 class KStepConfig(BaseModel):
     """The ``[generator]`` table. The named keys are validated here; any other key is passed to the factory."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     name: str = "kstep"
     model: str
     steps: int = 4
-    eta: tuple[float, float] = (0.0, 1.0)
+    eta: tuple[StrictFloat, StrictFloat] = Field((0.0, 1.0), strict=False)
     train: Literal["lora", "full"] = "lora"
     lora_rank: int = Field(16, ge=1)
     height: int | None = Field(None, ge=8)  # None: the model's native size (the generator's default)
@@ -97,6 +97,8 @@ class KStepConfig(BaseModel):
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = (v, v)
         try:
+            if isinstance(v, (str, bytes)) or any(isinstance(x, (bool, str)) for x in v):
+                raise TypeError
             lo, hi = (float(x) for x in v)
         except (TypeError, ValueError):
             raise ValueError(f"eta must be a range [min, max] inside [0, 1], got {v!r}") from None
@@ -120,7 +122,7 @@ class KStepConfig(BaseModel):
 class TrainOptimizerConfig(StrictModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0, le=MAX_LR, allow_inf_nan=False)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[StrictFloat, StrictFloat] = Field((0.9, 0.999), strict=False)
     eps: float = Field(1e-8, gt=0, le=1, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0, le=1e3, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
@@ -149,7 +151,7 @@ class EvaluateConfig(StrictModel):
     """
 
     prompts: list[str] = Field(default_factory=list)
-    prompts_file: Path | None = None
+    prompts_file: Path | None = Field(None, **PATH_FIELD)
     baselines: list[str] = Field(default_factory=list, description="base models, MODEL@K for K steps")
     guidance: float = Field(1.0, ge=0, allow_inf_nan=False)
     seeds: int = Field(1, ge=1)
@@ -171,7 +173,7 @@ class TrainConfig(StrictModel):
     """A training run (``r0kit train``)."""
 
     prompts: list[str] = Field(default_factory=list)
-    prompts_file: Path | None = None
+    prompts_file: Path | None = Field(None, **PATH_FIELD)
     sample_prompts: list[str] = Field(default_factory=list)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     steps: int = Field(1000, ge=1, le=10_000_000)
@@ -179,7 +181,7 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    output: Path = Path("r0kit-train")
+    output: Path = Field(Path("r0kit-train"), **PATH_FIELD)
     log_every: int = Field(1, ge=1)
     sample_every: int = Field(0, ge=0)
     checkpoint_every: int = Field(0, ge=0)

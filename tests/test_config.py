@@ -92,3 +92,60 @@ def test_read_prompts(tmp_path):
 def test_parse_run_from_dict():
     cfg = parse_run({"prompts": ["x"], "objective": {"rewards": {"contrast": {}}}, "generator": {"name": "pixel", "height": 8}})
     assert cfg.generator.options == {"height": 8}
+
+
+OBJECTIVE = {"rewards": {"contrast": {}}}
+TRAIN = {"prompts": ["x"], "generator": {"model": "m"}, "objective": OBJECTIVE}
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"steps": "1"}, "steps"),
+        ({"steps": 2.0}, "steps"),
+        ({"seed": True}, "seed"),
+        ({"optimizer": {"lr": "1e-3"}}, "lr"),
+        ({"objective": {"rewards": {"contrast": {"weight": True}}}}, "weight"),
+        ({"objective": {"rewards": {"contrast": {"weight": "1"}}}}, "weight"),
+        ({"objective": {"rewards": {"contrast": {}}, "normalize_gradients": "yes"}}, "normalize_gradients"),
+    ],
+)
+def test_a_run_config_takes_values_as_written_not_coerced(change, key):
+    """`steps = "1"` or `weight = true` in a TOML is an error naming the key, not 1 or 1.0."""
+    with pytest.raises(ConfigError, match=key):
+        parse_run({"prompts": ["x"], "objective": OBJECTIVE, **change})
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"steps": "1"}, "steps"),
+        ({"batch_size": 1.5}, "batch_size"),
+        ({"generator": {"model": "m", "steps": "4"}}, "steps"),
+        ({"generator": {"model": "m", "lora_rank": True}}, "lora_rank"),
+        ({"generator": {"model": "m", "eta": [True, 1]}}, "eta"),
+        ({"generator": {"model": "m", "eta": "0.5"}}, "eta"),
+        ({"optimizer": {"betas": ["0.9", 0.99]}}, "betas"),
+        ({"ema": {"enabled": 1}}, "enabled"),
+        ({"evaluate": {"prompts": ["y"], "seeds": "2"}}, "seeds"),
+    ],
+)
+def test_a_train_config_takes_values_as_written_not_coerced(change, key):
+    from r0kit.train import parse_train
+
+    with pytest.raises(ConfigError, match=key):
+        parse_train({**TRAIN, **change})
+
+
+def test_strict_values_still_take_ints_for_floats_lists_for_pairs_and_strings_for_paths():
+    from pathlib import Path
+
+    from r0kit.train import parse_train
+
+    cfg = parse_train({**TRAIN, "output": "out", "prompts_file": "p.txt", "optimizer": {"lr": 1, "betas": [0, 0.5]},
+                       "generator": {"model": "m", "eta": [0, 1]}, "objective": {"rewards": {"contrast": {"weight": 2}}}})
+    assert cfg.output == Path("out") and cfg.prompts_file == Path("p.txt")
+    assert cfg.optimizer.lr == 1.0 and cfg.optimizer.betas == (0.0, 0.5)
+    assert cfg.generator.eta == (0.0, 1.0) and cfg.objective.rewards["contrast"].weight == 2.0
+    run = parse_run({"prompts": ["x"], "objective": OBJECTIVE, "output": "o", "prompts_file": "q.txt"})
+    assert run.output == Path("o") and run.prompts_file == Path("q.txt")
