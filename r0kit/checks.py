@@ -46,6 +46,29 @@ def check_weight(weight: float) -> None:
         )
 
 
+def check_number(value: object, what: str, *, at_least: float | None = None, above: float | None = None) -> float:
+    """A plugin option that must be a finite real number (not a bool, a string, NaN or ±inf), optionally
+    ``>= at_least`` or ``> above``: the one check every factory's float options go through.
+
+    :param what: the option as the user wrote it (``"pixel: init_scale"``).
+    :returns: ``value`` as a float.
+    :raises OptionError: naming ``what``, the rule and the value.
+    """
+    import math
+
+    from r0kit.errors import OptionError
+
+    rule = "a finite number" + (f" >= {at_least:g}" if at_least is not None else "") + (f" > {above:g}" if above is not None else "")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and at_least is not None and value < at_least:
+        ok = False
+    if ok and above is not None and value <= above:
+        ok = False
+    if not ok:
+        raise OptionError(f"{what} must be {rule}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def check_device(device: object, what: str = "--device") -> str:
     """Return ``device`` as a string if it names a device this machine has; ``"auto"`` passes.
 

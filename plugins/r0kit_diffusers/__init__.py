@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 
 import r0kit
+from r0kit.checks import check_number
 from r0kit.diffusion import uses_cfg
 from r0kit.errors import InputError, OptionError
 
@@ -257,8 +258,7 @@ class LatentGenerator(_Base):
         _check_size("latent", height, width)
         if init not in ("noise", "pipeline"):
             raise OptionError(f"latent: init must be 'noise' or 'pipeline', got {init!r}")
-        if not isinstance(init_scale, (int, float)) or init_scale < 0:
-            raise OptionError(f"latent: init_scale must be a number >= 0, got {init_scale!r}")
+        init_scale = check_number(init_scale, "latent: init_scale", at_least=0)
         _check_guidance("latent", guidance)
         super().__init__(height, width)
         comps = ("backbone", "vae", "text") if init == "pipeline" else ("vae",)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import r0kit
+from r0kit.checks import check_number
 from r0kit.errors import OptionError
 
 
@@ -36,7 +37,7 @@ class PixelGenerator:
         self.height, self.width = height, width
         scale = (resolution / max(height, width)) if resolution else 1.0
         self.param_shape = (3, max(2, round(height * scale)), max(2, round(width * scale)))
-        self.init, self.init_scale = init, float(init_scale)
+        self.init, self.init_scale = init, check_number(init_scale, "pixel: init_scale", at_least=0)
         self.device = torch.device(device)
         self.logits: torch.Tensor | None = None
         self.logits_init: torch.Tensor | None = None

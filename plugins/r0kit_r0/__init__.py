@@ -45,6 +45,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 import r0kit
+from r0kit.checks import check_number
 from r0kit.diffusion import LORA_TARGETS as _LORA_TARGETS
 from r0kit.diffusion import trailing_timesteps  # noqa: F401  (the spacing kstep samples with; re-exported)
 from r0kit.errors import InputError, OptionError, WeightsError
@@ -142,7 +143,7 @@ class KStepGenerator:
         self.train_mode, self.backprop_steps = train, backprop_steps
         self.intermediate_supervision = bool(intermediate_supervision)
         self.lora_rank = lora_rank
-        self.lora_alpha = float(lora_alpha if lora_alpha is not None else lora_rank)
+        self.lora_alpha = check_number(lora_alpha, "kstep: lora_alpha", above=0) if lora_alpha is not None else float(lora_rank)
         self.init_seed = int(init_seed)
         self.model = _load(
             model,

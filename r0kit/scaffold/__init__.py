@@ -222,6 +222,7 @@ from __future__ import annotations
 import torch
 
 import r0kit
+from r0kit.checks import check_number
 
 __version__ = "0.1.0"
 
@@ -237,7 +238,8 @@ class $cls:
         for label, v in (("height", height), ("width", width)):
             if not isinstance(v, int) or v < 2:
                 raise r0kit.OptionError(f"$name: {label} must be an int >= 2, got {v!r}")
-        self.height, self.width, self.init_scale = height, width, float(init_scale)
+        self.height, self.width = height, width
+        self.init_scale = check_number(init_scale, "$name: init_scale", at_least=0)
         self.coeffs: torch.Tensor | None = None
         self.coeffs_init: torch.Tensor | None = None
 
