@@ -108,7 +108,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -117,10 +117,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from r0kit.errors import InputError, OptionError, PromptTruncationWarning, WeightsError
+from r0kit.errors import InputError, OptionError, PromptTruncationWarning, R0kitWarning, WeightsError
 from r0kit.text import TruncationWarner, autocast_regime
-
-log = logging.getLogger(__name__)
 
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow_prediction"]
 #: The model families (see the module docstring) and the pipeline kinds of each.
@@ -740,7 +738,7 @@ class DiffusionModel:
     def _vae_ready(self) -> contextlib.AbstractContextManager:
         """Upcast a force_upcast VAE left in float16; the context to run it in (no float16 autocast for it either)."""
         if self.vae_needs_upcast:
-            log.warning("the SDXL VAE says force_upcast: running it in float32, as diffusers does")
+            warnings.warn("the SDXL VAE says force_upcast: running it in float32, as diffusers does", R0kitWarning, stacklevel=2)
             self.vae.to(torch.float32)
         dev = self.vae.device.type
         if (
@@ -1303,7 +1301,7 @@ def load(
     vdt = resolve_dtype(vae_dtype) if vae_dtype is not None else dt
     dev = resolve_device(device)
     if dev.type == "cpu" and dt == torch.float16:
-        log.warning("float16 on the CPU is slow and partly unsupported; use float32 or bfloat16 there")
+        warnings.warn("float16 on the CPU is slow and partly unsupported; use float32 or bfloat16 there", R0kitWarning, stacklevel=2)
     keys = ["unet", "transformer"] if "backbone" in components else []
     keys += [c for c in components if c == "vae"]
     if "text" in components:
@@ -1330,6 +1328,11 @@ def load(
     folder = resolve_pipeline(
         model, components=keys, variant=variant, revision=revision, check_index=check, what=f"diffusion model {model}"
     )
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in ("1", "true", "yes", "on"):
+        # huggingface_hub and transformers read it; diffusers' loading bars need telling (--no-progress sets it)
+        import diffusers
+
+        diffusers.utils.logging.disable_progress_bar()
     index = read_model_index(folder)
     check(index)
     kind = _kind_of(index)
@@ -1395,7 +1398,7 @@ def load(
         if type(backbone).__name__ not in expected:
             raise WeightsError(f"{str(folder)!r}: the {key} is a {type(backbone).__name__}; expected one of {expected}")
     if "vae" in components and kind == "sdxl" and vdt == torch.float16 and _vae_force_upcast(folder):
-        log.warning("%s: the SDXL VAE says force_upcast, so it is loaded in float32 (as diffusers runs it)", model)
+        warnings.warn(f"{model}: the SDXL VAE says force_upcast, so it is loaded in float32 (as diffusers runs it)", R0kitWarning, stacklevel=2)
         vdt = torch.float32
     vae = frozen(from_pretrained("vae", vdt)) if "vae" in components else None
     encoders, tokenizers = [], []

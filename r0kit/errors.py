@@ -41,15 +41,16 @@ class WeightsError(R0kitError, FileNotFoundError):
     """Model weights that cannot be found, fetched or read."""
 
 
-class PromptTruncationWarning(UserWarning):
-    """A prompt was longer than a text encoder takes and was cut (warned once per prompt and model)."""
-
-
 class R0kitWarning(UserWarning):
     """Something the user should know that does not stop the run (a plugin filtered out or disabled).
 
     The command line prints it as ``r0kit: warning: <message>``.
     """
+
+
+class PromptTruncationWarning(R0kitWarning):
+    """A prompt was longer than a text encoder takes and was cut (warned once per prompt and reader;
+    the command line prints it once, as ``r0kit: warning: ...``)."""
 
 
 class RunError(R0kitError):

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any
 
@@ -23,7 +22,6 @@ import torch
 
 from r0kit.errors import PromptTruncationWarning
 
-log = logging.getLogger("r0kit")
 
 
 def autocast_regime() -> tuple[Any, ...]:
@@ -55,7 +53,6 @@ class TruncationWarner:
             f"prompt truncated: it is {n_tokens} tokens and {self.model} reads the first {self.max_tokens}{what}. "
             "Shorten the prompt to keep all of it"
         )
-        log.warning(msg)
         warnings.warn(msg, PromptTruncationWarning, stacklevel=3)
         return True
 

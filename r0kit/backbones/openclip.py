@@ -259,6 +259,7 @@ class OpenClipScore(FrozenScorer):
     :param model: an open_clip ``CLIP`` model with its weights loaded.
     :param tokenizer: open_clip's tokenizer for it.
     :param scale: the multiplier of the cosine similarity.
+    :param reader: who reads the prompt, as a truncation warning names it.
     :ivar contract: the input this model expects (set by :func:`open_clip_score`).
     """
 
@@ -274,11 +275,12 @@ class OpenClipScore(FrozenScorer):
         device: str | torch.device | None = None,
         gradient_checkpointing: bool = False,
         cache_size: int = 4096,
+        reader: str = "the CLIP text encoder",
     ) -> None:
         super().__init__(model, tokenizer, dtype=dtype, device=device)
         self.scale = float(scale)
         self.text_cache = PromptCache(cache_size)
-        self.truncation = TruncationWarner("the CLIP text encoder", int(getattr(tokenizer, "context_length", 77) or 77))
+        self.truncation = TruncationWarner(reader, int(getattr(tokenizer, "context_length", 77) or 77))
         if gradient_checkpointing:
             self.model.visual.set_grad_checkpointing(True)
         self.eval()
@@ -343,7 +345,10 @@ def open_clip_score(
             model = open_clip.create_model("local-dir:" + str(repo), load_weights=False, output_dict=False)
         load_open_clip_weights(model, path, state_dict_key=state_dict_key if checkpoint is not None or resolve_checkpoint else None, what=what)
         tokenizer = open_clip.get_tokenizer("local-dir:" + str(repo))
-        out = OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
+        out = OpenClipScore(
+        model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing,
+        reader=f"the CLIP text encoder of {what}",
+    )
         out.contract = contract
         return out
     if checkpoint is None and resolve_checkpoint is None and not pretrained:
@@ -364,6 +369,9 @@ def open_clip_score(
     model = build_open_clip(model_name, extra=extra, what=what, quick_gelu=quick_gelu)
     load_open_clip_weights(model, path, state_dict_key=state_dict_key, what=what)
     tokenizer = open_clip.get_tokenizer(model_name)
-    out = OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing)
+    out = OpenClipScore(
+        model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing,
+        reader=f"the CLIP text encoder of {what}",
+    )
     out.contract = contract
     return out

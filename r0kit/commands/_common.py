@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +60,16 @@ def add_output(p: argparse.ArgumentParser, *, default: Path | None, what: str, r
         help=f"replace what an earlier run wrote to --output, once this run has results{more}"
         + (" (without it a used folder is refused; --resume continues it)" if resume else " (without it a used one is refused)"),
     )
+
+
+def quiet_library_progress() -> None:
+    """``--no-progress``: the model-loading and download bars of huggingface_hub, transformers and
+    diffusers go too, not only r0kit's own. Call it before any model loads: huggingface_hub and
+    transformers read ``HF_HUB_DISABLE_PROGRESS_BARS`` at import, r0kit's diffusers loader reads it
+    when it loads a model."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # imported already: it read the variable too early
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from r0kit.commands._common import add_output, describe, finite_float, int_at_least, key_values
+from r0kit.commands._common import add_output, describe, finite_float, int_at_least, key_values, quiet_library_progress
 from r0kit.errors import ConfigError
 
 
@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
                    "or by the total with the regularizers")
     p.add_argument("--normalize-gradients", action="store_true", default=None, help="R0 per-reward gradient normalization")
     add_output(p, default=None, what="the output folder (default: the config's, r0kit-out)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (r0kit's, nor the model-loading and download bars of huggingface_hub, transformers and diffusers)")
     p.set_defaults(run=run)
 
 
@@ -228,6 +228,9 @@ def check_devices(cfg, origins: dict[str, str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+
+    if args.no_progress:
+        quiet_library_progress()
 
     from r0kit.checks import check_output_dir
     from r0kit.io import StagedDir

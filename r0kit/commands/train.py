@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import add_output, describe, int_at_least
+from r0kit.commands._common import add_output, describe, int_at_least, quiet_library_progress
 
 
 def add_parser(sub) -> None:
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="override steps (total optimizer steps)")
     p.add_argument("--max-steps", type=int_at_least(1), help="stop at this step with a checkpoint (resume later)")
     add_output(p, default=None, what="the output folder (default: the config's)", resume=True)
-    p.add_argument("--no-progress", action="store_true", help="no per-step progress line")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-step line, the evaluation's, nor the model-loading and download bars of huggingface_hub, transformers and diffusers)")
     p.add_argument(
         "--dry-run", action="store_true",
         help="print the memory the run needs (weights, gradients, optimizer state, activations with and without "
@@ -87,6 +87,8 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.no_progress:
+        quiet_library_progress()
     from r0kit.checks import check_device, check_model, check_output_dir
     from r0kit.config import read_prompts
     from r0kit.errors import ConfigError

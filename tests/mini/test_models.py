@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -183,3 +184,17 @@ def test_generators_and_training_configs_default_to_the_model_s_native_size():
     ):
         assert (gen.height, gen.width) == (W.RESOLUTION, W.RESOLUTION), gen
     assert r0kit.generator("noise", model="r0kit-mini", steps=4, height=64, width=48, device="cpu").height == 64
+
+
+@pytest.mark.parametrize("flag, shown", [("--no-progress", False), (None, True)])
+def test_no_progress_also_silences_the_libraries_loading_bars(flag, shown, tmp_path):
+    """transformers' "Loading weights" bar went on under --no-progress; the flag now reaches the libraries too."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "r0kit.cli", "optimize", "a red circle", "--model", "r0kit-mini", "--steps", "1",
+            "-o", str(tmp_path / "out"), *([flag] if flag else [])]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("Loading weights" in proc.stderr) is shown

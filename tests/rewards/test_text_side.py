@@ -84,3 +84,31 @@ def test_long_prompt_warns_once_per_prompt_and_reward(assets, name):
     other = build(assets, name).module  # another reward instance says it again
     with pytest.warns(PromptTruncationWarning):
         other(x, [LONG])
+
+
+@pytest.mark.parametrize("name", TEXT_REWARDS)
+def test_a_truncation_is_said_once_as_an_r0kit_warning_naming_its_reward(assets, name, caplog):
+    """It was said twice on the command line (a log record and a warning) in two formats; now once,
+    as ``r0kit: warning: ...``, naming which reward's encoder cut the prompt."""
+    import logging
+
+    from r0kit.cli import _show_warning
+    from r0kit.errors import R0kitWarning
+
+    x = preprocess(torch.rand(1, 3, 224, 224), r0kit.RewardContract())
+    module = build(assets, name).module
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        module(x, [LONG])
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+    (w,) = [w for w in rec if issubclass(w.category, PromptTruncationWarning)]
+    assert issubclass(w.category, R0kitWarning)
+    if name in ("clip", "hpsv2"):
+        assert f"of the {name} reward" in str(w.message)
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        _show_warning(w.message, w.category, w.filename, w.lineno)
+    assert err.getvalue().startswith("r0kit: warning: prompt truncated") and err.getvalue().count("\n") == 1
