@@ -214,6 +214,11 @@ class PluginHost:
         """
         out = []
         allow = _allowlist()
+        if allow == set():
+            out.append(
+                f"R0KIT_LOAD_PLUGINS={os.environ.get('R0KIT_LOAD_PLUGINS', '')!r} names no plugin, so none loads: there is "
+                "no reward, regularizer, generator or metric; unset it to load them all, or name the ones to load"
+            )
         if allow is not None:
             entry_points = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
             for name in sorted(allow - set(self.statuses)):

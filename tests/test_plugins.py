@@ -49,6 +49,16 @@ def test_an_allowlist_name_that_matches_no_plugin_is_said(monkeypatch, fresh_hos
         fresh_host()
 
 
+@pytest.mark.parametrize("value", ["", " ", ",", " , "])
+def test_an_allowlist_that_names_no_plugin_is_said(monkeypatch, fresh_host, value):
+    """An empty R0KIT_LOAD_PLUGINS loaded nothing, silently: every reward was then 'unknown'."""
+    monkeypatch.setenv("R0KIT_LOAD_PLUGINS", value)
+    plugins_mod.reset_host()
+    with pytest.warns(R0kitWarning, match=r"names no plugin, so none loads.*unset it"):
+        host = fresh_host()
+    assert len(host.rewards) == 0
+
+
 def test_a_plugin_disabled_by_a_name_clash_is_said_by_every_command(tmp_path, monkeypatch, fresh_host):
     _write_module(tmp_path, "r0kit_clash", """
         import r0kit
