@@ -116,6 +116,8 @@ def check_images(images: torch.Tensor, *, name: str = "images", tol: float = 1e-
         )
     if not images.is_floating_point():
         raise InputError(f"{name} must be a float tensor in [0, 1], got {images.dtype}; divide uint8 images by 255")
+    if images.shape[0] == 0 or images.numel() == 0:
+        raise InputError(f"{name} holds no pixels (shape {tuple(images.shape)}); pass at least one image of at least 1x1")
     with torch.no_grad():
         if not torch.isfinite(images).all():
             raise InputError(f"{name} contains NaN or Inf")

@@ -91,6 +91,15 @@ class Term:
     def __repr__(self) -> str:
         return self._repr(self.weight)
 
+    # -- a one-term objective -------------------------------------------------
+    def evaluate(self, sample: Sample, prompts: list[str], generator: Any = None) -> ObjectiveResult:
+        """:meth:`Objective.evaluate` of the objective made of this term alone."""
+        return Objective([self]).evaluate(sample, prompts, generator)
+
+    def backward(self, sample: Sample, prompts: list[str], generator: Any = None, **options: Any) -> ObjectiveResult:
+        """:meth:`Objective.backward` of the objective made of this term alone."""
+        return Objective([self]).backward(sample, prompts, generator, **options)
+
     def _repr(self, weight: float) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{weight:g}*{self.kind}({self.name!r}{', ' + opts if opts else ''})"
@@ -236,6 +245,14 @@ class Objective:
     def _check(self, sample: Sample, prompts: list[str]) -> None:
         if not self.terms:
             raise OptionError("the objective has no terms; add at least one reward")
+        if not isinstance(sample, Sample):
+            raise InputError(
+                f"the objective takes a r0kit.Sample, got a {type(sample).__name__}; pass generator.sample(prompts), "
+                "or wrap an image batch: r0kit.Sample(images=x) with x [B, 3, H, W] in [0, 1]"
+            )
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            got = f"the str {prompts!r}" if isinstance(prompts, str) else repr(prompts)[:80]
+            raise InputError(f"prompts must be a list of str, one per image; got {got} (one prompt: [prompt])")
         check_images(sample.images, name="sample.images")
         if self.needs_prompts and len(prompts) != sample.batch_size:
             raise InputError(

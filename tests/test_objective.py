@@ -215,3 +215,34 @@ def test_tv_of_a_one_pixel_wide_image_is_the_other_axis_alone(shape, p):
         assert torch.autograd.gradcheck(lambda y: make(p=2)(r0kit.Sample(y)), (x,))
     obj = reward("contrast") - 0.1 * regularizer("tv", p=p)
     assert torch.isfinite(obj.evaluate(r0kit.Sample(x.detach().float()), ["a", "b"]).total).all()
+
+
+@pytest.mark.parametrize(
+    "call, needle",
+    [
+        (lambda obj, s: obj.evaluate(s.images, ["a", "b"]), "takes a r0kit.Sample, got a Tensor"),
+        (lambda obj, s: obj.backward(s.images, ["a", "b"]), "takes a r0kit.Sample, got a Tensor"),
+        (lambda obj, s: obj.evaluate(s, None), "prompts must be a list of str"),
+        (lambda obj, s: obj.evaluate(s, "ab"), "got the str 'ab'"),
+        (lambda obj, s: obj.evaluate(s, ["a", 2]), "prompts must be a list of str"),
+        (lambda obj, s: obj.evaluate(r0kit.Sample(images=s.images[:0]), []), "holds no pixels"),
+    ],
+)
+def test_the_python_api_names_a_wrong_argument_instead_of_a_raw_error(call, needle):
+    """A bare tensor, None or a str for prompts, and an empty batch were AttributeError, TypeError, a
+    prompt per character, or a RuntimeError from torch.min."""
+    obj = reward("colorfulness") + reward("contrast")
+    with pytest.raises(InputError, match=needle):
+        call(obj, _sample())
+
+
+def test_a_single_term_evaluates_and_backpropagates_as_a_one_term_objective():
+    """`r0kit.reward("contrast").evaluate(...)` was an AttributeError."""
+    term = 2 * reward("contrast")
+    s = _sample()
+    assert torch.equal(term.evaluate(s, ["a", "b"]).total, r0kit.Objective([term]).evaluate(s, ["a", "b"]).total)
+    term.backward(s, ["a", "b"])
+    g = s.images.grad.clone()
+    s2 = _sample()
+    r0kit.Objective([term]).backward(s2, ["a", "b"])
+    assert torch.equal(g, s2.images.grad)
