@@ -177,13 +177,42 @@ class StagedDir:
         self._created = []
 
 
+def unlisted_outputs(target: str | os.PathLike, names: tuple[str, ...]) -> list[str]:
+    """The entries among ``names`` that ``target`` holds although no r0kit run's manifest lists them.
+
+    A folder with a manifest was written by a run, which listed what is its own; a folder
+    without one holds the user's files, and a run that replaces must not take them.
+    """
+    from r0kit.checks import MANIFEST
+
+    target = Path(target)
+    if isinstance(read_manifest(target).get("files"), list):
+        return []
+    return [n for n in names if n != MANIFEST and ((target / n).exists() or (target / n).is_symlink())]
+
+
+def check_replaceable(target: str | os.PathLike, names: tuple[str, ...], what: str) -> None:
+    """Refuse (:class:`~r0kit.errors.ConfigError`, naming ``what``) to replace a folder whose run outputs
+    ``names`` no run lists: they would be deleted although no r0kit run wrote them."""
+    from r0kit.errors import ConfigError
+
+    clash = unlisted_outputs(target, names)
+    if clash:
+        raise ConfigError(
+            f"{what} {str(target)!r} holds {', '.join(clash)}, which no r0kit run lists (it has no r0kit-run.json), "
+            "so --overwrite will not replace them; nothing was changed. Move them, or choose another output folder"
+        )
+
+
 class ClaimedDir:
     """An output folder that a long run writes into as it goes (``r0kit train``).
 
     ``start()`` records every path under ``target`` (creating it if needed).
     With ``replace``, the top-level entries an earlier run listed in its
-    manifest (or, without one, every entry named in ``replace_names``) are
-    moved into a hidden folder inside ``target``; ``backup`` names files the
+    manifest are moved into a hidden folder inside ``target``; a folder
+    without a manifest holding any of ``replace_names`` (the run's outputs)
+    is refused (:func:`check_replaceable`), since nothing says a run wrote
+    them; ``backup`` names files the
     run rewrites in place (a resumed run's metrics), which are copied there.
     ``keep()`` is called once the run has results of its own: the earlier
     run's files are deleted. ``rollback()`` is called when it failed before
@@ -209,9 +238,9 @@ class ClaimedDir:
         self.target.mkdir(parents=True, exist_ok=True)
         self._created = missing
         if self.replace:
+            check_replaceable(self.target, self.replace_names, "the output folder")
             listed = read_manifest(self.target).get("files")
-            names = [str(n) for n in listed] if isinstance(listed, list) else list(self.replace_names)
-            for name in names:
+            for name in [str(n) for n in listed] if isinstance(listed, list) else []:
                 src = self.target / name
                 if src.parent == self.target and (src.exists() or src.is_symlink()):
                     self.aside.mkdir(exist_ok=True)

@@ -81,6 +81,43 @@ def test_claimed_rollback_restores_the_earlier_run_and_keep_drops_it(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "notes.txt"]
 
 
+def test_claimed_replace_refuses_outputs_no_run_lists_and_touches_nothing(tmp_path):
+    """Without a manifest, --overwrite moved aside and then deleted every folder named like a run's
+    output (the user's own logs/ and checkpoints/); it is now refused before anything moves."""
+    out = tmp_path / "mine"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "lab-notes.txt").write_text("the user's")
+    (out / "checkpoints").mkdir()
+    (out / "paper.tex").write_text("the user's")
+    before = _tree(out)
+    claim = ClaimedDir(out, replace=True, replace_names=("checkpoints", "logs", "samples", "export"))
+    with pytest.raises(ConfigError, match=r"holds checkpoints, logs, which no r0kit run lists.*nothing was changed"):
+        claim.start()
+    assert _tree(out) == before
+    # a folder without a manifest but without any run output is used as it is
+    other = tmp_path / "papers"
+    other.mkdir()
+    (other / "paper.tex").write_text("the user's")
+    claim = ClaimedDir(other, replace=True, replace_names=("checkpoints", "logs"))
+    claim.start()
+    (other / "logs").mkdir()
+    claim.keep()
+    assert (other / "paper.tex").read_text() == "the user's"
+
+
+def test_train_overwrite_refuses_a_folder_whose_outputs_no_run_lists_before_loading_a_model(tmp_path):
+    from r0kit.train import parse_train, train
+
+    out = tmp_path / "mine"
+    (out / "export").mkdir(parents=True)
+    (out / "export" / "model.safetensors").write_text("the user's")
+    cfg = parse_train({"prompts": ["x"], "output": str(out), "generator": {"model": str(tmp_path / "no-such-model")},
+                       "objective": {"rewards": {"contrast": {}}}})
+    with pytest.raises(ConfigError, match=r"holds export, which no r0kit run lists"):
+        train(cfg, overwrite=True)
+    assert (out / "export" / "model.safetensors").read_text() == "the user's"
+
+
 def test_claimed_backup_restores_a_file_rewritten_in_place(tmp_path):
     out = tmp_path / "run"
     (out / "logs").mkdir(parents=True)
