@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import statistics
@@ -281,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         for arm in [a for a in ARMS if a.study in studies]:
             for seed in seeds:
                 key = ("default" if arm.name in DEFAULT_ARMS else arm.name, seed)
-                curve = arm.study == "supervision"
+                # R0's curves are drawn for the supervision study; the shared default arm draws them whenever it runs
+                curve = arm.study == "supervision" or (key[0] == "default" and "supervision" in studies)
                 if key not in cache or (curve and not cache[key].curve):
                     c = json.loads(json.dumps(cfg))
                     arm.change(c)
@@ -303,10 +303,27 @@ def _device() -> str:
     return "cpu"
 
 
+def kept_runs(path: Path, studies: set[str]) -> list[Run]:
+    """The rows of ``path`` (an earlier run's CSV) for studies other than ``studies``: a run with
+    ``--only`` replaces its own studies' rows and keeps the others'."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [
+        Run(r["study"], r["arm"], int(r["seed"]), {k: float(v) for k, v in r.items() if k not in ("study", "arm", "seed") and v})
+        for r in rows
+        if r["study"] not in studies
+    ]
+
+
 def write_results(runs: list[Run], args, total: float) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"mini_ablations_{_device()}"
+    studies = list(dict.fromkeys(r.study for r in runs))
+    kept = kept_runs(stem.with_suffix(".csv"), set(studies))
+    runs = kept + runs
     keys = sorted({k for r in runs for k in r.values})
     with open(stem.with_suffix(".csv"), "w", newline="") as fh:
         w = csv.writer(fh)
@@ -317,8 +334,11 @@ def write_results(runs: list[Run], args, total: float) -> None:
     lines = [
         f"# Mini-world ablations ({_device()}, {platform.processor() or platform.machine()}, torch {torch.__version__})",
         "",
-        f"`python benchmarks/mini/ablate.py --seeds {args.seeds} --steps {args.steps}` — {total / 60:.1f} min in all. "
-        "Mean ± std over seeds; judged on the held-out prompts (40 prompts × 2 seeds) by the world's judge, never optimized.",
+        f"`python benchmarks/mini/ablate.py --seeds {args.seeds} --steps {args.steps}"
+        + (f" --only {' '.join(args.only)}" if args.only else "")
+        + f"`: {', '.join(studies)}, {total / 60:.1f} min"
+        + (f"; {', '.join(dict.fromkeys(r.study for r in kept))} kept from the CSV's earlier run" if kept else "")
+        + ". Mean ± std over seeds; judged on the held-out prompts (40 prompts × 2 seeds) by the world's judge, never optimized.",
         "",
     ]
     cols = ["geneval", "geneval/colour", "geneval/shape", "geneval/position", "geneval/count", "geneval/relation", "fid",
