@@ -22,6 +22,7 @@ Errors name the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import tomllib
 from pathlib import Path
@@ -242,25 +243,48 @@ def load_objective_config(path: str | Path) -> ObjectiveConfig:
     return parse_objective(objective_table(path), str(path))
 
 
-def build_objective(cfg: ObjectiveConfig, source: str | None = None):
+@contextlib.contextmanager
+def _term_errors(table: str, label: str, source: str | None, origins: Mapping[str, str] | None):
+    """Name the term's table key, its file and the command-line flags that set its options in its errors."""
+    from r0kit.errors import OptionError, UnknownNameError
+
+    try:
+        yield
+    except (UnknownNameError, OptionError) as exc:
+        where = f"{source}: " if source else ""
+        flags = sorted(v for k, v in (origins or {}).items() if k.startswith(f"objective.{table}.{label}."))
+        given = f" (given on the command line: {', '.join(flags)})" if flags else ""
+        raise type(exc)(f"{where}[objective.{table}.{label}]: {exc}{given}") from None
+
+
+def check_objective(cfg: ObjectiveConfig, source: str | None = None, origins: Mapping[str, str] | None = None) -> None:
+    """Every term's name and option names against its registered factory, without running one: a typo
+    is found before a model loads. Raises as :func:`build_objective` does."""
+    from r0kit.plugins import get_host
+
+    host = get_host()
+    for table, registry in (("rewards", host.rewards), ("regularizers", host.regularizers)):
+        for label, t in getattr(cfg, table).items():
+            with _term_errors(table, label, source, origins):
+                registry.get(t.name or label).check_options(t.options)
+
+
+def build_objective(cfg: ObjectiveConfig, source: str | None = None, origins: Mapping[str, str] | None = None):
     """Instantiate every term; the result equals the same objective written in Python.
 
     :param source: the file the table came from, named in errors.
+    :param origins: dotted key -> the command-line flag that set it (``--reward-option clip.device``), named in errors.
     :raises UnknownNameError: a term names no registered reward or regularizer;
     :raises OptionError: a term's options do not fit its factory. Both name the term's
         key (``objective.rewards.<label>``) and ``source``.
     """
-    from r0kit.errors import OptionError, UnknownNameError
     from r0kit.objective import Objective, regularizer, reward
 
     terms = []
     for table, make, sign in (("rewards", reward, 1.0), ("regularizers", regularizer, -1.0)):
         for label, t in getattr(cfg, table).items():
-            try:
+            with _term_errors(table, label, source, origins):
                 terms.append(make(t.name or label, label=label, **t.options) * (sign * t.weight))
-            except (UnknownNameError, OptionError) as exc:
-                where = f"{source}: " if source else ""
-                raise type(exc)(f"{where}[objective.{table}.{label}]: {exc}") from None
     return Objective(terms, normalize_gradients=cfg.normalize_gradients, eps=cfg.eps)
 
 

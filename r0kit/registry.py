@@ -28,9 +28,21 @@ class Entry:
     description: str = ""
     contract: Any = None  # RewardContract for rewards
 
+    def signature(self) -> inspect.Signature:
+        """The factory's signature. A ``torch.nn.Module`` subclass without an ``__init__`` of its own
+        takes no options, although the ``__init__`` it inherits reads ``(*args, **kwargs)``.
+
+        :raises TypeError, ValueError: as :func:`inspect.signature` does, for a factory it cannot read.
+        """
+        f = self.factory
+        init = getattr(f, "__init__", None) if isinstance(f, type) else None
+        if init is not None and getattr(init, "__module__", "").startswith("torch.nn") and init.__qualname__ == "Module.__init__":
+            return inspect.Signature()
+        return inspect.signature(f)
+
     def accepted_options(self) -> list[str]:
         try:
-            params = inspect.signature(self.factory).parameters.values()
+            params = self.signature().parameters.values()
         except (TypeError, ValueError):
             return []
         return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -38,7 +50,7 @@ class Entry:
     def check_options(self, options: dict[str, Any]) -> None:
         """Raise :class:`OptionError` naming any option ``factory`` rejects."""
         try:
-            sig = inspect.signature(self.factory)
+            sig = self.signature()
         except (TypeError, ValueError):
             return
         if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):

@@ -59,7 +59,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from r0kit.checks import MAX_LR, MAX_SEED
-from r0kit.config import PATH_FIELD, ObjectiveConfig, StrictFloat, StrictModel, check_prompts, format_validation_error, load_toml, read_prompts
+from r0kit.config import (
+    PATH_FIELD,
+    ObjectiveConfig,
+    StrictFloat,
+    StrictModel,
+    check_objective,
+    check_prompts,
+    format_validation_error,
+    load_toml,
+    read_prompts,
+)
 from r0kit.errors import ConfigError, NonFiniteError, OptionError, RunError, WeightsError, describe_failure, is_out_of_memory
 from r0kit.sharding import full_tensor, is_sharded, shard_like
 
@@ -668,6 +678,7 @@ def train(
         from r0kit.io import check_replaceable
 
         check_replaceable(output, TRAIN_OUTPUTS, "output")
+    check_objective(cfg.objective)  # a reward option's typo is found before the generator loads
 
     trackers: list[Any] = []
     if "csv" in cfg.trackers:

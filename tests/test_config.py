@@ -149,3 +149,25 @@ def test_strict_values_still_take_ints_for_floats_lists_for_pairs_and_strings_fo
     assert cfg.generator.eta == (0.0, 1.0) and cfg.objective.rewards["contrast"].weight == 2.0
     run = parse_run({"prompts": ["x"], "objective": OBJECTIVE, "output": "o", "prompts_file": "q.txt"})
     assert run.output == Path("o") and run.prompts_file == Path("q.txt")
+
+
+def test_check_objective_finds_an_option_typo_without_building_a_term_and_names_its_flag():
+    from r0kit.config import check_objective, parse_objective
+
+    cfg = parse_objective({"rewards": {"target_color": {"colr": "#ff0000"}, "colorfulness": {}}})
+    with pytest.raises(OptionError, match=r"x.toml: \[objective.rewards.target_color\].*'colr'.*--reward-option target_color.colr"):
+        check_objective(cfg, "x.toml", {"objective.rewards.target_color.colr": "--reward-option target_color.colr"})
+    with pytest.raises(UnknownNameError, match=r"\[objective.rewards.nope\]"):
+        check_objective(parse_objective({"rewards": {"nope": {}}}))
+    check_objective(parse_objective({"rewards": {"target_color": {"color": "#ff0000"}}, "regularizers": {"tv": {}}}))
+
+
+def test_a_module_reward_without_an_init_of_its_own_takes_no_options():
+    """torch.nn.Module's inherited __init__(*args, **kwargs) hid that colorfulness takes no option: a typo
+    passed the option check and failed only when the reward was built."""
+    from r0kit.plugins import get_host
+
+    entry = get_host().rewards.get("colorfulness")
+    assert entry.accepted_options() == []
+    with pytest.raises(OptionError, match="has no option 'nope'; it accepts: no options"):
+        entry.check_options({"nope": 1})

@@ -123,6 +123,33 @@ def key_values(items: list[str], flag: str, *, dotted: bool = False, example: st
     return out
 
 
+REWARD_OPTION_HELP = ("an option of one of the objective's rewards, by its table key; VALUE is read as TOML and "
+                      "replaces the config's (hpsv2.checkpoint='HPS_v2.1_compressed.pt', clip.device='cpu')")
+
+
+def add_reward_options(p: argparse.ArgumentParser) -> None:
+    """``--reward-option/-R REWARD.KEY=VALUE`` for a command whose rewards come from a config's [objective]."""
+    p.add_argument("--reward-option", "-R", action="append", default=[], metavar="REWARD.KEY=VALUE", help=REWARD_OPTION_HELP)
+
+
+def apply_reward_options(data: dict[str, Any], items: list[str], origins: dict[str, str], where: str) -> None:
+    """Set each ``REWARD.KEY=VALUE`` of ``--reward-option`` in ``data``'s ``[objective.rewards.REWARD]`` table.
+
+    :raises ConfigError: a malformed item, or a reward the objective (from ``where``) does not have.
+    """
+    if not items:
+        return
+    rewards = data.get("objective", {}).get("rewards", {}) if isinstance(data.get("objective"), dict) else {}
+    for label, options in key_values(items, "--reward-option", dotted=True).items():
+        table = rewards.get(label) if isinstance(rewards, dict) else None
+        if not isinstance(table, dict):
+            known = ", ".join(sorted(rewards)) if isinstance(rewards, dict) and rewards else "none"
+            raise ConfigError(f"--reward-option {label}.…: the objective ({where}) has no reward {label!r}; its rewards: {known}")
+        for key, value in options.items():
+            table[key] = value
+            origins[f"objective.rewards.{label}.{key}"] = f"--reward-option {label}.{key}"
+
+
 def toml_value(raw: str) -> Any:
     """``raw`` read as a TOML value (``2`` -> 2, ``'a'`` -> "a", ``[1, 2]``), or as a bare string if it is not TOML."""
     try:

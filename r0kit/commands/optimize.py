@@ -27,7 +27,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from r0kit.commands._common import add_output, describe, finite_float, int_at_least, key_values, quiet_library_progress
+from r0kit.commands._common import (
+    add_output,
+    add_reward_options,
+    apply_reward_options,
+    describe,
+    finite_float,
+    int_at_least,
+    key_values,
+    quiet_library_progress,
+)
 from r0kit.errors import ConfigError
 
 
@@ -63,6 +72,7 @@ def add_parser(sub) -> None:
     p.add_argument("--best-by", choices=["reward", "total"], help="rank iterates by the weighted rewards (default, as ReNO) "
                    "or by the total with the regularizers")
     p.add_argument("--normalize-gradients", action="store_true", default=None, help="R0 per-reward gradient normalization")
+    add_reward_options(p)
     add_output(p, default=None, what="the output folder (default: the config's, r0kit-out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (r0kit's, nor the model-loading and download bars of huggingface_hub, transformers and diffusers)")
     p.set_defaults(run=run)
@@ -174,6 +184,7 @@ def build_config_and_origins(args: argparse.Namespace):
         origins[f"generator.{key}"] = f"-G {key}"
     if args.normalize_gradients:
         data.setdefault("objective", {})["normalize_gradients"] = True
+    apply_reward_options(data, getattr(args, "reward_option", []) or [], origins, origins.get("objective", where))
     cfg = parse_run(data, where, origins)
     if cfg.prompts_file is not None and not cfg.prompts:
         base = Path(source).parent
@@ -229,6 +240,8 @@ def check_devices(cfg, origins: dict[str, str]) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from r0kit.config import check_objective
+
     if args.no_progress:
         quiet_library_progress()
 
@@ -242,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
 
         cfg.generator.model_extra["model"] = resolve_tiny_model(cfg.generator.model_extra["model"])
     check_devices(cfg, origins)
+    source = args.objective or args.config
+    check_objective(cfg.objective, None if source is None else str(source), origins)
     if args.log_every:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         logging.getLogger("r0kit.optimize").setLevel(logging.INFO)

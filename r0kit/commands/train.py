@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import add_output, describe, int_at_least, quiet_library_progress
+from r0kit.commands._common import add_output, add_reward_options, apply_reward_options, describe, int_at_least, quiet_library_progress
 
 
 def add_parser(sub) -> None:
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompts-file", type=Path, help="the training prompts (.txt one a line, or .jsonl)")
     p.add_argument("--steps", type=int, help="override steps (total optimizer steps)")
     p.add_argument("--max-steps", type=int_at_least(1), help="stop at this step with a checkpoint (resume later)")
+    add_reward_options(p)
     add_output(p, default=None, what="the output folder (default: the config's)", resume=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-step line, the evaluation's, nor the model-loading and download bars of huggingface_hub, transformers and diffusers)")
     p.add_argument(
@@ -76,6 +77,7 @@ def build_config(args: argparse.Namespace):
     if args.output is not None:
         data["output"] = args.output
         origins["output"] = "--output"
+    apply_reward_options(data, args.reward_option, origins, where)
     if not data.get("prompts") and not data.get("prompts_file"):
         raise ConfigError(
             f"no training prompts: pass --prompts-file FILE (one prompt a line, or JSONL), "
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         quiet_library_progress()
     from r0kit.checks import check_device, check_model, check_output_dir
-    from r0kit.config import read_prompts
+    from r0kit.config import check_objective, read_prompts
     from r0kit.errors import ConfigError
     from r0kit.testing.pipelines import resolve_tiny_model
     from r0kit.train import read_checkpoint_state, resolve_resume, train
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None and args.overwrite:
         raise ConfigError("--resume continues the run in the output folder and --overwrite replaces it; give one of them")
     cfg, origins, where = build_config(args)
+    check_objective(cfg.objective, where, origins)  # a reward's option typo, before anything loads
     if args.dry_run:  # nothing is written, so the output folder is not checked
         from r0kit.memory import estimate_training
 
