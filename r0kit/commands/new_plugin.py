@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 
 from r0kit.commands._common import add_output, describe
+from r0kit.scaffold import KINDS
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("new-plugin", help="scaffold a plugin package (pyproject, module, test)",
                        description=describe(__doc__))
     p.add_argument("name", help="the name it registers; a Python identifier such as 'sharpness'")
-    p.add_argument("--kind", choices=("reward", "regularizer", "generator"), default="reward", help="what the plugin registers")
+    p.add_argument("--kind", choices=KINDS, default="reward", help="what the plugin registers")
     add_output(p, default=None, what="the package folder (default ./r0kit-NAME)")
     p.set_defaults(run=run)
 

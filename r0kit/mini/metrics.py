@@ -54,7 +54,7 @@ class FID(_Features):
         from r0kit.metrics import frechet_distance
 
         rng = np.random.default_rng(self.seed)
-        unique = list(dict.fromkeys(prompts))
+        unique = sorted(set(prompts))  # the reference set depends on which prompts, not on their order
         scenes = [W.scene_for_prompt(p, rng) for p in unique for _ in range(self.per_prompt)]
         real = torch.from_numpy(W.render_batch(scenes, images.shape[-1]))
         return {"fid": frechet_distance(self.net, real, images.float())}

@@ -15,7 +15,7 @@ from string import Template
 
 from r0kit.errors import ConfigError
 
-KINDS = ("reward", "regularizer", "generator")
+KINDS = ("reward", "regularizer", "generator", "metric")
 
 _PYPROJECT = Template('''\
 [build-system]
@@ -65,9 +65,15 @@ $summary
     r0kit plugins --verbose     # lists the $kind `$name`
     pip install -e '.[test]' && pytest
 
-Use it by name: `r0kit.$kind("$name")` in Python, or an
-`[objective.${table}.$name]` table in a TOML objective.
+$usage
 ''')
+
+_USAGE = {
+    "reward": 'Use it by name: `r0kit.reward("$name")` in Python, or an\n`[objective.rewards.$name]` table in a TOML objective.',
+    "regularizer": 'Use it by name: `r0kit.regularizer("$name")` in Python, or an\n`[objective.regularizers.$name]` table in a TOML objective.',
+    "generator": 'Use it by name: `r0kit.generator("$name")` in Python, `r0kit optimize --generator $name`,\nor `name = "$name"` in a run config\'s `[generator]` table.',
+    "metric": 'Use it by name: `r0kit evaluate SOURCES --metric $name`, or `metrics = ["$name"]`\nin a training config\'s `[evaluate]` table.',
+}
 
 _REWARD = Template('''\
 """$summary
@@ -289,10 +295,85 @@ def test_sample_size(r0kit_plugin):
     assert gen.sample(["a", "b"]).images.shape == (2, 3, 16, 24)
 ''')
 
+_METRIC = Template('''\
+"""$summary
+
+An r0kit plugin: it registers the metric ``$name``. A metric judges a *set*
+of generated images and is never optimized: it is called with every image
+of an evaluation, ``[N, 3, H, W]`` in [0, 1], and one prompt per image, and
+returns named numbers, which ``r0kit evaluate --metric $name`` prints as
+table columns.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+import r0kit
+
+__version__ = "0.1.0"
+
+
+class $cls:
+    """Spread: the mean over prompts of the per-pixel standard deviation across a prompt's images.
+
+    0 when every seed of a prompt gives the same image; higher when they differ.
+
+    :param channels: ``"rgb"`` or ``"luma"``, what the deviation is taken over.
+    """
+
+    #: Declared needs, checked by r0kit before any image is sampled: two images of each prompt.
+    min_images_per_prompt = 2
+
+    def __init__(self, channels: str = "rgb") -> None:
+        if channels not in ("rgb", "luma"):
+            raise r0kit.OptionError(f"$name: channels must be 'rgb' or 'luma', got {channels!r}")
+        self.channels = channels
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        x = images.float()
+        if self.channels == "luma":
+            x = (x * x.new_tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        spreads = []
+        for p in sorted(set(prompts)):
+            group = x[[i for i, q in enumerate(prompts) if q == p]]
+            if len(group) > 1:
+                spreads.append(float(group.std(dim=0).mean()))
+        return {"$name": sum(spreads) / len(spreads) if spreads else 0.0}
+
+
+@r0kit.hookimpl
+def r0kit_register_metrics(register):
+    register("$name", $cls, description="$summary")
+''')
+
+_METRIC_TEST = Template('''\
+import torch
+
+import $module
+from r0kit.testing import assert_conforms
+
+
+def test_conforms(r0kit_plugin):
+    r0kit_plugin($module)
+    assert_conforms("$name", kind="metric")
+
+
+def test_zero_for_identical_seeds_and_positive_otherwise(r0kit_plugin):
+    r0kit_plugin($module)
+    metric = $module.$cls()
+    same = torch.full((4, 3, 8, 8), 0.5)
+    assert metric(same, ["a", "a", "b", "b"])["$name"] == 0
+    assert metric(torch.rand(4, 3, 8, 8), ["a", "a", "b", "b"])["$name"] > 0
+''')
+
 _TEMPLATES = {
     "reward": (_REWARD, _REWARD_TEST, "rewards", "an exposure reward"),
     "regularizer": (_REGULARIZER, _REGULARIZER_TEST, "regularizers", "a clipping penalty"),
     "generator": (_GENERATOR, _GENERATOR_TEST, "generators", "a linear colour-field generator"),
+    "metric": (_METRIC, _METRIC_TEST, "metrics", "a seed-spread metric"),
 }
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -331,6 +412,7 @@ def render(name: str, kind: str = "reward") -> dict[str, str]:
         "table": table,
         "summary": f"{name}: an r0kit {kind} plugin (the scaffold starts it as {what}; make it yours)",
     }
+    subs["usage"] = Template(_USAGE[kind]).substitute(subs)
     return {
         "pyproject.toml": _PYPROJECT.substitute(subs),
         "README.md": _README.substitute(subs),

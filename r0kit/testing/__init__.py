@@ -16,6 +16,7 @@ from r0kit.testing.conformance import (
     assert_conforms,
     check,
     check_generator,
+    check_metric,
     check_regularizer,
     check_reward,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "assert_conforms",
     "check",
     "check_generator",
+    "check_metric",
     "check_regularizer",
     "check_reward",
     "register_tiny_open_clip",

@@ -31,6 +31,12 @@ Generator checks: ``protocol``, ``prepare``, ``parameters``, ``sample_contract``
 (a :class:`~r0kit.Sample` of ``[B, 3, H, W]`` images in [0, 1], one per prompt),
 ``differentiable`` (finite gradients to every parameter), ``seed_determinism``
 and ``optimizer_step`` (one step on the parameters changes the images).
+
+Metric checks: ``needs`` (``min_images`` / ``min_images_per_prompt``, when declared,
+are ints >= 1), ``output`` (a non-empty ``dict[str, float]`` of finite numbers from a
+set of images with prompts, at every H×W tried), ``inputs_unchanged``,
+``determinism`` (the same set gives the same numbers) and ``order`` (shuffling the
+images with their prompts gives the same numbers: a metric is over a set).
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 class ConformanceReport:
     """The outcome of one conformance run.
 
-    :ivar kind: ``"reward"``, ``"regularizer"`` or ``"generator"``.
+    :ivar kind: ``"reward"``, ``"regularizer"``, ``"generator"`` or ``"metric"``.
     :ivar name: the name (or label) checked.
     :ivar passed: names of the checks that passed.
     :ivar failures: check name -> what is wrong.
@@ -613,14 +619,113 @@ def check_generator(
     return report
 
 
+# --------------------------------------------------------------------------- metrics
+
+
+def check_metric(
+    name_or_metric: Any,
+    *,
+    images: int = 8,
+    sizes: Sequence[tuple[int, int]] = ((32, 32), (48, 40)),
+    prompts: Sequence[str] | None = None,
+    seed: int = 0,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    **options: Any,
+) -> ConformanceReport:
+    """Run a metric through its contract: ``metric(images [N, 3, H, W] in [0, 1], prompts) -> {name: float}``.
+
+    :param name_or_metric: a registered metric name (built with ``options``) or a metric object.
+    :param images: how many images the set holds (at least the metric's ``min_images``); each of
+        ``images // 2`` prompts repeats twice, so ``min_images_per_prompt`` up to 2 is met.
+    """
+    _no_options_unless_named("metric", name_or_metric, options)
+    report = ConformanceReport("metric", _label(name_or_metric))
+    runner = _Runner(report)
+    holder: dict[str, Any] = {}
+
+    def build() -> None:
+        if isinstance(name_or_metric, str):
+            from r0kit.plugins import get_host
+
+            holder["metric"] = get_host().metrics.get(name_or_metric).create(**options)
+        else:
+            holder["metric"] = name_or_metric
+        assert callable(holder["metric"]), f"a metric must be callable, got a {type(holder['metric']).__name__}"
+
+    if not runner.run("build", build):
+        return report
+    metric = holder["metric"]
+    per_prompt = 2
+    base = list(prompts) if prompts is not None else [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(max(1, images // per_prompt))]
+    ps = [p for p in base for _ in range(per_prompt)][:images]
+    g = torch.Generator().manual_seed(seed)
+    sets = {hw: torch.rand(len(ps), 3, *hw, generator=g) for hw in sizes}
+
+    def needs() -> None:
+        for attr in ("min_images", "min_images_per_prompt"):
+            v = getattr(metric, attr, None)
+            if v is not None:
+                assert isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{attr} must be an int >= 1, got {v!r}"
+        least = getattr(metric, "min_images", None) or 1
+        if least > len(ps):
+            raise _Skip(f"the metric needs {least} images; pass images={least} or more")
+        if (getattr(metric, "min_images_per_prompt", None) or 1) > per_prompt:
+            raise _Skip(f"the metric needs more than {per_prompt} images per prompt")
+
+    def values(x: torch.Tensor, prompts_: list[str]) -> dict[str, float]:
+        out = metric(x, prompts_)
+        assert isinstance(out, dict) and out, f"a metric must return a non-empty dict of name -> number, got {type(out).__name__}"
+        for k, v in out.items():
+            assert isinstance(k, str) and k, f"metric names must be non-empty strings, got {k!r}"
+            assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{k!r} is a {type(v).__name__}, not a number"
+            assert math.isfinite(v), f"{k!r} is {v}"
+        return {k: float(v) for k, v in out.items()}
+
+    def output() -> None:
+        for hw, x in sets.items():
+            with _at(hw):
+                holder[hw] = values(x, ps)
+        keys = {tuple(sorted(v)) for hw, v in holder.items() if isinstance(hw, tuple)}
+        assert len(keys) == 1, f"the names change with the image size: {sorted(keys)}"
+
+    def inputs_unchanged() -> None:
+        for hw, x in sets.items():
+            before = x.clone()
+            with _at(hw):
+                metric(x, list(ps))
+            assert torch.equal(x, before), f"{hw[0]}x{hw[1]}: the metric changed the images it was given"
+
+    def determinism() -> None:
+        for hw, x in sets.items():
+            a, b = values(x, ps), values(x, ps)
+            bad = [k for k in a if not math.isclose(a[k], b[k], rel_tol=rtol, abs_tol=atol)]
+            assert not bad, f"{hw[0]}x{hw[1]}: the same images gave {', '.join(f'{k} {a[k]:.6g} then {b[k]:.6g}' for k in bad)}"
+
+    def order() -> None:
+        perm = torch.randperm(len(ps), generator=torch.Generator().manual_seed(seed + 1))
+        for hw, x in sets.items():
+            a, b = values(x, ps), values(x[perm], [ps[i] for i in perm.tolist()])
+            bad = [k for k in a if not math.isclose(a[k], b[k], rel_tol=rtol, abs_tol=atol)]
+            assert not bad, (
+                f"{hw[0]}x{hw[1]}: shuffling the images with their prompts changed "
+                + ", ".join(f"{k} ({a[k]:.6g} -> {b[k]:.6g})" for k in bad)
+            )
+
+    if runner.run("needs", needs):
+        for name, fn in (("output", output), ("inputs_unchanged", inputs_unchanged), ("determinism", determinism), ("order", order)):
+            runner.run(name, fn)
+    return report
+
+
 # --------------------------------------------------------------------------- assertion helper
 
 
 def check(target: Any, *, kind: str | None = None, **kwargs: Any) -> ConformanceReport:
-    """Dispatch to :func:`check_reward`, :func:`check_regularizer` or :func:`check_generator`.
+    """Dispatch to :func:`check_reward`, :func:`check_regularizer`, :func:`check_generator` or :func:`check_metric`.
 
     ``kind`` is inferred from a term, from a registered name (rewards first),
-    or from a generator object.
+    or from a generator object; a metric object needs ``kind="metric"``.
     """
     if kind is None:
         if isinstance(target, Term):
@@ -629,12 +734,12 @@ def check(target: Any, *, kind: str | None = None, **kwargs: Any) -> Conformance
             from r0kit.plugins import get_host
 
             host = get_host()
-            kind = next((k for k in ("reward", "regularizer", "generator") if target in host.registries[k]), "reward")
+            kind = next((k for k in ("reward", "regularizer", "generator", "metric") if target in host.registries[k]), "reward")
         else:
             kind = "generator"
-    fns = {"reward": check_reward, "regularizer": check_regularizer, "generator": check_generator}
+    fns = {"reward": check_reward, "regularizer": check_regularizer, "generator": check_generator, "metric": check_metric}
     if kind not in fns:
-        raise ValueError(f"kind must be reward, regularizer or generator, got {kind!r}")
+        raise ValueError(f"kind must be reward, regularizer, generator or metric, got {kind!r}")
     return fns[kind](target, **kwargs)
 
 

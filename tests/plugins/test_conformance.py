@@ -140,3 +140,38 @@ def test_weight_l2_conforms_on_a_kstep_generator(tiny_pipeline):
     report = check_regularizer("weight_l2", generator=gen, prompts=SHORT)
     assert_conforms(report)
     assert "batch_independence" in report.skipped  # one penalty on the weights, for the whole batch
+
+
+@pytest.mark.parametrize("name", ["mini_geneval", "mini_fid", "mini_diversity"])
+def test_the_mini_world_s_metrics_conform(name):
+    """mini_fid drew its reference renders in the order the prompts came, so shuffling a set changed its FID."""
+    pytest.importorskip("open_clip")
+    from r0kit.mini import world as W
+    from r0kit.testing import check_metric
+
+    assert_conforms(check_metric(name, sizes=((32, 32),), prompts=W.evaluation_prompts("heldout")[:4]))
+
+
+class _BrokenMetric:
+    """A metric that breaks every metric check at once."""
+
+    min_images_per_prompt = 0
+
+    def __call__(self, images, prompts):
+        images.mul_(0.5)
+        return {"first": float("nan"), "order": float(images[0].sum())}
+
+
+def test_the_metric_checks_name_each_failure():
+    from r0kit.testing import check_metric
+
+    report = check_metric(_BrokenMetric())
+    assert set(report.failures) == {"needs"}, report  # the declared needs are checked first
+    _BrokenMetric.min_images_per_prompt = 1
+    try:
+        report = check_metric(_BrokenMetric())
+    finally:
+        _BrokenMetric.min_images_per_prompt = 0
+    assert set(report.failures) >= {"output", "inputs_unchanged", "determinism", "order"}, report
+    assert "'first' is nan" in report.failures["output"]
+    assert "changed the images" in report.failures["inputs_unchanged"]

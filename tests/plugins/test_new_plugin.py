@@ -23,7 +23,7 @@ def _import(path: Path, name: str):
     return module
 
 
-@pytest.mark.parametrize("kind", ["reward", "regularizer", "generator"])
+@pytest.mark.parametrize("kind", ["reward", "regularizer", "generator", "metric"])
 def test_scaffold_conforms_out_of_the_box(tmp_path, capsys, kind):
     name = f"np_{kind}_demo"
     target = tmp_path / "pkg"
@@ -41,7 +41,7 @@ def test_scaffold_conforms_out_of_the_box(tmp_path, capsys, kind):
     assert report.kind == kind and not report.failures
 
 
-@pytest.mark.parametrize("kind", ["reward", "regularizer", "generator"])
+@pytest.mark.parametrize("kind", ["reward", "regularizer", "generator", "metric"])
 def test_generated_test_functions_pass(tmp_path, kind):
     """The generated tests, called in this process with registered_plugin standing in for the fixture."""
     import contextlib
