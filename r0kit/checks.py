@@ -59,13 +59,17 @@ def check_number(value: object, what: str, *, at_least: float | None = None, abo
     from r0kit.errors import OptionError
 
     rule = "a finite number" + (f" >= {at_least:g}" if at_least is not None else "") + (f" > {above:g}" if above is not None else "")
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        ok = False
     if ok and at_least is not None and value < at_least:
         ok = False
     if ok and above is not None and value <= above:
         ok = False
     if not ok:
-        raise OptionError(f"{what} must be {rule}, got {value!r}")
+        shown = repr(value)
+        raise OptionError(f"{what} must be {rule}, got {shown if len(shown) <= 40 else shown[:37] + '...'}")
     return float(value)  # type: ignore[arg-type]
 
 

@@ -243,6 +243,12 @@ def load_objective_config(path: str | Path) -> ObjectiveConfig:
     return parse_objective(objective_table(path), str(path))
 
 
+def flags_under(origins: Mapping[str, str] | None, prefix: str) -> str:
+    """`` (given on the command line: -G steps, --height)`` for the flags that set keys under ``prefix``, or ``""``."""
+    flags = sorted({v for k, v in (origins or {}).items() if k.startswith(prefix) and v.startswith("-")})
+    return f" (given on the command line: {', '.join(flags)})" if flags else ""
+
+
 @contextlib.contextmanager
 def _term_errors(table: str, label: str, source: str | None, origins: Mapping[str, str] | None):
     """Name the term's table key, its file and the command-line flags that set its options in its errors."""
@@ -252,8 +258,7 @@ def _term_errors(table: str, label: str, source: str | None, origins: Mapping[st
         yield
     except (UnknownNameError, OptionError) as exc:
         where = f"{source}: " if source else ""
-        flags = sorted(v for k, v in (origins or {}).items() if k.startswith(f"objective.{table}.{label}."))
-        given = f" (given on the command line: {', '.join(flags)})" if flags else ""
+        given = flags_under(origins, f"objective.{table}.{label}.")
         raise type(exc)(f"{where}[objective.{table}.{label}]: {exc}{given}") from None
 
 

@@ -288,7 +288,7 @@ def evaluate(
         uses seed ``seed + i``); diversity metrics need 2 or more.
     :param guidance: classifier-free guidance scale for base models, >= 0 (0 or 1 = none; exports sample without).
     """
-    from r0kit.score import build_rewards
+    from r0kit.score import build_rewards, check_rewards
 
     if not sources:
         raise OptionError("evaluate needs at least one source (an exported generator, a pipeline or an image folder)")
@@ -313,6 +313,7 @@ def evaluate(
         raise OptionError(f"got {len(labels)} --label(s) for {len(sources)} source(s); give at most one per source")
     # Every source is checked before any model loads: a bad third source must not cost two samplings.
     parsed, kinds = check_sources(sources, prompts)
+    check_rewards(names, reward_options)  # before the metrics load their networks
     built_metrics = build_metrics(metrics, metric_options)
     if any(kind != "images" for kind in kinds):
         check_metric_needs(built_metrics, seeds=seeds, prompts=len(prompts or []))

@@ -87,7 +87,9 @@ def r0kit_register_generators(register: RegisterComponent) -> None:
     again, so that ``r0kit evaluate FOLDER`` and the ``[evaluate]`` table can
     sample it: the factory's ``export_meta`` attribute names the file that
     marks an export folder (``"kstep.json"``), and its
-    ``from_export(folder, **overrides)`` builds the frozen generator back.
+    ``from_export(folder, **overrides)`` builds the frozen generator back;
+    ``evaluate`` passes ``device`` and, with ``--size``, ``height`` and
+    ``width`` as overrides.
 
     :param register: the callback that records one generator.
     :returns: nothing; the return value is ignored.

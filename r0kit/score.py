@@ -162,17 +162,32 @@ def _to_tensor(im, background: tuple[int, int, int], np) -> torch.Tensor:
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def build_rewards(rewards: Sequence[str] | Mapping[str, Any], options: Mapping[str, Mapping[str, Any]] | None = None):
-    """Terms from names (or label -> options); ``options[name]`` passes factory options."""
-    from r0kit.objective import reward
+def check_rewards(rewards: Sequence[str] | Mapping[str, Any], options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Every reward name and its options against the registry, without building one: a typo in the
+    last is found before the first model loads.
+
+    :raises OptionError: no reward, a reward named twice, or options a factory does not take;
+    :raises UnknownNameError: a name no plugin registers.
+    """
+    from r0kit.plugins import get_host
 
     if not rewards:
         raise OptionError("name at least one reward, e.g. --reward hpsv2")
-    options = dict(options or {})
     names = list(rewards)
     if len(set(names)) != len(names):
         raise OptionError(f"reward(s) named twice: {sorted({n for n in names if names.count(n) > 1})}")
-    return [reward(n, **dict(options.get(n, {}))) for n in names]
+    host = get_host()
+    for n in names:
+        host.rewards.get(n).check_options(dict((options or {}).get(n, {})))
+
+
+def build_rewards(rewards: Sequence[str] | Mapping[str, Any], options: Mapping[str, Mapping[str, Any]] | None = None):
+    """Terms from names (or label -> options); ``options[name]`` passes factory options (checked first, :func:`check_rewards`)."""
+    from r0kit.objective import reward
+
+    check_rewards(rewards, options)
+    options = dict(options or {})
+    return [reward(n, **dict(options.get(n, {}))) for n in list(rewards)]
 
 
 def score_tensor(

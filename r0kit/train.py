@@ -165,7 +165,7 @@ class EvaluateConfig(StrictModel):
     baselines: list[str] = Field(default_factory=list, description="base models, MODEL@K for K steps")
     guidance: float = Field(1.0, ge=0, allow_inf_nan=False)
     seeds: int = Field(1, ge=1)
-    seed: int = 1000
+    seed: int = Field(1000, ge=0, le=MAX_SEED)
     held_out: list[str] = Field(default_factory=list)
     metrics: list[str] = Field(default_factory=list)
     metric_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -763,7 +763,8 @@ def train(
         if main_process:
             from r0kit.io import write_json
 
-            names = sorted(n for n in TRAIN_OUTPUTS if (output / n).exists())
+            # every output the run may write, from its start: after a kill, --overwrite replaces them all
+            names = sorted(TRAIN_OUTPUTS)
             write_json(output / MANIFEST, {"command": "train", "status": status, "step": step, "steps": cfg.steps,
                                            "checkpoint": str(last_ckpt) if last_ckpt else None,
                                            "files": names + [MANIFEST]})

@@ -46,3 +46,46 @@ def test_diffusion_generators_check_float_options_before_loading_a_model(name, o
 
     with pytest.raises(OptionError, match=needle):
         r0kit.generator(name, model=str(tmp_path / "no-such-model"), **options)
+
+
+def test_an_int_beyond_any_float_is_refused_not_an_overflow_error():
+    with pytest.raises(OptionError, match=r"must be a finite number, got 1000000.*\.\.\."):
+        check_number(10**400, "pixel: init_scale")
+
+
+@pytest.mark.parametrize("eta", ["01", [True, 1], ["0", 0.5], [0, math.nan], [0.5]])
+def test_kstep_eta_takes_two_numbers_not_strings_or_bools(eta):
+    from r0kit_r0 import check_eta_range
+
+    with pytest.raises(OptionError, match="kstep: eta"):
+        check_eta_range(eta)
+    assert check_eta_range([0, 1]) == (0.0, 1.0) and check_eta_range(0.5) == (0.5, 0.5)
+
+
+def test_kstep_takes_guidance_by_the_one_rule(tmp_path):
+    """kstep demanded guidance_scale >= 1 while evaluate and its table accepted 0 (no guidance, diffusers' rule):
+    [evaluate] guidance = 0 passed the checks before training, then every baseline failed after it."""
+    import r0kit
+    from r0kit.errors import WeightsError
+
+    with pytest.raises(OptionError, match="kstep: guidance_scale must be a finite number >= 0"):
+        r0kit.generator("kstep", model=str(tmp_path / "none"), guidance_scale=-1)
+    with pytest.raises(WeightsError):  # 0 passes the option check; only the missing model stops it
+        r0kit.generator("kstep", model=str(tmp_path / "none"), guidance_scale=0)
+
+
+@pytest.mark.parametrize("color", [[True, 0, 0], ["0.5", 0, 0], [0.5, 0], "red"])
+def test_target_color_refuses_bools_strings_and_wrong_lengths(color):
+    import r0kit
+
+    with pytest.raises(OptionError, match="color"):
+        r0kit.reward("target_color", color=color)
+
+
+@pytest.mark.parametrize("scale", [math.nan, "100", 0])
+def test_the_clip_reward_checks_its_scale_before_loading(scale, tmp_path):
+    import r0kit
+
+    pytest.importorskip("open_clip")
+    with pytest.raises(OptionError, match="the clip reward: scale must be a finite number > 0"):
+        r0kit.reward("clip", model=str(tmp_path / "none"), scale=scale)

@@ -246,3 +246,16 @@ def test_a_single_term_evaluates_and_backpropagates_as_a_one_term_objective():
     s2 = _sample()
     r0kit.Objective([term]).backward(s2, ["a", "b"])
     assert torch.equal(g, s2.images.grad)
+
+
+def test_score_checks_every_reward_option_before_building_the_first(monkeypatch):
+    """A typo in the last -R option was found only after the first reward's model had loaded."""
+    import r0kit.objective as objective_module
+    from r0kit.score import build_rewards
+
+    built = []
+    real = objective_module.reward
+    monkeypatch.setattr(objective_module, "reward", lambda *a, **k: built.append(a) or real(*a, **k))
+    with pytest.raises(OptionError, match="'colorfulness' has no option 'nope'"):
+        build_rewards(["contrast", "colorfulness"], {"colorfulness": {"nope": 1}})
+    assert built == []

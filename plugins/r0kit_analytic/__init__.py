@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 import r0kit
+from r0kit.checks import check_number
 from r0kit.errors import OptionError
 
 RAW = r0kit.RewardContract(size=None, crop="none", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), needs_prompt=False)
@@ -65,8 +66,10 @@ def _parse_color(color) -> tuple[float, float, float]:
             return tuple(int(s[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
         except ValueError:
             raise OptionError(f"color {color!r} is not a hex colour like '#ff8000'") from None
-    vals = tuple(float(c) for c in color)
-    if len(vals) != 3 or not all(0.0 <= c <= 1.0 for c in vals):
+    if not isinstance(color, (list, tuple)) or len(color) != 3:
+        raise OptionError(f"color {color!r} must be '#rrggbb' or three floats in [0, 1]")
+    vals = tuple(check_number(c, f"color {color!r}: each channel") for c in color)
+    if not all(0.0 <= c <= 1.0 for c in vals):
         raise OptionError(f"color {color!r} must be three floats in [0, 1]")
     return vals  # type: ignore[return-value]
 

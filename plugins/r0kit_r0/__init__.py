@@ -47,6 +47,7 @@ import torch
 import r0kit
 from r0kit.checks import check_number
 from r0kit.diffusion import LORA_TARGETS as _LORA_TARGETS
+from r0kit.diffusion import check_guidance_scale
 from r0kit.diffusion import trailing_timesteps  # noqa: F401  (the spacing kstep samples with; re-exported)
 from r0kit.errors import InputError, OptionError, WeightsError
 
@@ -63,10 +64,9 @@ def check_eta_range(eta: Any) -> tuple[float, float]:
     """``(lo, hi)`` with ``0 <= lo <= hi <= 1``, or :class:`OptionError`."""
     if isinstance(eta, (int, float)) and not isinstance(eta, bool):
         eta = (eta, eta)
-    try:
-        lo, hi = (float(v) for v in eta)
-    except (TypeError, ValueError):
-        raise OptionError(f"kstep: eta must be a range [min, max] inside [0, 1], got {eta!r}") from None
+    if not isinstance(eta, (list, tuple)) or len(eta) != 2:
+        raise OptionError(f"kstep: eta must be a range [min, max] inside [0, 1], got {eta!r}")
+    lo, hi = (check_number(v, "kstep: eta's min and max each") for v in eta)
     if not (0.0 <= lo <= hi <= 1.0):
         raise OptionError(f"kstep: eta range must satisfy 0 <= min <= max <= 1, got [{lo}, {hi}]")
     return lo, hi
@@ -91,7 +91,7 @@ class KStepGenerator:
     :param init_seed: seeds the LoRA initialization, so a rebuilt generator starts identical.
     :param variant: the weights variant to fetch and load (``"fp16"``), see :func:`r0kit.diffusion.load`.
     :param drop_t5, max_sequence_length: an SD3 model without its T5; the T5 prompt length (see :func:`r0kit.diffusion.load`).
-    :param guidance_scale: classifier-free guidance when *sampling* (evaluation mode, > 1 only;
+    :param guidance_scale: classifier-free guidance when *sampling* (evaluation mode; a finite number >= 0, applied above 1 only,
         diffusers' convention); training always samples without guidance, as R0 does.
     """
 
@@ -129,9 +129,8 @@ class KStepGenerator:
         for label, v in (("height", height), ("width", width)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8):
                 raise OptionError(f"kstep: {label} must be an int >= 8 (or unset for the model's native size), got {v!r}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not 1 <= guidance_scale < float("inf"):
-            raise OptionError(f"kstep: guidance_scale must be a finite number >= 1 (1 = no classifier-free guidance), got {guidance_scale!r}")
-        self.guidance_scale = float(guidance_scale)
+        # the one rule (r0kit.diffusion.check_guidance_scale): 0 and 1 both mean none, as in diffusers
+        self.guidance_scale = check_guidance_scale(guidance_scale, "kstep: guidance_scale")
         if train not in ("lora", "full", "none"):
             raise OptionError(f"kstep: train must be 'lora', 'full' or 'none', got {train!r}")
         if backprop_steps is not None and (not isinstance(backprop_steps, int) or not 1 <= backprop_steps <= steps):

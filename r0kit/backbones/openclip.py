@@ -43,6 +43,7 @@ from r0kit.backbones.common import (
     resolve_dtype,
     resolve_first,
 )
+from r0kit.checks import check_number
 from r0kit.errors import OptionError, WeightsError
 from r0kit.images import RewardContract
 from r0kit.kernels import cosine_head
@@ -327,6 +328,7 @@ def open_clip_score(
     open_clip tag). A repository's ``preprocess_cfg`` sets the contract's size, mean and std,
     and, with ``contract_resize_from_model``, its interpolation and crop too.
     """
+    check_number(scale, f"{what}: scale", above=0)
     open_clip = import_open_clip(extra, what)
     dt, dev = resolve_dtype(dtype), resolve_device(device)  # validate options before any loading
     repo = repository(model_name, what=what)

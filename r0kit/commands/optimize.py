@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.generator.model_extra["model"] = resolve_tiny_model(cfg.generator.model_extra["model"])
     check_devices(cfg, origins)
     source = args.objective or args.config
-    check_objective(cfg.objective, None if source is None else str(source), origins)
+    check_objective(cfg.objective, str(source) if source is not None else origins.get("<source>"), origins)
     if args.log_every:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         logging.getLogger("r0kit.optimize").setLevel(logging.INFO)
@@ -272,24 +272,28 @@ def run(args: argparse.Namespace) -> int:
     staged = StagedDir(outdir)
     staged.open()  # proves the folder is writable, before any model loads
     try:
-        result, objective = _optimize(cfg, args, shard)
+        result, objective = _optimize(cfg, args, shard, origins)
     except BaseException:
         staged.discard()
         raise
     return _finish(result, objective, cfg, shard, staged, getattr(args, "argv", None))
 
 
-def _optimize(cfg, args, shard):
+def _optimize(cfg, args, shard, origins):
     import r0kit
-    from r0kit.config import build_objective
+    from r0kit.config import build_objective, flags_under
+    from r0kit.errors import OptionError
     from r0kit.optimize import optimize_prompts
 
     device = None
     if shard.distributed and cfg.device == "auto" and shard.device is not None:
         device = str(shard.device)
     source = args.objective or args.config
-    objective = build_objective(cfg.objective, None if source is None else str(source))
-    gen = r0kit.generator(cfg.generator.name, **generator_options(cfg, device))
+    objective = build_objective(cfg.objective, str(source) if source is not None else origins.get("<source>"), origins)
+    try:
+        gen = r0kit.generator(cfg.generator.name, **generator_options(cfg, device))
+    except OptionError as exc:
+        raise OptionError(f"{exc}{flags_under(origins, 'generator.')}") from None
     where = f" (rank {shard.rank} of {shard.world_size})" if shard.distributed else ""
     print(f"r0kit: optimizing {len(shard.prompts)} prompt(s){where} for {cfg.steps} steps: {objective!r}", file=sys.stderr)
     result = optimize_prompts(

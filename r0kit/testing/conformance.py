@@ -167,9 +167,10 @@ def _resolve(kind: str, target: Any, options: dict[str, Any]) -> Any:
 
 def _no_options_unless_named(kind: str, target: Any, options: dict[str, Any]) -> None:
     if options and not isinstance(target, str):
+        build = "get_host().metrics.get(name).create(**options)" if kind == "metric" else f"r0kit.{kind}(name, **options)"
         raise TypeError(
             f"options {sorted(options)} only apply when the {kind} is given by name; "
-            f"build it with its options first, e.g. r0kit.{kind}(name, **options)"
+            f"build it with its options first, e.g. {build}"
         )
 
 
@@ -636,8 +637,8 @@ def check_metric(
     """Run a metric through its contract: ``metric(images [N, 3, H, W] in [0, 1], prompts) -> {name: float}``.
 
     :param name_or_metric: a registered metric name (built with ``options``) or a metric object.
-    :param images: how many images the set holds (at least the metric's ``min_images``); each of
-        ``images // 2`` prompts repeats twice, so ``min_images_per_prompt`` up to 2 is met.
+    :param images: how many images the set holds at least (and at least the metric's ``min_images``);
+        each prompt repeats twice, or as often as the metric's ``min_images_per_prompt`` asks.
     """
     _no_options_unless_named("metric", name_or_metric, options)
     report = ConformanceReport("metric", _label(name_or_metric))
@@ -656,9 +657,11 @@ def check_metric(
     if not runner.run("build", build):
         return report
     metric = holder["metric"]
-    per_prompt = 2
-    base = list(prompts) if prompts is not None else [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(max(1, images // per_prompt))]
-    ps = [p for p in base for _ in range(per_prompt)][:images]
+    declared = getattr(metric, "min_images_per_prompt", None)
+    per_prompt = max(2, declared) if isinstance(declared, int) and not isinstance(declared, bool) else 2
+    count = -(-images // per_prompt)  # prompts enough for ``images`` images
+    base = list(prompts) if prompts is not None else [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(count)]
+    ps = [p for p in base for _ in range(per_prompt)]  # every prompt whole: at least ``images`` images
     g = torch.Generator().manual_seed(seed)
     sets = {hw: torch.rand(len(ps), 3, *hw, generator=g) for hw in sizes}
 
@@ -670,8 +673,6 @@ def check_metric(
         least = getattr(metric, "min_images", None) or 1
         if least > len(ps):
             raise _Skip(f"the metric needs {least} images; pass images={least} or more")
-        if (getattr(metric, "min_images_per_prompt", None) or 1) > per_prompt:
-            raise _Skip(f"the metric needs more than {per_prompt} images per prompt")
 
     def values(x: torch.Tensor, prompts_: list[str]) -> dict[str, float]:
         out = metric(x, prompts_)

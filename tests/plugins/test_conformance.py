@@ -175,3 +175,19 @@ def test_the_metric_checks_name_each_failure():
     assert set(report.failures) >= {"output", "inputs_unchanged", "determinism", "order"}, report
     assert "'first' is nan" in report.failures["output"]
     assert "changed the images" in report.failures["inputs_unchanged"]
+
+
+def test_the_metric_check_meets_a_declared_need_of_three_images_per_prompt():
+    from collections import Counter
+
+    from r0kit.testing import check_metric
+
+    class ThreeEach:
+        min_images_per_prompt = 3
+
+        def __call__(self, images, prompts):
+            assert min(Counter(prompts).values()) >= 3, "fewer than 3 images of a prompt"
+            return {"images": float(len(images))}
+
+    report = check_metric(ThreeEach(), images=7)
+    assert report.ok, report

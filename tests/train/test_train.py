@@ -63,6 +63,10 @@ def test_resume_is_exact_through_ctrl_c_and_max_steps(tiny_sd, tmp_path):
     first = train(cfg_b, callback=interrupt)
     assert first.interrupted and first.step == 2
     assert (tmp_path / "b" / "checkpoints" / "step-0000002" / "state.json").is_file()
+    # the manifest claims every output the run may write, so --overwrite after a kill replaces them all
+    from r0kit.train import TRAIN_OUTPUTS
+
+    assert set(TRAIN_OUTPUTS) <= set(json.loads((tmp_path / "b" / "r0kit-run.json").read_text())["files"])
     second = train(cfg_b, resume="latest", max_steps=3)
     assert second.step == 3
     third = train(cfg_b, resume="latest")
