@@ -81,11 +81,14 @@ def test_cli_unsupported_step_count(tiny_sd, tmp_path, objective_file, capsys):
     assert "steps must be 1 to 4" in capsys.readouterr().err
 
 
-def test_cli_long_prompt_warns_and_runs(tiny_sd, tmp_path, objective_file):
-    with pytest.warns(UserWarning, match="prompt truncated"):
-        rc = main([
-            "optimize", "a very long prompt that the tiny text encoder cannot take whole", "--generator", "noise",
-            "--model", str(tiny_sd), "--objective", str(objective_file), "--height", "16", "--width", "16",
-            "--steps", "1", "-G", "device='cpu'", "--no-progress", "-o", str(tmp_path / "o"),
-        ])
+def test_cli_long_prompt_warns_once_and_runs(tiny_sd, tmp_path, objective_file, capsys):
+    """The truncation is said once, as r0kit: warning: (it was a log line and a warning with its source line)."""
+    rc = main([
+        "optimize", "a very long prompt that the tiny text encoder cannot take whole", "--generator", "noise",
+        "--model", str(tiny_sd), "--objective", str(objective_file), "--height", "16", "--width", "16",
+        "--steps", "1", "-G", "device='cpu'", "--no-progress", "-o", str(tmp_path / "o"),
+    ])
     assert rc == 0 and (tmp_path / "o" / "image.png").is_file()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "prompt truncated" in line]
+    assert len(lines) == 1 and lines[0].startswith("r0kit: warning: prompt truncated"), err
