@@ -261,7 +261,7 @@ def evaluate(
     sources: Sequence[str],
     prompts: list[str] | None,
     *,
-    rewards: Sequence[str],
+    rewards: Sequence[str] = (),
     held_out: Sequence[str] = (),
     reward_options: dict[str, dict[str, Any]] | None = None,
     metrics: Sequence[str] = (),
@@ -298,8 +298,11 @@ def evaluate(
 
     guidance = check_guidance_scale(guidance)
     rewards = list(dict.fromkeys(rewards))
-    if not rewards:
-        raise OptionError("evaluate needs at least one reward (--reward NAME, or --train-config to take its objective's)")
+    if not rewards and not metrics:
+        raise OptionError(
+            "evaluate needs at least one reward or metric (--reward NAME, --metric NAME, or --train-config to take "
+            "its objective's rewards)"
+        )
     held = [h for h in dict.fromkeys(held_out) if h not in rewards]
     if held_out and not held:
         raise OptionError(f"the held-out reward(s) {list(held_out)} are all among the trained rewards; hold out another one")
@@ -313,11 +316,14 @@ def evaluate(
         raise OptionError(f"got {len(labels)} --label(s) for {len(sources)} source(s); give at most one per source")
     # Every source is checked before any model loads: a bad third source must not cost two samplings.
     parsed, kinds = check_sources(sources, prompts)
-    check_rewards(names, reward_options)  # before the metrics load their networks
+    if names:
+        check_rewards(names, reward_options)  # before the metrics load their networks
+    elif reward_options:
+        raise OptionError(f"--reward-option names reward(s) {sorted(reward_options)} that no --reward selects")
     built_metrics = build_metrics(metrics, metric_options)
     if any(kind != "images" for kind in kinds):
         check_metric_needs(built_metrics, seeds=seeds, prompts=len(prompts or []))
-    terms = build_rewards(names, reward_options)
+    terms = build_rewards(names, reward_options) if names else []
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[EvalRow] = []

@@ -52,7 +52,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -366,6 +366,24 @@ def make_optimizer(cfg: TrainOptimizerConfig, params: list[torch.Tensor]) -> tor
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+#: Term options that place or pace a reward, not what it computes: a run resumes across them
+#: (as the generator's device is not in its options either).
+PLACEMENT_OPTIONS = ("device", "gradient_checkpointing")
+
+
+def objective_fingerprint(spec: dict[str, Any]) -> dict[str, Any]:
+    """An objective's :meth:`~r0kit.objective.Objective.spec` (as JSON) keyed by term, ``rewards.<label>`` ->
+    name, weight and options, without :data:`PLACEMENT_OPTIONS`: a resume names what differs term by term."""
+    if "terms" not in spec or not isinstance(spec["terms"], list):
+        return spec  # already keyed
+    out: dict[str, Any] = {}
+    for kind, name, label, weight, options in spec["terms"]:
+        opts = {str(k): v for k, v in options if k not in PLACEMENT_OPTIONS}
+        out[f"{kind}s.{label}"] = {"name": name, "weight": weight, "options": opts}
+    out.update({k: v for k, v in spec.items() if k != "terms"})
+    return out
+
+
 def fingerprint(cfg: TrainConfig, gen: Any, objective: Any, prompts: list[str], world: int) -> dict[str, Any]:
     """What a resumed run must share with the checkpoint to continue exactly."""
     opt = cfg.optimizer.model_dump()
@@ -373,7 +391,7 @@ def fingerprint(cfg: TrainConfig, gen: Any, objective: Any, prompts: list[str], 
     return {
         "generator": {k: v for k, v in gen.options().items()},
         "trainable": {n: list(p.shape) for n, p in gen.named_parameters()},
-        "objective": json.loads(json.dumps(objective.spec(), default=str)),
+        "objective": objective_fingerprint(json.loads(json.dumps(objective.spec(), default=str))),
         "optimizer": json.loads(json.dumps(opt)),
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
@@ -634,6 +652,9 @@ def train(
     progress: bool = False,
     generator: Any = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    source: str | None = None,
+    origins: Mapping[str, str] | None = None,
+    argv: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``cfg.generator`` on ``cfg.objective``; returns where things were written.
 
@@ -655,6 +676,9 @@ def train(
     :param max_steps: stop (with a checkpoint) once this global step is reached, before ``cfg.steps``.
     :param generator: an already built generator to train instead of building ``cfg.generator``.
     :param callback: called with ``(step, logged values)`` after each optimizer step.
+    :param source, origins: the config file and, per dotted key, the command-line flag that set it
+        (``--reward-option clip.scale``), named in the objective's errors.
+    :param argv: the command line, recorded in the output folder's ``r0kit-run.json``.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -678,7 +702,7 @@ def train(
         from r0kit.io import check_replaceable
 
         check_replaceable(output, TRAIN_OUTPUTS, "output")
-    check_objective(cfg.objective)  # a reward option's typo is found before the generator loads
+    check_objective(cfg.objective, source, origins)  # a reward option's typo is found before anything loads
 
     trackers: list[Any] = []
     if "csv" in cfg.trackers:
@@ -699,11 +723,12 @@ def train(
     if cfg.gradient_checkpointing:
         gen_opts["gradient_checkpointing"] = True
     gen_opts.setdefault("device", str(accelerator.device))
+    # the rewards before the generator: a bad reward option is found before the model loads
+    objective = build_objective(cfg.objective, source, origins)
     if generator is None:
         generator = build_generator(cfg.generator.name, **gen_opts)
     gen = generator
     gen.train(True)
-    objective = build_objective(cfg.objective)
     named = gen.named_parameters()
     params = [p for _, p in named]
     if not params:
@@ -765,7 +790,8 @@ def train(
 
             # every output the run may write, from its start: after a kill, --overwrite replaces them all
             names = sorted(TRAIN_OUTPUTS)
-            write_json(output / MANIFEST, {"command": "train", "status": status, "step": step, "steps": cfg.steps,
+            write_json(output / MANIFEST, {"command": "train", "argv": list(argv) if argv is not None else None,
+                                           "status": status, "step": step, "steps": cfg.steps,
                                            "checkpoint": str(last_ckpt) if last_ckpt else None,
                                            "files": names + [MANIFEST]})
 
@@ -887,12 +913,16 @@ def _end(accelerator: Any, gen: Any, unet: Any) -> None:
 
 def _restore(ckpt_path: Path, resume_state: dict[str, Any], fp: dict[str, Any], named, optimizer, ema, sampler) -> None:
     """Load a checkpoint's weights, optimizer, EMA and RNG state, after checking it fits this run."""
-    diffs = _differences(resume_state["fingerprint"], fp)
+    saved = dict(resume_state["fingerprint"])
+    if isinstance(saved.get("objective"), dict):  # a checkpoint of an earlier r0kit lists the terms unkeyed
+        saved["objective"] = objective_fingerprint(saved["objective"])
+    diffs = _differences(saved, fp)
     if diffs:
         raise ConfigError(
             f"cannot resume from {str(ckpt_path)!r}: it was written by another model or config:\n  "
             + "\n  ".join(diffs)
-            + "\nresume with the checkpoint's config, or start a new run in another output folder"
+            + "\nresume with the checkpoint's config (the same --config or --preset, --prompts-file and --reward-option "
+            "flags), or start a new run in another output folder"
         )
     weights, _ = _read_safetensors(ckpt_path / "trainable.safetensors")
     missing = [n for n, _ in named if n not in weights]

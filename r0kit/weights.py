@@ -31,6 +31,16 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 _VERIFIED: set[str] = set()
 
 
+def check_source(value: object, what: str, key: str = "model") -> None:
+    """Refuse a weights source that is not a string or a path (``checkpoint = true``, ``model = 42``):
+    :class:`OptionError` naming ``what`` and ``key``, instead of a TypeError deep in the loader."""
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return
+    from r0kit.errors import OptionError
+
+    raise OptionError(f"{what}: {key} must be a local path, a hub id or a built-in short name (a string), got {value!r}")
+
+
 def builtin_model(name: str | os.PathLike) -> Path | None:
     """The folder of a built-in model's short name (see :data:`BUILTIN_MODELS`), checksums verified; else ``None``.
 
@@ -112,7 +122,9 @@ def resolve_file(
     :param what: a short description for error messages, e.g. ``"HPS v2.1 checkpoint"``.
     :raises WeightsError: with the missing repository and file and how to fetch them.
     """
+    check_source(repo_id, what, "the repository")
     if path is not None:
+        check_source(path, what, "checkpoint")
         p = builtin_model(path) or Path(path).expanduser()
         if p.is_dir():
             p = p / filename
@@ -183,7 +195,8 @@ def resolve_repo(
 
 def _check_repo_id(repo_id: str, what: str) -> Path | None:
     """The local folder ``repo_id`` names (a built-in short name or a path), ``None`` for a hub id,
-    or :class:`WeightsError` for a missing folder."""
+    or :class:`WeightsError` for a missing folder (:class:`OptionError` for one that is not a string)."""
+    check_source(repo_id, what)
     builtin = builtin_model(repo_id)
     if builtin is not None:
         return builtin

@@ -294,3 +294,23 @@ def test_offline_with_nothing_cached_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(WeightsError, match="HF_HUB_OFFLINE.*hf download stabilityai/sd-turbo"):
         resolve_pipeline("stabilityai/sd-turbo", components=["unet"])
+
+
+@pytest.mark.parametrize("value", [42, True, None, "", "  ", ["a"]])
+def test_a_weights_source_that_is_not_a_string_is_named_not_a_type_error(value):
+    """-R hpsv2.checkpoint=42 (or checkpoint = true in a TOML) was 'expected str, bytes or os.PathLike object'."""
+    from r0kit.errors import OptionError
+    from r0kit.weights import check_source
+
+    with pytest.raises(OptionError, match=r"the hpsv2 reward: checkpoint must be a local path, a hub id or a built-in short name"):
+        check_source(value, "the hpsv2 reward", "checkpoint")
+
+
+@pytest.mark.parametrize("name, options, key", [("hpsv2", {"checkpoint": True}, "checkpoint"), ("clip", {"model": 5}, "model")])
+def test_rewards_refuse_a_weights_option_that_is_not_a_string(name, options, key):
+    import r0kit
+    from r0kit.errors import OptionError
+
+    pytest.importorskip("open_clip")
+    with pytest.raises(OptionError, match=f"{key} must be a local path"):
+        r0kit.reward(name, **options)

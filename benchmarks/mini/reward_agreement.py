@@ -36,13 +36,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def _objective_terms(config: Path | None):
+def _objective_config(config: Path | None):
+    """The ``[objective]`` of ``config`` (default the mini preset), validated, with its path; nothing loads."""
     from r0kit.commands.optimize import preset_path
-    from r0kit.config import build_objective, load_toml, parse_objective
+    from r0kit.config import check_objective, load_toml, parse_objective
 
     path = config or preset_path("mini")
-    obj = build_objective(parse_objective(load_toml(path)["objective"], str(path)), str(path))
-    return [t for t in obj.terms if t.kind == "reward"]
+    cfg = parse_objective(load_toml(path).get("objective", {}), str(path))
+    check_objective(cfg, str(path))
+    return cfg, path
+
+
+def _objective_terms(config: Path | None):
+    from r0kit.config import build_objective
+
+    cfg, path = _objective_config(config)
+    return [t for t in build_objective(cfg, str(path)).terms if t.kind == "reward"]
 
 
 def agreement(source: str, samples: int, guidance: float, config: Path | None, split: str = "heldout", seed: int = 1000) -> list[dict[str, object]]:
@@ -81,16 +90,33 @@ def agreement(source: str, samples: int, guidance: float, config: Path | None, s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from r0kit.commands._common import finite_float, int_at_least
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="r0kit-mini@4", help="MODEL@K or an exported generator (default r0kit-mini@4)")
-    p.add_argument("--samples", type=int, default=8, help="images per held-out prompt (default 8)")
-    p.add_argument("--guidance", type=float, default=3.0, help="CFG scale for a MODEL@K source (default 3, the demo's)")
+    p.add_argument("--samples", type=int_at_least(2), default=8,
+                   help="images per held-out prompt, at least 2 for a within-prompt correlation (default 8)")
+    p.add_argument("--guidance", type=finite_float, default=3.0, help="CFG scale for a MODEL@K source (default 3, the demo's)")
     p.add_argument("--config", type=Path, help="a train config whose [objective] rewards to use (default the mini preset)")
     p.add_argument("--split", choices=("heldout", "train"), default="heldout",
                    help="the prompts: held-out colour-shape pairs (default) or training ones")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int_at_least(1), default=2)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/mini_reward_agreement_cpu.csv"))
     args = p.parse_args(argv)
+    from r0kit.checks import check_output_file
+    from r0kit.diffusion import check_guidance_scale
+    from r0kit.errors import R0kitError
+    from r0kit.evaluate import parse_source, source_kind
+
+    try:  # everything the user typed, before a model loads
+        check_guidance_scale(args.guidance, "--guidance")
+        check_output_file(args.out, "--out", overwrite=True)
+        base, _ = parse_source(args.source)
+        if source_kind(base) == "images":
+            p.error(f"--source {args.source!r} is a folder of images; give MODEL@K or an exported generator")
+        _objective_config(args.config)
+    except R0kitError as exc:
+        p.error(str(exc))
     torch.set_num_threads(args.threads)
     rows = agreement(args.source, args.samples, args.guidance, args.config, args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)

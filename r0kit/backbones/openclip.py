@@ -48,7 +48,7 @@ from r0kit.errors import OptionError, WeightsError
 from r0kit.images import RewardContract
 from r0kit.kernels import cosine_head
 from r0kit.text import TruncationWarner
-from r0kit.weights import load_state_dict
+from r0kit.weights import check_source, load_state_dict
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -329,6 +329,9 @@ def open_clip_score(
     and, with ``contract_resize_from_model``, its interpolation and crop too.
     """
     check_number(scale, f"{what}: scale", above=0)
+    check_source(model_name, what, "model")
+    if checkpoint is not None:
+        check_source(checkpoint, what, "checkpoint")
     open_clip = import_open_clip(extra, what)
     dt, dev = resolve_dtype(dtype), resolve_device(device)  # validate options before any loading
     repo = repository(model_name, what=what)

@@ -124,7 +124,8 @@ def key_values(items: list[str], flag: str, *, dotted: bool = False, example: st
 
 
 REWARD_OPTION_HELP = ("an option of one of the objective's rewards, by its table key; VALUE is read as TOML and "
-                      "replaces the config's (hpsv2.checkpoint='HPS_v2.1_compressed.pt', clip.device='cpu')")
+                      "replaces the config's (hpsv2.checkpoint='HPS_v2.1_compressed.pt', clip.device='cpu'); the "
+                      "table's reserved key weight takes the reward's weight (clip.weight=0.5)")
 
 
 def add_reward_options(p: argparse.ArgumentParser) -> None:

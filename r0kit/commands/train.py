@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         read_checkpoint_state(ckpt)
     check_model(cfg.generator.model, origins.get("generator.model", f"generator.model in {where}"))
     cfg.generator.model = resolve_tiny_model(cfg.generator.model)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, progress=not args.no_progress)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, progress=not args.no_progress,
+                   source=where, origins=origins, argv=getattr(args, "argv", None))
     if result.interrupted:
         if result.checkpoint is None:
             print(f"interrupted before the first step; {str(cfg.output)!r} is as it was", file=sys.stderr)

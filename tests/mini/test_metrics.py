@@ -79,6 +79,19 @@ def test_evaluate_puts_base_models_at_two_step_counts_and_the_metrics_in_one_tab
     assert "CLIP score" in titles and "geneval*" in titles
 
 
+def test_evaluate_with_metrics_alone_needs_no_reward(tmp_path, fresh_host):
+    """The scaffolded metric's README ran `r0kit evaluate SOURCES --metric NAME`, refused with 'needs a reward'."""
+    from r0kit.errors import OptionError
+    from r0kit.evaluate import evaluate
+
+    result = evaluate(["r0kit-mini@1"], PROMPTS[:2], metrics=["mini_geneval"], output=tmp_path / "eval", seeds=1, device="cpu")
+    assert "geneval" in result.rows[0].metrics and result.held_out == []
+    summary = list(csv.DictReader(open(result.summary_csv)))
+    assert float(summary[0]["geneval"]) == result.rows[0].metrics["geneval"]
+    with pytest.raises(OptionError, match="at least one reward or metric"):
+        evaluate(["r0kit-mini@1"], PROMPTS[:2], output=tmp_path / "e2")
+
+
 def test_evaluate_refuses_a_step_suffix_on_an_image_folder(tmp_path):
     from r0kit.errors import InputError
     from r0kit.evaluate import evaluate

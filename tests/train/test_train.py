@@ -66,7 +66,8 @@ def test_resume_is_exact_through_ctrl_c_and_max_steps(tiny_sd, tmp_path):
     # the manifest claims every output the run may write, so --overwrite after a kill replaces them all
     from r0kit.train import TRAIN_OUTPUTS
 
-    assert set(TRAIN_OUTPUTS) <= set(json.loads((tmp_path / "b" / "r0kit-run.json").read_text())["files"])
+    manifest = json.loads((tmp_path / "b" / "r0kit-run.json").read_text())
+    assert set(TRAIN_OUTPUTS) <= set(manifest["files"]) and manifest["command"] == "train" and "argv" in manifest
     second = train(cfg_b, resume="latest", max_steps=3)
     assert second.step == 3
     third = train(cfg_b, resume="latest")
@@ -126,6 +127,21 @@ def test_resume_from_another_model_or_config_says_what_differs(tiny_sd, tiny_sd_
     with pytest.raises(r0kit.ConfigError, match=r"objective"):
         train(train_config(tiny_sd, tmp_path / "run", steps=2, export=False,
                            objective={"normalize_gradients": False}), resume="latest")
+    # one line per differing term value, not a dump of every term (it was cut off mid-list)
+    rewards = {"colorfulness": {"weight": 1.0}, "contrast": {"weight": 2.0}}
+    with pytest.raises(r0kit.ConfigError, match=r"objective\.rewards\.contrast\.weight: checkpoint 0\.5, config 2\.0\n"):
+        train(train_config(tiny_sd, tmp_path / "run", steps=2, export=False, objective={"rewards": rewards}), resume="latest")
+
+
+def test_a_term_s_device_is_no_part_of_what_a_resume_must_share():
+    """-R clip.device=cpu at the start made every resume without it fail: a reward's placement is not its math."""
+    from r0kit.train import objective_fingerprint
+
+    spec = {"terms": [["reward", "clip", "clip", 1.0, [["device", "cpu"], ["gradient_checkpointing", True], ["model", "m"]]]],
+            "normalize_gradients": True, "eps": 1e-8}
+    keyed = {"rewards.clip": {"name": "clip", "weight": 1.0, "options": {"model": "m"}}, "normalize_gradients": True, "eps": 1e-8}
+    assert objective_fingerprint(spec) == keyed
+    assert objective_fingerprint(keyed) == keyed  # a checkpoint of this version is read as it is
 
 
 def test_corrupt_checkpoint_names_the_file(tiny_sd, tmp_path):
@@ -211,9 +227,12 @@ weight = 0.01
     assert main(["train", "--config", str(toml), "--max-steps", "2"]) == 0
     err = capsys.readouterr().err
     assert "step 2/3" in err and "colorfulness" in err and "contrast" in err and "weight_l2" in err and "loss" in err
-    assert main(["train", "--config", str(toml), "--resume", "latest"]) == 0
+    assert main(["train", "--config", str(toml), "--resume", "latest", "-R", "contrast.weight=0.5"]) == 0
     out = capsys.readouterr().out
     assert "trained to step 3" in out and (tmp_path / "out" / "export" / "kstep.json").is_file()
+    # the run's manifest records its command line, as every command's does
+    manifest = json.loads((tmp_path / "out" / "r0kit-run.json").read_text())
+    assert manifest["argv"] == ["train", "--config", str(toml), "--resume", "latest", "-R", "contrast.weight=0.5"]
     bad = tmp_path / "bad.toml"
     bad.write_text(toml.read_text().replace("steps = 2\n", "steps = 0\n"))
     assert main(["train", "--config", str(bad)]) == 2
