@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -35,8 +36,9 @@ class Entry:
         :raises TypeError, ValueError: as :func:`inspect.signature` does, for a factory it cannot read.
         """
         f = self.factory
-        init = getattr(f, "__init__", None) if isinstance(f, type) else None
-        if init is not None and getattr(init, "__module__", "").startswith("torch.nn") and init.__qualname__ == "Module.__init__":
+        torch = sys.modules.get("torch")
+        # by identity: torch may wrap Module.__init__ (so that inspect.signature fails on it), under its own name
+        if isinstance(f, type) and torch is not None and f.__init__ is torch.nn.Module.__init__:
             return inspect.Signature()
         return inspect.signature(f)
 
