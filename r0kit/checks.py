@@ -73,6 +73,25 @@ def check_number(value: object, what: str, *, at_least: float | None = None, abo
     return float(value)  # type: ignore[arg-type]
 
 
+def check_eta_range(eta: object, what: str = "eta") -> tuple[float, float]:
+    """The random-η range of R0's sampler: ``[min, max]`` with ``0 <= min <= max <= 1`` (one number ``x``
+    is ``[x, x]``); the one rule the ``kstep`` generator and the ``[generator]`` table apply.
+
+    :returns: ``(min, max)`` as floats.
+    :raises OptionError: naming ``what``, for anything else (a string, bools, NaN, a wrong length or order).
+    """
+    from r0kit.errors import OptionError
+
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        eta = (eta, eta)
+    if not isinstance(eta, (list, tuple)) or len(eta) != 2:
+        raise OptionError(f"{what} must be a range [min, max] inside [0, 1], got {eta!r}")
+    lo, hi = (check_number(v, f"{what}'s min and max each") for v in eta)
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise OptionError(f"{what} range must satisfy 0 <= min <= max <= 1, got [{lo}, {hi}]")
+    return lo, hi
+
+
 def check_device(device: object, what: str = "--device") -> str:
     """Return ``device`` as a string if it names a device this machine has; ``"auto"`` passes.
 

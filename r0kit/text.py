@@ -23,7 +23,6 @@ import torch
 from r0kit.errors import PromptTruncationWarning
 
 
-
 def autocast_regime() -> tuple[Any, ...]:
     """The autocast dtype of each device type (``None`` where autocast is off), e.g. ``(torch.bfloat16, None)``."""
     return tuple(torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None for d in ("cpu", "cuda"))

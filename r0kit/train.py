@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from r0kit.checks import MAX_LR, MAX_SEED
+from r0kit.checks import MAX_LR, MAX_SEED, check_eta_range
 from r0kit.config import (
     PATH_FIELD,
     ObjectiveConfig,
@@ -86,7 +86,7 @@ class KStepConfig(BaseModel):
     name: str = "kstep"
     model: str
     steps: int = 4
-    eta: tuple[StrictFloat, StrictFloat] = Field((0.0, 1.0), strict=False)
+    eta: tuple[float, float] = (0.0, 1.0)  # any input goes through check_eta_range first (_eta)
     train: Literal["lora", "full"] = "lora"
     lora_rank: int = Field(16, ge=1)
     height: int | None = Field(None, ge=8)  # None: the model's native size (the generator's default)
@@ -104,17 +104,10 @@ class KStepConfig(BaseModel):
     @field_validator("eta", mode="before")
     @classmethod
     def _eta(cls, v: Any) -> Any:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = (v, v)
         try:
-            if isinstance(v, (str, bytes)) or any(isinstance(x, (bool, str)) for x in v):
-                raise TypeError
-            lo, hi = (float(x) for x in v)
-        except (TypeError, ValueError):
-            raise ValueError(f"eta must be a range [min, max] inside [0, 1], got {v!r}") from None
-        if not (0.0 <= lo <= hi <= 1.0):
-            raise ValueError(f"the eta range must satisfy 0 <= min <= max <= 1, got [{lo}, {hi}]")
-        return (lo, hi)
+            return check_eta_range(v)  # the kstep generator's own rule
+        except OptionError as exc:  # pydantic reports a ValueError under the key
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _backprop(self) -> KStepConfig:

@@ -45,6 +45,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 import r0kit
+from r0kit.checks import check_eta_range as _check_eta_range
 from r0kit.checks import check_number
 from r0kit.diffusion import LORA_TARGETS as _LORA_TARGETS
 from r0kit.diffusion import check_guidance_scale
@@ -61,15 +62,8 @@ EXPORT_META = "kstep.json"
 
 
 def check_eta_range(eta: Any) -> tuple[float, float]:
-    """``(lo, hi)`` with ``0 <= lo <= hi <= 1``, or :class:`OptionError`."""
-    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
-        eta = (eta, eta)
-    if not isinstance(eta, (list, tuple)) or len(eta) != 2:
-        raise OptionError(f"kstep: eta must be a range [min, max] inside [0, 1], got {eta!r}")
-    lo, hi = (check_number(v, "kstep: eta's min and max each") for v in eta)
-    if not (0.0 <= lo <= hi <= 1.0):
-        raise OptionError(f"kstep: eta range must satisfy 0 <= min <= max <= 1, got [{lo}, {hi}]")
-    return lo, hi
+    """``(lo, hi)`` with ``0 <= lo <= hi <= 1``, or :class:`OptionError` (:func:`r0kit.checks.check_eta_range`)."""
+    return _check_eta_range(eta, "kstep: eta")
 
 
 class KStepGenerator:

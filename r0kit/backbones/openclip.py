@@ -334,6 +334,13 @@ def open_clip_score(
         check_source(checkpoint, what, "checkpoint")
     open_clip = import_open_clip(extra, what)
     dt, dev = resolve_dtype(dtype), resolve_device(device)  # validate options before any loading
+
+    def scorer(model: torch.nn.Module, tokenizer: Any, contract: RewardContract) -> OpenClipScore:
+        out = OpenClipScore(model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing,
+                            reader=f"the CLIP text encoder of {what}")
+        out.contract = contract
+        return out
+
     repo = repository(model_name, what=what)
     if repo is not None:
         cfg = repository_config(repo, what=what)
@@ -349,13 +356,7 @@ def open_clip_score(
         with _quiet_open_clip():
             model = open_clip.create_model("local-dir:" + str(repo), load_weights=False, output_dict=False)
         load_open_clip_weights(model, path, state_dict_key=state_dict_key if checkpoint is not None or resolve_checkpoint else None, what=what)
-        tokenizer = open_clip.get_tokenizer("local-dir:" + str(repo))
-        out = OpenClipScore(
-        model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing,
-        reader=f"the CLIP text encoder of {what}",
-    )
-        out.contract = contract
-        return out
+        return scorer(model, open_clip.get_tokenizer("local-dir:" + str(repo)), contract)
     if checkpoint is None and resolve_checkpoint is None and not pretrained:
         raise OptionError(f"{what}: pass pretrained='<open_clip tag>' or checkpoint='/path/to/weights'")
     if open_clip.get_model_config(model_name) is None:
@@ -373,10 +374,4 @@ def open_clip_score(
         path = resolve_first(os.path.expanduser(str(path)), OPEN_CLIP_FILES, what=what)
     model = build_open_clip(model_name, extra=extra, what=what, quick_gelu=quick_gelu)
     load_open_clip_weights(model, path, state_dict_key=state_dict_key, what=what)
-    tokenizer = open_clip.get_tokenizer(model_name)
-    out = OpenClipScore(
-        model, tokenizer, scale=scale, dtype=dt, device=dev, gradient_checkpointing=gradient_checkpointing,
-        reader=f"the CLIP text encoder of {what}",
-    )
-    out.contract = contract
-    return out
+    return scorer(model, open_clip.get_tokenizer(model_name), contract)

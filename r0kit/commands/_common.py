@@ -172,3 +172,9 @@ def check_option_devices(options: dict[str, Any], what: Callable[[str], str]) ->
                 check_device(v, what(key))
 
     walk(options, "")
+
+
+def check_objective_devices(objective: Any, what: Callable[[str], str]) -> None:
+    """:func:`check_option_devices` over every term of a config's ``[objective]`` (``objective.rewards.<label>.device``)."""
+    terms = {kind: {label: t.options for label, t in getattr(objective, kind).items()} for kind in ("rewards", "regularizers")}
+    check_option_devices({"objective": terms}, what)

@@ -218,7 +218,7 @@ def generator_options(cfg, device: str | None = None) -> dict[str, Any]:
 def check_devices(cfg, origins: dict[str, str]) -> None:
     """Every device the run names (its own, the generator's, the rewards') exists here."""
     from r0kit.checks import check_device, check_model
-    from r0kit.commands._common import check_option_devices
+    from r0kit.commands._common import check_objective_devices, check_option_devices
 
     where = origins["<source>"]
 
@@ -233,8 +233,13 @@ def check_devices(cfg, origins: dict[str, str]) -> None:
     check_device(cfg.device, named("device"))
     check_option_devices({"generator": cfg.generator.options}, named)
     check_model(cfg.generator.options.get("model"), named("generator.model"))
-    terms = {kind: {label: t.options for label, t in getattr(cfg.objective, kind).items()} for kind in ("rewards", "regularizers")}
-    check_option_devices({"objective": terms}, named)
+    check_objective_devices(cfg.objective, named)
+
+
+def objective_source(args: argparse.Namespace, origins: dict[str, str]) -> str | None:
+    """The file the objective came from (--objective, else --config, else the preset), as errors name it."""
+    source = args.objective or args.config
+    return str(source) if source is not None else origins.get("<source>")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -255,8 +260,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg.generator.model_extra["model"] = resolve_tiny_model(cfg.generator.model_extra["model"])
     check_devices(cfg, origins)
-    source = args.objective or args.config
-    check_objective(cfg.objective, str(source) if source is not None else origins.get("<source>"), origins)
+    check_objective(cfg.objective, objective_source(args, origins), origins)
     if args.log_every:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         logging.getLogger("r0kit.optimize").setLevel(logging.INFO)
@@ -288,8 +292,7 @@ def _optimize(cfg, args, shard, origins):
     device = None
     if shard.distributed and cfg.device == "auto" and shard.device is not None:
         device = str(shard.device)
-    source = args.objective or args.config
-    objective = build_objective(cfg.objective, str(source) if source is not None else origins.get("<source>"), origins)
+    objective = build_objective(cfg.objective, objective_source(args, origins), origins)
     try:
         gen = r0kit.generator(cfg.generator.name, **generator_options(cfg, device))
     except OptionError as exc:

@@ -22,7 +22,7 @@ from r0kit.commands._common import (
     add_output,
     add_reward_options,
     apply_reward_options,
-    check_option_devices,
+    check_objective_devices,
     describe,
     int_at_least,
     quiet_library_progress,
@@ -109,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues the run in the output folder and --overwrite replaces it; give one of them")
     cfg, origins, where = build_config(args)
     check_objective(cfg.objective, where, origins)  # a reward's option typo, before anything loads
-    terms = {kind: {label: t.options for label, t in getattr(cfg.objective, kind).items()} for kind in ("rewards", "regularizers")}
-    check_option_devices({"objective": terms}, lambda key: origins.get(key, f"{key} in {where}"))
+    check_objective_devices(cfg.objective, lambda key: origins.get(key, f"{key} in {where}"))
     if args.dry_run:  # nothing is written, so the output folder is not checked
         from r0kit.memory import estimate_training
 
