@@ -94,19 +94,34 @@ class Evaluation:
     def value(self, row: EvalRow, key: str) -> float:
         return row.metrics[key] if key in self.metrics else row.means[key]
 
-    def table(self):
-        """A rich Table in the shape of the R0 paper's: model | one column per reward and metric."""
+    def table(self, width: int | None = None):
+        """A rich Table in the shape of the R0 paper's: model | one column per reward and metric.
+
+        :param width: the console's width in characters; when the paper's shape does not fit in it
+            (rich would cut every column to an ellipsis), the table is turned: one row per reward and
+            metric, one column per model.
+        """
+        from rich.console import Console
         from rich.table import Table
 
         cols = self.columns()
         starred = any(title.endswith("*") for _, title, _ in cols)
-        t = Table(title="evaluation", caption="* held out (not trained on): a reward-hacking indicator" if starred else None)
+        caption = "* held out (not trained on): a reward-hacking indicator" if starred else None
+        t = Table(title="evaluation", caption=caption)
         t.add_column("model")
         for _, title, _ in cols:
             t.add_column(title, justify="right")
         for row in self.rows:
             t.add_row(row.label, *(_fmt(self.value(row, key) * k) for key, _, k in cols))
-        return t
+        if width is None or Console(width=10_000).measure(t).maximum <= width:
+            return t
+        turned = Table(title="evaluation", caption=caption)
+        turned.add_column("")
+        for row in self.rows:
+            turned.add_column(row.label, justify="right")
+        for key, title, k in cols:
+            turned.add_row(title, *(_fmt(self.value(row, key) * k) for row in self.rows))
+        return turned
 
 
 def _fmt(v: float) -> str:

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         staged.discard()
         raise
-    Console().print(result.table())
+    console = Console()
+    console.print(result.table(console.width))
     for note in result.notes:
         print(note)
     print(f"wrote evaluation.csv, summary.csv and {len(result.rows)} grid image(s) under {out}")

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         from r0kit.evaluate import evaluate_training
 
         evaluation, files = evaluate_training(cfg, result.export, progress=not args.no_progress)
-        Console().print(evaluation.table())
+        console = Console()
+        console.print(evaluation.table(console.width))
         for note in evaluation.notes:
             print(note)
         print("wrote " + ", ".join(str(f) for f in [evaluation.summary_csv, *files]))

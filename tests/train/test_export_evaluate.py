@@ -214,3 +214,31 @@ def test_metric_needs_are_checked_before_any_sampling(tmp_path, monkeypatch):
     for bad in ({"seed": -1}, {"per_prompt": 0}, {"per_prompt": 1.5}):
         with pytest.raises(OptionError, match=f"mini_fid.{next(iter(bad))} must be an integer"):
             E.evaluate(["r0kit-mini@1"], ["a red circle"], metrics=["mini_fid"], metric_options={"mini_fid": bad}, seeds=2, **common)
+
+
+def test_a_table_wider_than_the_console_is_turned_so_no_column_is_cut(tmp_path):
+    """R0's table shape (a column per reward and metric) is kept where it fits; where rich would cut
+    every column to an ellipsis (the demo's 14 columns in an 80-column terminal) it is printed turned,
+    one row per column, with every value whole."""
+    from rich.console import Console
+
+    from r0kit.evaluate import EvalRow, Evaluation
+
+    metrics = [f"mini_geneval/{c}" for c in ("object", "colour", "shape", "position", "size", "count", "relation")]
+    rows = [
+        EvalRow(label, "base", {"hpsv2": 0.5608, "clip": 60.61}, {}, [], [], metrics={m: 0.8125 for m in metrics})
+        for label in ("r0kit-mini@4", "r0kit-mini@25", "r0kit-demo/export")
+    ]
+    ev = Evaluation(rows, ["hpsv2"], ["clip"], tmp_path / "e.csv", tmp_path / "s.csv", metrics=metrics)
+
+    def shown(width):
+        console = Console(width=width, record=True, file=open(Path(tmp_path / "out.txt"), "w"))
+        console.print(ev.table(width))
+        return console.export_text()
+
+    narrow = shown(80)
+    assert "…" not in narrow and max(len(line) for line in narrow.splitlines()) <= 80
+    assert "mini_geneval/relation*" in narrow and "r0kit-demo/export" in narrow and "56.08" in narrow
+    wide = shown(400)
+    header = next(line for line in wide.splitlines() if "model" in line)
+    assert "HPS" in header and "mini_geneval/relation*" in header  # the paper's shape where it fits
