@@ -361,7 +361,8 @@ def evaluate(
 def _finish(out: Path, rows: list[EvalRow], rewards: list[str], held: list[str], names: list[str], **state: Any) -> Evaluation:
     metric_keys = list(dict.fromkeys(k for r in rows for k in r.metrics))
     csv_path, summary = _write_csvs(out, rows, names, held, metric_keys)
-    notes = [] if "fid" in metric_keys else [FID_NOTE]
+    # R0's table has an FID column: say how to get one, unless some FID (fid, mini_fid, ...) was computed
+    notes = [] if any(k == "fid" or k.endswith("_fid") for k in metric_keys) else [FID_NOTE]
     return Evaluation(rows, rewards, held, csv_path, summary, notes, metrics=metric_keys, **state)
 
 

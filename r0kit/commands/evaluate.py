@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=4, help="prompts sampled together (default 4)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default auto)")
     add_output(p, default=Path("r0kit-eval"), what="the output folder")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (the sampling bar of each row, nor the model-loading and download bars of huggingface_hub, transformers and diffusers)")
     p.set_defaults(run=run)
 
 
@@ -53,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from r0kit.checks import MANIFEST, check_device, check_output_dir
-    from r0kit.commands._common import check_option_devices
+    from r0kit.commands._common import check_option_devices, quiet_library_progress
     from r0kit.config import load_toml, parse_objective, read_prompts
     from r0kit.errors import OptionError
     from r0kit.evaluate import evaluate
     from r0kit.io import StagedDir, write_json
 
+    if args.no_progress:
+        quiet_library_progress()
     rewards = list(args.reward)
     options: dict = {}
     if args.train_config is not None:
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             labels=args.label,
+            progress=not args.no_progress,
         )
         status = "interrupted" if result.interrupted else "failed" if result.error is not None else "complete"
         files = sorted(p.name for p in staged.path.iterdir())

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field

@@ -91,6 +91,7 @@ def test_evaluate_end_to_end(tiny_sd, tiny_model, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "colorfulness" in printed and "contrast*" in printed and "R0" in printed and "FID not computed: add --metric fid -M fid.reference=FOLDER" in printed
+    assert "sampling R0" in printed and "sampling base" in printed  # a progress bar per sampled row, on by default
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
     assert len(rows) == 3 * len(PROMPTS)
     assert {r["model"] for r in rows} == {"R0", "base", "images"}
@@ -242,3 +243,24 @@ def test_a_table_wider_than_the_console_is_turned_so_no_column_is_cut(tmp_path):
     wide = shown(400)
     header = next(line for line in wide.splitlines() if "model" in line)
     assert "HPS" in header and "mini_geneval/relation*" in header  # the paper's shape where it fits
+
+
+def test_evaluate_no_progress_draws_no_bar(tiny_sd, tmp_path, capsys):
+    from r0kit.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    rc = main(["evaluate", f"{tiny_sd}@1", "--prompts-file", str(prompts), "--reward", "colorfulness", "--size", str(SIZE),
+               "--device", "cpu", "--label", "base", "--output", str(tmp_path / "eval"), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "colorfulness" in printed and "sampling base" not in printed
+
+
+@pytest.mark.parametrize("metrics, noted", [({}, True), ({"mini_geneval": 0.5}, True), ({"fid": 3.0}, False), ({"mini_fid": 3.0}, False)])
+def test_the_fid_hint_shows_only_when_no_fid_was_computed(tmp_path, metrics, noted):
+    from r0kit.evaluate import FID_NOTE, EvalRow, _finish
+
+    row = EvalRow("m", "images", {"contrast": 0.5}, {"contrast": [0.5]}, ["a.png"], ["p"], metrics=metrics)
+    ev = _finish(tmp_path, [row], [], ["contrast"], ["contrast"])
+    assert (FID_NOTE in ev.notes) is noted

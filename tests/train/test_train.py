@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import r0kit
-from r0kit.train import TrainConfig, load_train_config, parse_train, train
+from r0kit.train import TrainConfig, load_train_config, train
 
 from .conftest import SIZE, train_config
 
