@@ -153,12 +153,37 @@ def source_kind(source: str) -> str:
     if p.is_dir() and (p / "model_index.json").is_file():
         return "base"
     if p.is_dir():
+        _check_not_an_unloaded_export(p)
         return "images"
     if p.exists():
         raise InputError(f"{source!r} is a file; pass an exported generator folder, a pipeline folder or a folder of images")
     if "/" in source and not source.startswith((".", "/")):
         return "base"  # a hub id
     raise InputError(f"{source!r} does not exist; pass an exported generator folder, a pipeline folder, a hub id or a folder of images")
+
+
+def _check_not_an_unloaded_export(folder: Path) -> None:
+    """A folder with no images but a JSON file (an export's meta, ``kstep.json``, ...) is most likely an
+    export whose generator plugin is not loaded: say so rather than "holds no images".
+
+    :raises InputError: naming the loaded generators that export and why others may be missing.
+    """
+    from r0kit.plugins import get_host
+    from r0kit.score import IMAGE_SUFFIXES
+
+    files = [f for f in folder.iterdir() if f.is_file()]
+    if any(f.suffix.lower() in IMAGE_SUFFIXES for f in files) or not any(f.suffix == ".json" for f in files):
+        return
+    host = get_host()
+    exporters = sorted(f"{e.name} ({e.factory.export_meta})" for e in host.generators.entries.values()
+                       if isinstance(getattr(e.factory, "export_meta", None), str))
+    why = host.explain_missing("generator")
+    raise InputError(
+        f"{str(folder)!r} holds no images and is not the export of a loaded generator plugin "
+        f"(those that export, with their meta file: {', '.join(exporters) or 'none is loaded'}) "
+        f"nor a pipeline folder (no model_index.json). If a generator plugin wrote it, load that plugin"
+        + (f": {why}" if why else " (r0kit plugins lists what is loaded).")
+    )
 
 
 def _generate(gen, prompts: list[str], seed: int, batch_size: int, progress: Any = None) -> torch.Tensor:

@@ -264,3 +264,27 @@ def test_the_fid_hint_shows_only_when_no_fid_was_computed(tmp_path, metrics, not
     row = EvalRow("m", "images", {"contrast": 0.5}, {"contrast": [0.5]}, ["a.png"], ["p"], metrics=metrics)
     ev = _finish(tmp_path, [row], [], ["contrast"], ["contrast"])
     assert (FID_NOTE in ev.notes) is noted
+
+
+def test_an_export_whose_plugin_is_not_loaded_is_named_not_read_as_images(tiny_model, tmp_path, monkeypatch, fresh_host):
+    """With the generator's plugin kept out (R0KIT_LOAD_PLUGINS), its export folder is not a folder of
+    images: the error says what it likely is and how to load the plugin."""
+    from r0kit import plugins as plugins_mod
+    from r0kit.errors import InputError
+    from r0kit.evaluate import source_kind
+
+    export = kstep(tiny_model, steps=2, train="lora").export(tmp_path / "export")
+    assert source_kind(str(export)) == "generator"
+    monkeypatch.setenv("R0KIT_LOAD_PLUGINS", "r0kit_analytic")
+    plugins_mod.reset_host()
+    fresh_host()
+    with pytest.raises(InputError) as exc:
+        source_kind(str(export))
+    msg = str(exc.value)
+    assert "not the export of a loaded generator plugin" in msg and "none is loaded" in msg
+    assert "R0KIT_LOAD_PLUGINS='r0kit_analytic' is set" in msg and "r0kit_r0" in msg
+    # a folder of images with a JSON beside them is still images
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "meta.json").write_text("{}")
+    (tmp_path / "imgs" / "0.png").write_bytes(b"")
+    assert source_kind(str(tmp_path / "imgs")) == "images"
