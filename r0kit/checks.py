@@ -161,6 +161,7 @@ def check_output_dir(
     overwrite: bool = False,
     resume: bool = False,
     resume_hint: str = "",
+    outputs: tuple[str, ...] = (),
 ) -> Path:
     """Check that ``folder`` can be a run's output folder, before any work starts.
 
@@ -168,7 +169,10 @@ def check_output_dir(
     A folder that already holds files is refused, unless ``overwrite`` (the new
     run replaces the earlier run's files once it has results of its own) or
     ``resume`` (the run continues the earlier one). ``resume_hint`` is the
-    command's resume flag, named in the refusal when it has one.
+    command's resume flag, named in the refusal when it has one. ``outputs`` are
+    the names a replacing run takes over: a used folder where no run's manifest
+    lists those it holds is refused as :func:`r0kit.io.check_replaceable` says,
+    with or without ``overwrite``, since ``--overwrite`` would not help.
 
     :raises ConfigError: naming ``what`` for a file where the folder should be, a
         folder that cannot be created or written, or a used folder.
@@ -183,6 +187,10 @@ def check_output_dir(
         return p
     if not os.access(p, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {str(p)!r} is not writable")
+    if is_used(p) and outputs and not resume:
+        from r0kit.io import check_replaceable
+
+        check_replaceable(p, outputs, what)
     if is_used(p) and not (overwrite or resume):
         hint = f", {resume_hint} to continue the run in it," if resume_hint else ""
         raise ConfigError(

@@ -690,11 +690,8 @@ def train(
     ckpt_path = resolve_resume(resume, output)
     resume_state = read_checkpoint_state(ckpt_path) if ckpt_path is not None else None
     start_step = int(resume_state["step"]) if resume_state else 0
-    check_output_dir(output, "output", overwrite=overwrite, resume=resume is not None, resume_hint="--resume latest")
-    if overwrite:
-        from r0kit.io import check_replaceable
-
-        check_replaceable(output, TRAIN_OUTPUTS, "output")
+    check_output_dir(output, "output", overwrite=overwrite, resume=resume is not None, resume_hint="--resume latest",
+                     outputs=TRAIN_OUTPUTS)
     check_objective(cfg.objective, source, origins)  # a reward option's typo is found before anything loads
 
     trackers: list[Any] = []

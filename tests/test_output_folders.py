@@ -116,6 +116,17 @@ def test_train_overwrite_refuses_a_folder_whose_outputs_no_run_lists_before_load
     with pytest.raises(ConfigError, match=r"holds export, which no r0kit run lists"):
         train(cfg, overwrite=True)
     assert (out / "export" / "model.safetensors").read_text() == "the user's"
+    # without --overwrite the refusal is the same one: suggesting --overwrite would only lead to it
+    with pytest.raises(ConfigError, match=r"holds export, which no r0kit run lists") as exc:
+        train(cfg)
+    assert "Pass --overwrite" not in str(exc.value)
+    # a used folder of the user's that holds none of a run's outputs still gets the ordinary advice
+    other = tmp_path / "papers"
+    other.mkdir()
+    (other / "paper.tex").write_text("the user's")
+    cfg.output = str(other)
+    with pytest.raises(ConfigError, match=r"already holds files.*Pass --overwrite"):
+        train(cfg)
 
 
 def test_claimed_backup_restores_a_file_rewritten_in_place(tmp_path):

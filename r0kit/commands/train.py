@@ -118,12 +118,10 @@ def run(args: argparse.Namespace) -> int:
         print(estimate_training(cfg).table())
         return 0
     what = origins.get("output", f"output in {where}")
-    check_output_dir(cfg.output, what, overwrite=args.overwrite, resume=args.resume is not None, resume_hint="--resume latest")
-    if args.overwrite:
-        from r0kit.io import check_replaceable
-        from r0kit.train import TRAIN_OUTPUTS
+    from r0kit.train import TRAIN_OUTPUTS
 
-        check_replaceable(cfg.output, TRAIN_OUTPUTS, what)
+    check_output_dir(cfg.output, what, overwrite=args.overwrite, resume=args.resume is not None, resume_hint="--resume latest",
+                     outputs=TRAIN_OUTPUTS)
     device = cfg.generator.model_extra.get("device") if cfg.generator.model_extra else None
     if isinstance(device, str):
         check_device(device, f"generator.device in {where}")
