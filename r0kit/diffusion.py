@@ -782,7 +782,7 @@ class DiffusionModel:
         why = "the VAE downsampling factor" if m == f else f"the VAE downsampling factor {f} times the transformer's 2x2 patches"
         for label, v in (("height", height), ("width", width)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % m:
-                raise OptionError(f"{label} must be a positive multiple of {m} ({why}), got {v!r}")
+                raise OptionError(f"{label} must be a positive multiple of {m} ({why}), got {v!r}", option=label)
         return (self.latent_channels, height // f, width // f)
 
     def image_seq_len(self, height: int, width: int) -> int:

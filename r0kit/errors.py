@@ -22,7 +22,15 @@ class UnknownNameError(R0kitError, KeyError):
 
 
 class OptionError(R0kitError, TypeError):
-    """An option a factory does not accept, or a bad value for one."""
+    """An option a factory does not accept, or a bad value for one.
+
+    :ivar option: the option's name where one option is at fault (``"height"``), else ``None``;
+        a command that set the option from a flag of its own names that flag by it.
+    """
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class ConfigError(R0kitError, ValueError):

@@ -509,8 +509,8 @@ def _build_generator(source: str, kind: str, *, steps: int, size: int | None, de
             model=source, steps=steps, train="none", device=device, guidance_scale=guidance, **side
         )
     except OptionError as exc:
-        # the generator names the height or width it was given; the user typed --size
-        if size is not None and any(w in str(exc) for w in ("height", "width")):
+        # the generator's height or width is at fault; the user typed --size
+        if size is not None and exc.option in ("height", "width"):
             raise OptionError(f"--size {size} does not fit {source!r}: {exc}") from None
         raise
     return gen.eval()

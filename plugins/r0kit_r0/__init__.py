@@ -122,7 +122,7 @@ class KStepGenerator:
             raise OptionError(f"kstep: steps (K) must be an int >= 1, got {steps!r}")
         for label, v in (("height", height), ("width", width)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8):
-                raise OptionError(f"kstep: {label} must be an int >= 8 (or unset for the model's native size), got {v!r}")
+                raise OptionError(f"kstep: {label} must be an int >= 8 (or unset for the model's native size), got {v!r}", option=label)
         # the one rule (r0kit.diffusion.check_guidance_scale): 0 and 1 both mean none, as in diffusers
         self.guidance_scale = check_guidance_scale(guidance_scale, "kstep: guidance_scale")
         if train not in ("lora", "full", "none"):
