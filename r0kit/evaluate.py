@@ -99,7 +99,8 @@ class Evaluation:
 
         :param width: the console's width in characters; when the paper's shape does not fit in it
             (rich would cut every column to an ellipsis), the table is turned: one row per reward and
-            metric, one column per model.
+            metric, one column per model. Cells never end in an ellipsis: where even the turned table
+            is too wide, they wrap.
         """
         from rich.console import Console
         from rich.table import Table
@@ -108,17 +109,17 @@ class Evaluation:
         starred = any(title.endswith("*") for _, title, _ in cols)
         caption = "* held out (not trained on): a reward-hacking indicator" if starred else None
         t = Table(title="evaluation", caption=caption)
-        t.add_column("model")
+        t.add_column("model", overflow="fold")
         for _, title, _ in cols:
-            t.add_column(title, justify="right")
+            t.add_column(title, justify="right", overflow="fold")
         for row in self.rows:
             t.add_row(row.label, *(_fmt(self.value(row, key) * k) for key, _, k in cols))
-        if width is None or Console(width=10_000).measure(t).maximum <= width:
+        if width is None or Console(width=100_000).measure(t).maximum <= width:
             return t
         turned = Table(title="evaluation", caption=caption)
-        turned.add_column("")
+        turned.add_column("", overflow="fold")
         for row in self.rows:
-            turned.add_column(row.label, justify="right")
+            turned.add_column(row.label, justify="right", overflow="fold")
         for key, title, k in cols:
             turned.add_row(title, *(_fmt(self.value(row, key) * k) for row in self.rows))
         return turned
@@ -456,9 +457,13 @@ def _evaluate_source(i, source, src_steps, kind, labels, used, prompts, names, t
 
 def _progress_bar(label: str, total: int):
     """A rich progress bar for one row's sampling; returns ``advance(n)``, closing itself when full."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn(f"[bold]sampling {label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # on stderr, as train's bar is: stdout carries the table, which may be piped to a file;
+    # the count and time come first so that a narrow terminal cuts the label, not them
+    bar = Progress(MofNCompleteColumn(), TimeElapsedColumn(), BarColumn(), TextColumn(f"[bold]sampling {label}"),
+                   console=Console(stderr=True))
     task = bar.add_task(label, total=total)
     bar.start()
     done = 0

@@ -79,7 +79,7 @@ os.environ.setdefault("R0KIT_DISABLE_AUTOLOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # reward weights come from the local cache or not at all
 
 import r0kit  # noqa: E402
-from r0kit.diffusion import Conditioning, DiffusionModel, load  # noqa: E402
+from r0kit.diffusion import DiffusionModel, load  # noqa: E402
 from r0kit.objective import Term  # noqa: E402
 from r0kit.optimize import optimize  # noqa: E402
 

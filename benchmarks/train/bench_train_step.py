@@ -138,7 +138,6 @@ def bench(mode: str, model, size: int, args, device: torch.device) -> dict:
     mem, mem_kind = peak_memory_mib(device)
     n_train = sum(p.numel() for p in gen.parameters())
     _reset(gen, mode)
-    del opt, gen
     return {
         "mode": mode, "p20_ms": round(p20, 2), "p50_ms": round(p50, 2), "p80_ms": round(p80, 2),
         "peak_mem_mib": round(mem, 1), "mem_kind": mem_kind, "trainable_params": n_train,

@@ -62,6 +62,14 @@ def add_output(p: argparse.ArgumentParser, *, default: Path | None, what: str, r
     )
 
 
+def table_console():
+    """The rich Console a command prints its tables to: the terminal's width, or no limit when stdout
+    is a file or a pipe (rich would otherwise take 80 columns and cut every wider cell to an ellipsis)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
+
+
 def quiet_library_progress() -> None:
     """``--no-progress``: the model-loading and download bars of huggingface_hub, transformers and
     diffusers go too, not only r0kit's own. Call it before any model loads: huggingface_hub and

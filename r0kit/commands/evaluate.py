@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import add_output, describe, int_at_least, key_values
+from r0kit.commands._common import add_output, describe, int_at_least, key_values, table_console
 
 
 def add_parser(sub) -> None:
@@ -52,8 +52,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from r0kit.checks import MANIFEST, check_device, check_output_dir
     from r0kit.commands._common import check_option_devices, quiet_library_progress
     from r0kit.config import load_toml, parse_objective, read_prompts
@@ -116,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         staged.discard()
         raise
-    console = Console()
+    console = table_console()
     console.print(result.table(console.width))
     for note in result.notes:
         print(note)

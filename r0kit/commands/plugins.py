@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from r0kit.commands._common import describe
+from r0kit.commands._common import describe, table_console
 from typing import Any
 
 
@@ -45,10 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(host: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = table_console()
     table = Table(title="r0kit plugins")
     for col in ("name", "kind", "plugin", "version", "status"):
         table.add_column(col, overflow="fold")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from r0kit.commands._common import add_output, describe, int_at_least, key_values
+from r0kit.commands._common import add_output, describe, int_at_least, key_values, table_console
 from r0kit.errors import OptionError
 
 
@@ -64,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(table, csv_path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"r0kit score: {len(table.files)} image(s)")
@@ -77,7 +76,7 @@ def _print(table, csv_path) -> None:
     means = table.means()
     if means:
         t.add_row("mean", "", *(f"{means[k]:.4f}" for k in table.scores), style="bold")
-    console = Console()
+    console = table_console()
     console.print(t)
     if csv_path:
         console.print(f"wrote {csv_path}")

@@ -26,6 +26,7 @@ from r0kit.commands._common import (
     describe,
     int_at_least,
     quiet_library_progress,
+    table_console,
 )
 
 
@@ -148,12 +149,10 @@ def run(args: argparse.Namespace) -> int:
     where_ckpt = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
     print(f"trained to step {result.step}; {where_ckpt}" + (f"; export {result.export}" if result.export else ""))
     if cfg.evaluate is not None and result.export is not None:
-        from rich.console import Console
-
         from r0kit.evaluate import evaluate_training
 
         evaluation, files = evaluate_training(cfg, result.export, progress=not args.no_progress)
-        console = Console()
+        console = table_console()
         console.print(evaluation.table(console.width))
         for note in evaluation.notes:
             print(note)

@@ -514,7 +514,9 @@ def run_case(op, p, dtype, device, providers, modes, tiny, warmup_ms, rep_ms, co
                 m_fn()  # compile / autotune outside the timed region
                 row(provider, mode, _time(m_fn, device, warmup_ms, rep_ms), _peak_mb(m_fn, device), check,
                     host=_host_us(m_fn, device))
-            del out, diff, ups
+            del out
+            diff.clear()  # free the outputs and upstream gradients before the next provider (the closures hold the lists)
+            ups.clear()
         except Exception as exc:  # noqa: BLE001
             log(f"  {op} {label} {provider}: {type(exc).__name__}: {exc}")
             log(traceback.format_exc(limit=3))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from r0kit.plugins import PluginHost
-from r0kit.testing import assert_conforms, check_generator, check_regularizer, check_reward
+from r0kit.testing import assert_conforms, check_generator, check_regularizer
 
 TESTS = Path(__file__).resolve().parents[1]
 WEIGHT_FREE = ("r0kit_analytic", "r0kit_regularizers", "r0kit_pixel")

@@ -31,7 +31,7 @@ import torch
 
 import r0kit
 from r0kit.compat.upstream import upstream_compat
-from r0kit.images import RewardContract, preprocess
+from r0kit.images import preprocess
 
 import tiny
 

@@ -89,9 +89,11 @@ def test_evaluate_end_to_end(tiny_sd, tiny_model, tmp_path, capsys):
                "--reward", "colorfulness", "--held-out", "contrast", "--steps", "2", "--size", str(SIZE),
                "--device", "cpu", "--label", "R0", "--label", "base", "--output", str(out)])
     assert rc == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "colorfulness" in printed and "contrast*" in printed and "R0" in printed and "FID not computed: add --metric fid -M fid.reference=FOLDER" in printed
-    assert "sampling R0" in printed and "sampling base" in printed  # a progress bar per sampled row, on by default
+    # a progress bar per sampled row, on by default, on stderr (stdout holds the table, and may be a file)
+    assert "sampling R0" in captured.err and "sampling base" in captured.err and "sampling" not in printed
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
     assert len(rows) == 3 * len(PROMPTS)
     assert {r["model"] for r in rows} == {"R0", "base", "images"}
@@ -243,6 +245,23 @@ def test_a_table_wider_than_the_console_is_turned_so_no_column_is_cut(tmp_path):
     wide = shown(400)
     header = next(line for line in wide.splitlines() if "model" in line)
     assert "HPS" in header and "mini_geneval/relation*" in header  # the paper's shape where it fits
+    # too narrow even turned (five sources, a long label, 40 columns): cells wrap, nothing is cut
+    ev.rows = rows + [EvalRow("a_very_long_label_for_the_first_source", "base", {"hpsv2": 0.5, "clip": 60.0}, {}, [], [],
+                              metrics={m: 0.8125 for m in metrics})] * 2
+    tight = shown(40)
+    assert "…" not in tight and max(len(line) for line in tight.splitlines()) <= 40
+    cells = [r.label for r in ev.rows] + [title for _, title, _ in ev.columns()] + [f"{ev.value(r, key) * k:.4g}" for r in ev.rows for key, _, k in ev.columns()]
+    assert sum(ch.isdigit() for ch in tight) == sum(ch.isdigit() for c in cells for ch in c)  # every digit shown, only wrapped
+
+
+def test_tables_printed_to_a_pipe_or_file_are_not_cut_at_80_columns(monkeypatch):
+    """Not a terminal: rich assumed 80 columns and cut a wide table; a file has no width."""
+    import io
+
+    from r0kit.commands._common import table_console
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert table_console().width > 1000
 
 
 def test_evaluate_no_progress_draws_no_bar(tiny_sd, tmp_path, capsys):
@@ -253,8 +272,8 @@ def test_evaluate_no_progress_draws_no_bar(tiny_sd, tmp_path, capsys):
     rc = main(["evaluate", f"{tiny_sd}@1", "--prompts-file", str(prompts), "--reward", "colorfulness", "--size", str(SIZE),
                "--device", "cpu", "--label", "base", "--output", str(tmp_path / "eval"), "--no-progress"])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "colorfulness" in printed and "sampling base" not in printed
+    captured = capsys.readouterr()
+    assert "colorfulness" in captured.out and "sampling base" not in captured.out + captured.err
 
 
 @pytest.mark.parametrize("metrics, noted", [({}, True), ({"mini_geneval": 0.5}, True), ({"fid": 3.0}, False), ({"mini_fid": 3.0}, False)])
