@@ -91,8 +91,21 @@ def import_torch_holding_ctrl_c() -> None:
         raise KeyboardInterrupt
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``kill``'s stop), raised where a Ctrl-C would be so that a run ends the
+    same way: ``train`` writes a checkpoint, an ``--overwrite`` that has no results yet puts the earlier
+    run's files back, and the output folder keeps what was finished."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("R0KIT_TRACEBACK", "").lower() in ("1", "true", "yes")
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -102,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", R0kitWarning)
             warnings.showwarning = _show_warning
             return int(args.run(args) or 0)
+    except Terminated:
+        print("r0kit: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("r0kit: interrupted", file=sys.stderr)
         return 130
@@ -124,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _describe(exc: BaseException) -> str:

@@ -574,14 +574,26 @@ def resolve_resume(resume: str | Path | None, output: Path) -> Path | None:
     if resume is None:
         return None
     if str(resume) == "latest":
-        found = [p for p in find_checkpoints(output) if (p / "state.json").is_file()]
+        found = complete_checkpoints(output)
         if not found:
             raise ConfigError(
                 f"--resume latest: {str(Path(output) / 'checkpoints')!r} holds no complete checkpoint to resume from; "
-                "start the run without --resume (or pass a checkpoint folder)"
+                "start the run without --resume (with --overwrite where the folder holds an earlier run's files), "
+                "or pass a checkpoint folder"
             )
         return found[-1]
     return Path(resume)
+
+
+def complete_checkpoints(output: str | Path) -> list[Path]:
+    """The checkpoints under ``output`` that a run can resume from (their ``state.json`` was written), oldest first."""
+    return [p for p in find_checkpoints(Path(output)) if (p / "state.json").is_file()]
+
+
+def resume_hint(output: str | Path) -> str:
+    """``"--resume latest"`` where ``output`` holds a checkpoint to resume from, else ``""``: a refusal of a
+    used folder suggests it only where it would work."""
+    return "--resume latest" if Path(output).is_dir() and complete_checkpoints(output) else ""
 
 
 # ---------------------------------------------------------------------------
@@ -690,7 +702,7 @@ def train(
     ckpt_path = resolve_resume(resume, output)
     resume_state = read_checkpoint_state(ckpt_path) if ckpt_path is not None else None
     start_step = int(resume_state["step"]) if resume_state else 0
-    check_output_dir(output, "output", overwrite=overwrite, resume=resume is not None, resume_hint="--resume latest",
+    check_output_dir(output, "output", overwrite=overwrite, resume=resume is not None, resume_hint=resume_hint(output),
                      outputs=TRAIN_OUTPUTS)
     check_objective(cfg.objective, source, origins)  # a reward option's typo is found before anything loads
 

@@ -210,7 +210,7 @@ COMMANDS = [
     C("train-device-missing", 1, "train --config train_dev.toml", "generator.device", "train_dev.toml"),
     C("train-resume-missing", 1, "train --config train.toml --resume nowhere/step-0000001", "nowhere/step-0000001", "does not exist"),
     C("train-model-missing", 1, "train --config train.toml --model ./no-such-model -o new", "--model", "does not exist"),
-    C("train-used-folder", 2, "train --config train.toml -o used", "--overwrite", "--resume latest"),
+    C("train-used-folder", 2, "train --config train.toml -o used", "--overwrite", "or choose another"),  # no checkpoint: no --resume hint
     C("train-resume-latest-nothing", 2, "train --config train.toml -o empty --resume latest", "no complete checkpoint", "without --resume"),
     C("train-resume-and-overwrite", 2, "train --config train.toml -o used --resume latest --overwrite", "give one of them"),
     C("train-steps-0", 4, "train --config train.toml --steps 0", "--steps"),

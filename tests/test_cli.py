@@ -111,3 +111,22 @@ def test_atomic_writes_keep_default_permissions_and_leave_nothing_on_error(tmp_p
             raise RuntimeError("interrupted")
     assert (tmp_path / "a.txt").read_text() == "x"  # nothing already written is lost
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does_and_the_handler_is_put_back(tmp_path, monkeypatch, capsys):
+    """A scheduler's SIGTERM killed the process outright: an --overwrite run left the earlier run's files
+    hidden in a .r0kit-replaced folder. It is now raised where a Ctrl-C would be (train checkpoints, a
+    replaced folder is rolled back), the exit status is 143, and the previous handler is restored."""
+    import signal
+
+    from r0kit.commands import plugins as plugins_cmd
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the command")
+
+    monkeypatch.setattr(plugins_cmd, "run", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["plugins"]) == 128 + signal.SIGTERM
+    assert "r0kit: terminated (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before

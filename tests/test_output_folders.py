@@ -206,3 +206,22 @@ def test_new_plugin_overwrite_replaces_the_scaffold_s_files_only(tmp_path):
     with pytest.raises(ConfigError, match="would replace 'README.md', which no r0kit run wrote"):
         write("foo", "reward", user, overwrite=True)
     assert (user / "README.md").read_text() == "the user's readme\n"
+
+
+def test_a_used_folder_is_told_to_resume_only_where_a_checkpoint_is(tmp_path):
+    """A folder of the user's (or a run killed before its first checkpoint) was told "--resume latest",
+    which then said it holds no checkpoint; the hint is given only where resuming would work."""
+    from r0kit.train import resume_hint
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    assert resume_hint(mine) == "" and resume_hint(tmp_path / "absent") == ""
+    with pytest.raises(ConfigError) as exc:
+        check_output_dir(mine, resume_hint=resume_hint(mine))
+    assert "--resume" not in str(exc.value) and "--overwrite" in str(exc.value)
+    half = mine / "checkpoints" / "step-0000010"
+    half.mkdir(parents=True)  # a checkpoint whose state.json was never written
+    assert resume_hint(mine) == ""
+    (half / "state.json").write_text("{}")
+    assert resume_hint(mine) == "--resume latest"

@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
         print(estimate_training(cfg).table())
         return 0
     what = origins.get("output", f"output in {where}")
-    from r0kit.train import TRAIN_OUTPUTS
+    from r0kit.train import TRAIN_OUTPUTS, resume_hint
 
-    check_output_dir(cfg.output, what, overwrite=args.overwrite, resume=args.resume is not None, resume_hint="--resume latest",
+    check_output_dir(cfg.output, what, overwrite=args.overwrite, resume=args.resume is not None, resume_hint=resume_hint(cfg.output),
                      outputs=TRAIN_OUTPUTS)
     device = cfg.generator.model_extra.get("device") if cfg.generator.model_extra else None
     if isinstance(device, str):
