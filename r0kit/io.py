@@ -96,7 +96,9 @@ class StagedDir:
         """Move the staged entries into ``target``; returns their final paths.
 
         An entry of ``target`` is replaced only when an earlier run listed it (or a folder
-        above it) in its manifest; a folder no run listed is merged file by file. When a
+        above it) in its manifest; a folder no run listed is merged file by file. A manifest
+        that lists files inside folders (``evaluate``'s) so replaces exactly those files, and
+        the user's own files beside them stay. When a
         staged file would replace a file no run wrote, nothing is replaced: the staged
         files are kept in a visible ``r0kit-unsaved-<pid>`` folder inside ``target``.
 
@@ -158,6 +160,13 @@ class StagedDir:
             if "/" in name:
                 if stale.is_file() or stale.is_symlink():
                     stale.unlink(missing_ok=True)  # a file an earlier run listed inside a folder it shares
+                    for parent in stale.parents:  # and the folders that emptied, up to the target
+                        if parent == self.target or not parent.is_relative_to(self.target):
+                            break
+                        try:
+                            parent.rmdir()
+                        except OSError:
+                            break
                 continue
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -229,6 +238,7 @@ class ClaimedDir:
         self._created: list[Path] = []
         self._moved: list[str] = []
         self._copied: list[str] = []
+        self._old_written: set[str] | None = None
 
     def start(self) -> None:
         missing, p = [], self.target
@@ -237,9 +247,13 @@ class ClaimedDir:
             p = p.parent
         self.target.mkdir(parents=True, exist_ok=True)
         self._created = missing
+        old = read_manifest(self.target)
+        if isinstance(old.get("written"), list):
+            self._old_written = {str(n) for n in old["written"]}
         if self.replace:
             check_replaceable(self.target, self.replace_names, "the output folder")
-            listed = read_manifest(self.target).get("files")
+            self._check_own_files_inside()
+            listed = old.get("files")
             for name in [str(n) for n in listed] if isinstance(listed, list) else []:
                 src = self.target / name
                 if src.parent == self.target and (src.exists() or src.is_symlink()):
@@ -254,6 +268,45 @@ class ClaimedDir:
                 shutil.copy2(src, dst)
                 self._copied.append(rel)
         self._before = {p for p in self.target.rglob("*") if not _under(p, self.aside)}
+
+    def _check_own_files_inside(self) -> None:
+        """Refuse, before anything moves, to replace a listed folder that holds files the earlier run
+        did not write (the user's photo in ``samples/``): the manifest's ``written`` names the files of a
+        run that ended in-process; a manifest without it (a run killed outright) cannot tell them apart."""
+        from r0kit.errors import ConfigError
+
+        if self._old_written is None:
+            return
+        listed = read_manifest(self.target).get("files")
+        foreign = []
+        for name in [str(n) for n in listed] if isinstance(listed, list) else []:
+            folder = self.target / name
+            if folder.parent == self.target and folder.is_dir() and not folder.is_symlink():
+                foreign += [f.relative_to(self.target).as_posix() for f in sorted(folder.rglob("*"))
+                            if not f.is_dir() and f.relative_to(self.target).as_posix() not in self._old_written]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ConfigError(
+                f"the output folder {str(self.target)!r} holds {shown}, which the earlier run did not write, inside "
+                "a folder --overwrite replaces; nothing was changed. Move them out, or choose another output folder"
+            )
+
+    def written(self, names: tuple[str, ...]) -> list[str]:
+        """Every file now under ``names`` (top-level entries of ``target``) that a run wrote: this one's,
+        and those the earlier run's manifest listed as written (a resumed run's); files that were there
+        before this run and that no manifest lists are not. For the manifest's ``written`` list."""
+        out = []
+        for name in names:
+            root = self.target / name
+            files = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+            for f in files:
+                if f.is_dir() or _under(f, self.aside):
+                    continue
+                rel = f.relative_to(self.target).as_posix()
+                if f in self._before and self._old_written is not None and rel not in self._old_written:
+                    continue
+                out.append(rel)
+        return out
 
     def keep(self) -> None:
         shutil.rmtree(self.aside, ignore_errors=True)

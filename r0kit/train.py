@@ -790,12 +790,15 @@ def train(
         if main_process:
             from r0kit.io import write_json
 
-            # every output the run may write, from its start: after a kill, --overwrite replaces them all
+            # every output the run may write, from its start: after a kill, --overwrite replaces them all;
+            # once it ends, "written" lists each file it wrote, so a later --overwrite keeps the user's files
+            # inside those folders (ClaimedDir refuses to replace them)
             names = sorted(TRAIN_OUTPUTS)
+            written = {} if status == "running" else {"written": claim.written(TRAIN_OUTPUTS)}
             write_json(output / MANIFEST, {"command": "train", "argv": list(argv) if argv is not None else None,
                                            "status": status, "step": step, "steps": cfg.steps,
                                            "checkpoint": str(last_ckpt) if last_ckpt else None,
-                                           "files": names + [MANIFEST]})
+                                           "files": names + [MANIFEST], **written})
 
     try:
         accelerator.init_trackers("train", config=json.loads(json.dumps(cfg.model_dump(mode="json"), default=str)))

@@ -225,3 +225,41 @@ def test_a_used_folder_is_told_to_resume_only_where_a_checkpoint_is(tmp_path):
     assert resume_hint(mine) == ""
     (half / "state.json").write_text("{}")
     assert resume_hint(mine) == "--resume latest"
+
+
+def test_a_manifest_listing_files_in_folders_replaces_exactly_those(tmp_path):
+    """evaluate lists every file it wrote, row folders included: an --overwrite replaces those files,
+    keeps what the user put beside them, and removes an earlier row's folder once emptied. Before,
+    the manifest listed the row folder and the user's photo in it was deleted with it."""
+    out = tmp_path / "ev"
+    (out / "base").mkdir(parents=True)
+    (out / "old-row").mkdir()
+    for f in ("base/00000.png", "base/00001.png", "old-row/00000.png", "summary.csv"):
+        (out / f).write_text("earlier run")
+    (out / "base" / "my_photo.png").write_text("the user's")
+    (out / MANIFEST).write_text(json.dumps({"command": "evaluate", "files": [
+        "base/00000.png", "base/00001.png", "old-row/00000.png", "summary.csv", MANIFEST]}))
+    staged = StagedDir(out)
+    staged.open()
+    (staged.path / "base").mkdir()
+    (staged.path / "base" / "00000.png").write_text("this run")
+    (staged.path / "summary.csv").write_text("this run")
+    staged.commit()
+    assert (out / "base" / "my_photo.png").read_text() == "the user's"
+    assert (out / "base" / "00000.png").read_text() == "this run" and (out / "summary.csv").read_text() == "this run"
+    assert not (out / "base" / "00001.png").exists()  # the earlier run's, not written again
+    assert not (out / "old-row").exists()  # emptied of the earlier run's files, so gone
+
+
+def test_evaluate_refuses_a_folder_holding_the_user_s_summary_before_sampling(tmp_path, capsys):
+    """It said "Pass --overwrite", then with --overwrite sampled everything and refused at the end."""
+    from r0kit.cli import main
+
+    out = tmp_path / "ue"
+    out.mkdir()
+    (out / "summary.csv").write_text("the user's")
+    for extra in ([], ["--overwrite"]):
+        assert main(["evaluate", "r0kit-mini@1", "-r", "contrast", "-o", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "holds summary.csv, which no r0kit run lists" in err and "Pass --overwrite" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]

@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     check_option_devices(options, lambda key: f"reward option {key}")
     prompts = read_prompts(args.prompts_file) if args.prompts_file is not None else None
-    out = check_output_dir(args.output, "--output", overwrite=args.overwrite)
+    # the tables are the outputs every evaluation writes: a folder holding ones no run wrote is refused
+    # now, not after the sampling (the row folders, named by label, are checked when the files are placed)
+    out = check_output_dir(args.output, "--output", overwrite=args.overwrite, outputs=("evaluation.csv", "summary.csv"))
     staged = StagedDir(out)
     staged.open()
     try:
@@ -106,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         status = "interrupted" if result.interrupted else "failed" if result.error is not None else "complete"
-        files = sorted(p.name for p in staged.path.iterdir())
+        # every file, not only the top-level entries: a later --overwrite then replaces exactly these,
+        # and keeps what the user put beside them inside the row folders (StagedDir.commit)
+        files = sorted(p.relative_to(staged.path).as_posix() for p in staged.path.rglob("*") if p.is_file())
         write_json(staged.path / MANIFEST, {"command": "evaluate", "argv": getattr(args, "argv", None), "status": status,
                                             "rows": [r.label for r in result.rows], "not_done": result.not_done,
                                             "files": sorted(files + [MANIFEST])})

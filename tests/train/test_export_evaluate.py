@@ -103,6 +103,11 @@ def test_evaluate_end_to_end(tiny_sd, tiny_model, tmp_path, capsys):
     assert summary["R0"]["colorfulness"] != summary["base"]["colorfulness"]
     for label in ("R0", "base", "images"):
         assert (out / f"grid-{label}.png").is_file()
+    # the manifest lists each file, row folders' included, so that --overwrite replaces only those
+    import json
+
+    listed = json.loads((out / "r0kit-run.json").read_text())["files"]
+    assert "summary.csv" in listed and any(f.startswith("R0/") and f.endswith(".png") for f in listed)
     # the image-folder row scores exactly what score_folder scores
     from r0kit.score import score_folder
 

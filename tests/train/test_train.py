@@ -265,3 +265,27 @@ def test_the_tiny_model_name_builds_its_pipeline_once(tmp_path, monkeypatch):
     assert (tmp_path / "r0kit" / "tiny-sd" / "model_index.json").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in (tmp_path / "r0kit").iterdir()) == ["tiny-sd"]  # no build leftovers
     assert resolve_tiny_model("stabilityai/sd-turbo") == "stabilityai/sd-turbo"
+
+
+def test_overwrite_keeps_the_user_s_files_inside_a_run_s_folders(tiny_sd, tmp_path, capsys):
+    """--overwrite replaced a run's samples/ and export/ whole, deleting the photo a user had put there
+    although the help says it never deletes files the earlier run did not write. The manifest of a run
+    that ended lists each file it wrote; a folder holding others is refused before anything moves."""
+    import json
+
+    from r0kit.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "train_tiny", "--model", str(tiny_sd), "-o", str(out), "--no-progress", "--steps", "10"]
+    assert main(args) == 0
+    written = json.loads((out / "r0kit-run.json").read_text())["written"]
+    assert "export/kstep.json" in written and any(w.startswith("checkpoints/step-0000010/") for w in written)
+    (out / "samples" / "my_photo.png").write_text("the user's")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "holds samples/my_photo.png, which the earlier run did not write" in err and "nothing was changed" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    (out / "samples" / "my_photo.png").unlink()
+    assert main([*args, "--overwrite"]) == 0
+    assert "written" in json.loads((out / "r0kit-run.json").read_text())
