@@ -26,7 +26,7 @@ import sys
 import threading
 import warnings
 
-from r0kit.errors import R0kitError, R0kitWarning
+from r0kit.errors import R0kitError, R0kitWarning, describe_failure, is_out_of_memory
 
 COMMANDS: tuple[str, ...] = (
     "r0kit.commands.plugins",
@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        if is_out_of_memory(exc):
+            print(f"r0kit: error: {describe_failure(exc)}", file=sys.stderr)
+            return 2
         print(
             f"r0kit: error: {type(exc).__name__}: {exc}\n"
             "This is a bug in r0kit or a plugin: rerun with R0KIT_TRACEBACK=1 to see where, and report it.",

@@ -66,14 +66,21 @@ class RunError(R0kitError):
     the original exception is ``__cause__``."""
 
 
+#: How torch's CPU allocator says it failed (a ``RuntimeError``, not a ``MemoryError``; c10/core/CPUAllocator.cpp).
+_CPU_ALLOCATOR_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for ``torch.OutOfMemoryError`` (a device ran out) or ``MemoryError`` (the host did).
+    """True for ``torch.OutOfMemoryError`` (a device ran out), ``MemoryError`` or torch's CPU allocator's
+    ``RuntimeError`` (the host did).
 
     Does not import torch: an exception cannot be torch's unless torch is loaded.
     """
     import sys
 
     if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _CPU_ALLOCATOR_FAILURES):
         return True
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(exc, torch.OutOfMemoryError)

@@ -153,12 +153,17 @@ def source_kind(source: str) -> str:
         return "generator"
     if p.is_dir() and (p / "model_index.json").is_file():
         return "base"
+    if p.is_dir() and (p / "export").is_dir() and export_entry(p / "export") is not None:
+        raise InputError(f"{source!r} is a training run's folder; pass its exported generator, {str(p / 'export')!r}")
     if p.is_dir():
         _check_not_an_unloaded_export(p)
         return "images"
     if p.exists():
         raise InputError(f"{source!r} is a file; pass an exported generator folder, a pipeline folder or a folder of images")
     if "/" in source and not source.startswith((".", "/")):
+        if p.parent.is_dir():  # 'run9/export' where ./run9 exists: a local path with a typo, not a hub id
+            raise InputError(f"{source!r} does not exist (there is a local folder {str(p.parent)!r}, so it is read as a path, "
+                             f"not a hub id); pass an exported generator folder, a pipeline folder or a folder of images")
         return "base"  # a hub id
     raise InputError(f"{source!r} does not exist; pass an exported generator folder, a pipeline folder, a hub id or a folder of images")
 
@@ -355,6 +360,9 @@ def evaluate(
     labels = list(labels) if labels else []
     if len(labels) > len(sources):
         raise OptionError(f"got {len(labels)} --label(s) for {len(sources)} source(s); give at most one per source")
+    blank = [i + 1 for i, label in enumerate(labels) if not isinstance(label, str) or not label.strip()]
+    if blank:
+        raise OptionError(f"--label number {', '.join(map(str, blank))} is empty; a label names its row in the table and its folder")
     # Every source is checked before any model loads: a bad third source must not cost two samplings.
     parsed, kinds = check_sources(sources, prompts)
     if names:

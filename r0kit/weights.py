@@ -103,7 +103,8 @@ def _how_to_fetch(repo_id: str, filename: str | None, revision: str | None) -> s
     return (
         f"fetch it on a machine with network access with `hf download {target}{rev}` "
         "(it lands in the Hugging Face cache, ~/.cache/huggingface/hub, or $HF_HOME), "
-        "copy that cache here, or pass the local path explicitly"
+        "copy that cache here, or pass the local path explicitly "
+        f"({repo_id!r} was read as a hub id because no local folder of that name exists: check the path if you meant one)"
     )
 
 

@@ -130,3 +130,18 @@ def test_sigterm_ends_a_command_as_ctrl_c_does_and_the_handler_is_put_back(tmp_p
     assert main(["plugins"]) == 128 + signal.SIGTERM
     assert "r0kit: terminated (SIGTERM)" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_cpu_allocator_s_failure_is_out_of_memory_not_a_bug(monkeypatch, capsys):
+    """`evaluate --size 100000` ended in torch's "DefaultCPUAllocator: can't allocate memory", a
+    RuntimeError, reported as "a bug in r0kit"; it is an out-of-memory with advice."""
+    from r0kit.commands import plugins as plugins_cmd
+
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 10000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(plugins_cmd, "run", allocate)
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "lower the batch size or the image size" in err and "bug" not in err

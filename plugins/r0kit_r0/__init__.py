@@ -66,6 +66,11 @@ def check_eta_range(eta: Any) -> tuple[float, float]:
     return _check_eta_range(eta, "kstep: eta")
 
 
+#: The largest image side kstep samples, in pixels: 8x FLUX's and SDXL's 1024 px native size. Above it a
+#: model's attention alone would need terabytes; refusing at once beats minutes of allocation first.
+MAX_SIDE = 8192
+
+
 class KStepGenerator:
     """A K-step generator initialized from a pretrained diffusion model, trainable by LoRA or in full.
 
@@ -121,8 +126,9 @@ class KStepGenerator:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise OptionError(f"kstep: steps (K) must be an int >= 1, got {steps!r}")
         for label, v in (("height", height), ("width", width)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8):
-                raise OptionError(f"kstep: {label} must be an int >= 8 (or unset for the model's native size), got {v!r}", option=label)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 8 <= v <= MAX_SIDE):
+                raise OptionError(f"kstep: {label} must be an int from 8 to {MAX_SIDE} (or unset for the model's native size), "
+                                  f"got {v!r}", option=label)
         # the one rule (r0kit.diffusion.check_guidance_scale): 0 and 1 both mean none, as in diffusers
         self.guidance_scale = check_guidance_scale(guidance_scale, "kstep: guidance_scale")
         if train not in ("lora", "full", "none"):

@@ -312,3 +312,25 @@ def test_an_export_whose_plugin_is_not_loaded_is_named_not_read_as_images(tiny_m
     (tmp_path / "imgs" / "meta.json").write_text("{}")
     (tmp_path / "imgs" / "0.png").write_bytes(b"")
     assert source_kind(str(tmp_path / "imgs")) == "images"
+
+
+def test_a_run_folder_and_a_mistyped_local_path_are_named(tiny_model, tmp_path, monkeypatch):
+    """`evaluate run1` (the run, not its export) said to load a plugin; `evaluate run1/exprt` was taken
+    for a hub id and waited on the network."""
+    from r0kit.errors import InputError
+    from r0kit.evaluate import source_kind
+
+    kstep(tiny_model, steps=2, train="lora").export(tmp_path / "run1" / "export")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"'run1' is a training run's folder; pass its exported generator, 'run1/export'"):
+        source_kind("run1")
+    with pytest.raises(InputError, match=r"'run1/exprt' does not exist \(there is a local folder 'run1'"):
+        source_kind("run1/exprt")
+    assert source_kind("run1/export") == "generator"
+    assert source_kind("some-org/some-model") == "base"  # a hub id stays one
+
+
+def test_a_hub_miss_says_the_id_was_read_as_a_hub_id():
+    from r0kit.weights import _how_to_fetch
+
+    assert "'run9/export' was read as a hub id because no local folder of that name exists" in _how_to_fetch("run9/export", None, None)
