@@ -243,16 +243,25 @@ def check_sources(sources: Sequence[str], prompts: list[str] | None) -> tuple[li
     return parsed, kinds
 
 
-def check_metric_needs(metrics: dict[str, Any], *, seeds: int, prompts: int) -> None:
+def check_metric_needs(metrics: dict[str, Any], *, seeds: int, prompts: int, prompt_list: Sequence[str] = ()) -> None:
     """Refuse, before any sampling, metrics a generated row cannot feed.
 
     A metric object may declare ``min_images_per_prompt`` (diversity across seeds: 2) and
     ``min_images`` (FID's covariance: 2); a generated row holds ``seeds`` images of each of
-    ``prompts`` prompts.
+    ``prompts`` prompts. A metric that judges only some prompts (the mini world's judge reads
+    its own grammar) may define ``check_prompts(prompts)``, raising :class:`InputError`; it is
+    called with ``prompt_list``.
 
     :raises OptionError: naming the metric and the ``--seeds`` it needs.
+    :raises InputError: naming the metric and a prompt it cannot judge.
     """
     for name, (_, metric) in metrics.items():
+        check = getattr(metric, "check_prompts", None)
+        if prompt_list and callable(check):
+            try:
+                check(list(prompt_list))
+            except InputError as exc:
+                raise InputError(f"metric {name!r}: {exc}") from None
         per_prompt = int(getattr(metric, "min_images_per_prompt", 1))
         if seeds < per_prompt:
             raise OptionError(f"metric {name!r} needs {per_prompt} images of each prompt; evaluate with --seeds {per_prompt} or more")
@@ -283,7 +292,7 @@ def check_training_evaluation(cfg: Any) -> None:
         host = get_host()
         for name in ev.held_out:
             host.rewards.get(name)
-        check_metric_needs(build_metrics(ev.metrics, ev.metric_options), seeds=ev.seeds, prompts=len(prompts))
+        check_metric_needs(build_metrics(ev.metrics, ev.metric_options), seeds=ev.seeds, prompts=len(prompts), prompt_list=prompts)
     except R0kitError as exc:
         raise ConfigError(f"the config's [evaluate] table, checked before training: {exc}") from None
 
@@ -371,7 +380,7 @@ def evaluate(
         raise OptionError(f"--reward-option names reward(s) {sorted(reward_options)} that no --reward selects")
     built_metrics = build_metrics(metrics, metric_options)
     if any(kind != "images" for kind in kinds):
-        check_metric_needs(built_metrics, seeds=seeds, prompts=len(prompts or []))
+        check_metric_needs(built_metrics, seeds=seeds, prompts=len(prompts or []), prompt_list=prompts or ())
     terms = build_rewards(names, reward_options) if names else []
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

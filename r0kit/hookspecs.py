@@ -112,7 +112,10 @@ def r0kit_register_metrics(register: RegisterComponent) -> None:
 
     A metric may declare what it needs as attributes, checked before any sampling
     (:func:`r0kit.evaluate.check_metric_needs`): ``min_images_per_prompt`` (a
-    diversity across seeds: 2) and ``min_images`` (FID: 2). The factory should
+    diversity across seeds: 2) and ``min_images`` (FID: 2), and a metric that
+    judges only some prompts may define ``check_prompts(prompts)``, raising
+    InputError for one it cannot judge (the mini world's judge reads its own
+    grammar). The factory should
     check its option values itself and raise :class:`r0kit.OptionError`.
 
     :param register: the callback that records one metric.

@@ -107,7 +107,8 @@ def diversity(feats: torch.Tensor, prompts: Sequence[str]) -> float:
         n = len(idx)
         per_prompt.append(float((1 - sim)[~torch.eye(n, dtype=torch.bool)].mean()))
     if not per_prompt:
-        raise InputError("diversity needs at least two images (seeds) of one prompt; evaluate with --seeds 2 or more")
+        raise InputError("diversity needs at least two images (seeds) of one prompt: evaluate generators and models "
+                         "with --seeds 2 or more; an image folder needs two or more images with the same prompt")
     return sum(per_prompt) / len(per_prompt)
 
 

@@ -205,6 +205,8 @@ COMMANDS = [
     C("evaluate-size-off-the-vae-grid", 4, "evaluate r0kit-mini@1 -r colorfulness --prompts-file prompts.txt --size 33 -o ev",
       "--size 33 does not fit 'r0kit-mini'", "multiple of 4"),
     C("evaluate-empty-label", 4, ["evaluate", "imgs", "-r", "contrast", "--label", " ", "-o", "ev"], "--label number 1 is empty"),
+    C("evaluate-geneval-foreign-prompt", 4, "evaluate r0kit-mini@1 -m mini_geneval --prompts-file prompts.txt -o ev",
+      "metric 'mini_geneval': mini_geneval judges only the mini world's prompts"),
     C("evaluate-size-huge", 4, "evaluate r0kit-mini@1 -r colorfulness --prompts-file prompts.txt --size 100000 -o ev",
       "--size 100000 does not fit 'r0kit-mini'", "from 8 to 8192"),
     C("new-plugin-under-file", 1, "new-plugin sharp -o f/pkg", "'f' is a file"),

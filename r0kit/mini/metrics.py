@@ -15,11 +15,36 @@ from r0kit.mini import judge as J
 from r0kit.mini import world as W
 
 
+def check_world_prompts(prompts: Sequence[str], metric: str) -> None:
+    """Refuse prompts the world's grammar does not produce: the judge reads what a prompt states from it.
+
+    :raises InputError: naming the first such prompt and where the world's prompts are.
+    """
+    from r0kit.errors import InputError
+
+    for p in dict.fromkeys(prompts):
+        try:
+            W.parse_prompt(p)
+        except ValueError as exc:
+            raise InputError(
+                f"{metric} judges only the mini world's prompts (r0kit/mini/prompts/heldout.txt, train.txt), "
+                f"and {p!r} is not one: {exc}"
+            ) from None
+
+
 class GenEval:
     """Per-check accuracy of :func:`r0kit.mini.judge.check` over the images: ``geneval`` (all checks
-    of a prompt pass) and ``geneval/<check>`` for each check some prompt states."""
+    of a prompt pass) and ``geneval/<check>`` for each check some prompt states.
+
+    :raises InputError: a prompt the world's grammar does not produce (:meth:`check_prompts`, also
+    called before any sampling by :func:`r0kit.evaluate.check_metric_needs`).
+    """
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        check_world_prompts(prompts, "mini_geneval")
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        self.check_prompts(prompts)
         acc = J.accuracy(J.score(list(prompts), images))
         out = {"geneval": acc["correct"]}
         out.update({f"geneval/{k}": v for k, v in acc.items() if k != "correct" and v == v})
@@ -50,9 +75,13 @@ class FID(_Features):
         super().__init__(model, device)
         self.per_prompt, self.seed = per_prompt, seed
 
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        check_world_prompts(prompts, "mini_fid")
+
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
         from r0kit.metrics import frechet_distance
 
+        self.check_prompts(prompts)
         rng = np.random.default_rng(self.seed)
         unique = sorted(set(prompts))  # the reference set depends on which prompts, not on their order
         scenes = [W.scene_for_prompt(p, rng) for p in unique for _ in range(self.per_prompt)]
