@@ -57,7 +57,8 @@ def _print_table(host: Any) -> None:
             table.add_row(e.name, e.kind, e.plugin, st.version if st else "?", "ok")
     for st in host.statuses.values():
         if not st.ok:
-            reason = (st.error.splitlines() or [""])[0][:120]
+            # the first line only (a repr'd exception holds its newlines escaped), --verbose has the rest
+            reason = st.error.replace("\\n", "\n").split("\n")[0][:120]
             table.add_row("-", "-", st.name, st.version, f"failed: {reason}", style="red")
     for name in host.blocked:
         table.add_row("-", "-", name, "", "not loaded: R0KIT_LOAD_PLUGINS leaves it out", style="yellow")
