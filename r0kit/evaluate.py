@@ -616,6 +616,9 @@ def evaluate_training(cfg: Any, export: str | Path, *, progress: bool = False) -
     log = Path(cfg.output) / "logs" / "train" / "metrics.csv"
     if log.is_file():
         written.append(plot_training_curves(log, out / "curves.png", [*rewards, "loss"]))
+    from r0kit.train import record_written
+
+    record_written(cfg.output, out.name)  # the run's manifest owns its evaluation/ too
     return result, written
 
 

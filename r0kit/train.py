@@ -617,7 +617,10 @@ class _TrainProgress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True)
+        import sys
+
+        # a pipe or file has no width: rich would take 80 columns and wrap each logged line mid-field
+        self.console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=100_000)
         self.labels = labels
         self._p = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("<"),
@@ -645,7 +648,23 @@ def _line(step: int, total: int, values: dict[str, float], labels: list[str], ra
 
 
 #: What a training run writes at the top of its output folder.
-TRAIN_OUTPUTS = ("checkpoints", "logs", "samples", "export")
+TRAIN_OUTPUTS = ("checkpoints", "logs", "samples", "export", "evaluation")
+
+
+def record_written(output: str | Path, name: str) -> None:
+    """Add every file under ``output/name`` to the ``written`` list of the run's manifest (the
+    ``[evaluate]`` table's outputs, written after the run itself ended), so that a later
+    ``--overwrite`` replaces them rather than refusing them as the user's."""
+    from r0kit.checks import MANIFEST
+    from r0kit.io import read_manifest, write_json
+
+    manifest = read_manifest(output)
+    if not isinstance(manifest.get("written"), list):
+        return
+    root = Path(output)
+    files = sorted(f.relative_to(root).as_posix() for f in (root / name).rglob("*") if not f.is_dir())
+    manifest["written"] = sorted(set(manifest["written"]) | set(files))
+    write_json(root / MANIFEST, manifest)
 
 
 def train(

@@ -62,6 +62,10 @@ def add_output(p: argparse.ArgumentParser, *, default: Path | None, what: str, r
     )
 
 
+#: Wider than this, a table printed to a file or pipe is turned (a row per column) rather than one long line.
+READABLE_WIDTH = 160
+
+
 def table_console():
     """The rich Console a command prints its tables to: the terminal's width, or no limit when stdout
     is a file or a pipe (rich would otherwise take 80 columns and cut every wider cell to an ellipsis)."""

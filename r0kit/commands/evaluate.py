@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import add_output, describe, int_at_least, key_values, table_console
+from r0kit.commands._common import READABLE_WIDTH, add_output, describe, int_at_least, key_values, table_console
 
 
 def add_parser(sub) -> None:
@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
                    help="a set-level metric (repeatable): fid, mini_geneval, mini_fid, mini_diversity, ... (r0kit plugins)")
     p.add_argument("--metric-option", "-M", action="append", default=[], metavar="METRIC.KEY=VALUE",
                    help="a metric option; VALUE is read as TOML (fid.reference='ref/')")
-    p.add_argument("--train-config", type=Path, help="take the trained rewards (and options) from this training TOML")
+    p.add_argument("--train-config", type=Path,
+                   help="take the trained rewards (and options) from this training TOML, or a train preset's name (mini)")
     p.add_argument("--label", action="append", default=[], help="row label of each source, in order")
     p.add_argument("--steps", type=int_at_least(1), default=25, help="sampling steps for base models (default 25)")
     p.add_argument(
@@ -51,6 +52,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _train_config(path: Path) -> Path:
+    """``--train-config``: a TOML file, or the name of a train preset (``mini``).
+
+    :raises ConfigError: neither, naming the flag and the presets.
+    """
+    from r0kit.commands.optimize import preset_names, preset_path
+    from r0kit.errors import ConfigError
+
+    if path.exists():
+        return path
+    if path.name == str(path) and not path.suffix and str(path) in preset_names("train"):
+        return preset_path(str(path), "train")
+    raise ConfigError(f"--train-config {str(path)!r} does not exist; pass a training TOML, or a train preset's name "
+                      f"({', '.join(preset_names('train'))})")
+
+
 def run(args: argparse.Namespace) -> int:
     from r0kit.checks import MANIFEST, check_device, check_output_dir
     from r0kit.commands._common import check_option_devices, quiet_library_progress
@@ -64,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     rewards = list(args.reward)
     options: dict = {}
     if args.train_config is not None:
+        args.train_config = _train_config(args.train_config)
         obj = parse_objective(load_toml(args.train_config).get("objective", {}), str(args.train_config))
         for label, t in obj.rewards.items():
             name = t.name or label
@@ -119,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         staged.discard()
         raise
     console = table_console()
-    console.print(result.table(console.width))
+    console.print(result.table(min(console.width, READABLE_WIDTH)))
     for note in result.notes:
         print(note)
     print(f"wrote evaluation.csv, summary.csv and {len(result.rows)} grid image(s) under {out}")

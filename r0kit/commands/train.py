@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from r0kit.commands._common import (
+    READABLE_WIDTH,
     add_output,
     add_reward_options,
     apply_reward_options,
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
         evaluation, files = evaluate_training(cfg, result.export, progress=not args.no_progress)
         console = table_console()
-        console.print(evaluation.table(console.width))
+        console.print(evaluation.table(min(console.width, READABLE_WIDTH)))
         for note in evaluation.notes:
             print(note)
         print("wrote " + ", ".join(str(f) for f in [evaluation.summary_csv, *files]))

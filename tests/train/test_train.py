@@ -289,3 +289,24 @@ def test_overwrite_keeps_the_user_s_files_inside_a_run_s_folders(tiny_sd, tmp_pa
     (out / "samples" / "my_photo.png").unlink()
     assert main([*args, "--overwrite"]) == 0
     assert "written" in json.loads((out / "r0kit-run.json").read_text())
+
+
+def test_the_evaluate_table_s_outputs_belong_to_the_run(tiny_sd, tmp_path, capsys):
+    """The [evaluate] table writes evaluation/ after the run: no manifest listed it, so --overwrite
+    refused it as the user's, and a run without one left a stale evaluation/ beside its new export."""
+    import json
+    from importlib import resources
+
+    from r0kit.cli import main
+
+    text = (resources.files("r0kit") / "presets" / "train_tiny.toml").read_text()
+    config = tmp_path / "t.toml"
+    config.write_text(text.replace('model = "r0kit:tiny-sd"', f'model = "{tiny_sd}"').replace("steps = 20", "steps = 4")
+                      + '\n[evaluate]\nprompts = ["a red apple", "a blue car"]\nseeds = 1\n')
+    out = tmp_path / "run"
+    args = ["train", "--config", str(config), "-o", str(out), "--no-progress"]
+    assert main(args) == 0
+    manifest = json.loads((out / "r0kit-run.json").read_text())
+    assert "evaluation" in manifest["files"] and "evaluation/summary.csv" in manifest["written"]
+    assert main([*args, "--overwrite"]) == 0, capsys.readouterr().err
+    assert (out / "evaluation" / "summary.csv").is_file()
