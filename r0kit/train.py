@@ -721,6 +721,11 @@ def train(
     ckpt_path = resolve_resume(resume, output)
     resume_state = read_checkpoint_state(ckpt_path) if ckpt_path is not None else None
     start_step = int(resume_state["step"]) if resume_state else 0
+    if start_step >= cfg.steps:
+        raise ConfigError(
+            f"{str(ckpt_path)!r} is at step {start_step}, and the run trains {cfg.steps} steps: there is nothing left "
+            f"to train; pass --steps N with N above {start_step} to train further"
+        )
     check_output_dir(output, "output", overwrite=overwrite, resume=resume is not None, resume_hint=resume_hint(output),
                      outputs=TRAIN_OUTPUTS)
     check_objective(cfg.objective, source, origins)  # a reward option's typo is found before anything loads

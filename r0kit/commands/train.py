@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
                   "continue with --resume latest", file=sys.stderr)
         return 130
     where_ckpt = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
-    print(f"trained to step {result.step}; {where_ckpt}" + (f"; export {result.export}" if result.export else ""))
+    print(f"trained to step {result.step}; {where_ckpt}" + (f"; export {result.export}" if result.export else "")
+          + (f"; {cfg.steps - result.step} steps to go: continue with --resume latest" if result.step < cfg.steps else ""))
     if cfg.evaluate is not None and result.export is not None:
         from r0kit.evaluate import evaluate_training
 

@@ -225,11 +225,18 @@ weight = 0.5
 weight = 0.01
 """)
     assert main(["train", "--config", str(toml), "--max-steps", "2"]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "step 2/3" in err and "colorfulness" in err and "contrast" in err and "weight_l2" in err and "loss" in err
+    assert "1 steps to go: continue with --resume latest" in captured.out  # --max-steps stopped short: say how on
     assert main(["train", "--config", str(toml), "--resume", "latest", "-R", "contrast.weight=0.5"]) == 0
     out = capsys.readouterr().out
-    assert "trained to step 3" in out and (tmp_path / "out" / "export" / "kstep.json").is_file()
+    assert "trained to step 3" in out and "to go" not in out and (tmp_path / "out" / "export" / "kstep.json").is_file()
+    # resuming a finished run has nothing to train: it said "trained to step 3" and did nothing
+    before = json.loads((tmp_path / "out" / "r0kit-run.json").read_text())
+    assert main(["train", "--config", str(toml), "--resume", "latest"]) == 2
+    assert "is at step 3, and the run trains 3 steps" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "r0kit-run.json").read_text()) == before
     # the run's manifest records its command line, as every command's does
     manifest = json.loads((tmp_path / "out" / "r0kit-run.json").read_text())
     assert manifest["argv"] == ["train", "--config", str(toml), "--resume", "latest", "-R", "contrast.weight=0.5"]
