@@ -77,6 +77,17 @@ class Evaluation:
     not_done: list[str] = field(default_factory=list)
 
     metrics: list[str] = field(default_factory=list)
+    #: Metric outputs where lower is better (FID), as their metrics declare; rewards and every other
+    #: output are higher-is-better.
+    lower_is_better: set[str] = field(default_factory=set)
+
+    def best(self, key: str) -> float | None:
+        """The best value of column ``key`` over the rows (lowest for :attr:`lower_is_better`, else highest);
+        ``None`` when no row has a finite value, or fewer than two rows."""
+        values = [v for v in (self.value(r, key) for r in self.rows) if math.isfinite(v)]
+        if len(self.rows) < 2 or not values:
+            return None
+        return min(values) if key in self.lower_is_better else max(values)
 
     def columns(self) -> list[tuple[str, str, float]]:
         """``(key, title, multiplier)`` of every table column: rewards in R0's units, held-out ones
@@ -102,27 +113,49 @@ class Evaluation:
             metric, one column per model. Cells never end in an ellipsis: where even the turned table
             is too wide, they wrap.
         """
-        from rich.console import Console
         from rich.table import Table
 
         cols = self.columns()
         starred = any(title.endswith("*") for _, title, _ in cols)
-        caption = "* held out (not trained on): a reward-hacking indicator" if starred else None
+        notes = ["* held out (not trained on): a reward-hacking indicator"] if starred else []
+        if len(self.rows) > 1:
+            lower = sorted(k for k, _, _ in cols if k in self.lower_is_better)
+            notes.append("bold: the best of each " + ("row" if width is not None and self._turn(cols, width) else "column")
+                         + (f" (lowest for {', '.join(lower)}; highest for the rest)" if lower else " (highest)"))
+        caption = "\n".join(notes) or None
+
+        def cell(row: EvalRow, key: str, k: float) -> str:
+            v = self.value(row, key)
+            return f"[bold]{_fmt(v * k)}[/bold]" if v == self.best(key) else _fmt(v * k)
+
         t = Table(title="evaluation", caption=caption)
         t.add_column("model", overflow="fold")
         for _, title, _ in cols:
             t.add_column(title, justify="right", overflow="fold")
         for row in self.rows:
-            t.add_row(row.label, *(_fmt(self.value(row, key) * k) for key, _, k in cols))
-        if width is None or Console(width=100_000).measure(t).maximum <= width:
+            t.add_row(row.label, *(cell(row, key, k) for key, _, k in cols))
+        if width is None or not self._turn(cols, width):
             return t
         turned = Table(title="evaluation", caption=caption)
         turned.add_column("", overflow="fold")
         for row in self.rows:
             turned.add_column(row.label, justify="right", overflow="fold")
         for key, title, k in cols:
-            turned.add_row(title, *(_fmt(self.value(row, key) * k) for row in self.rows))
+            turned.add_row(title, *(cell(row, key, k) for row in self.rows))
         return turned
+
+    def _turn(self, cols: list[tuple[str, str, float]], width: int) -> bool:
+        """Whether R0's shape (a column per reward and metric) is wider than ``width`` characters."""
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="evaluation")
+        t.add_column("model")
+        for _, title, _ in cols:
+            t.add_column(title, justify="right")
+        for row in self.rows:
+            t.add_row(row.label, *(_fmt(self.value(row, key) * k) for key, _, k in cols))
+        return Console(width=100_000).measure(t).maximum > width
 
 
 def _fmt(v: float) -> str:
@@ -379,6 +412,8 @@ def evaluate(
     elif reward_options:
         raise OptionError(f"--reward-option names reward(s) {sorted(reward_options)} that no --reward selects")
     built_metrics = build_metrics(metrics, metric_options)
+    # outputs a metric declares lower-is-better (FID); the table marks each column's best by it
+    lower = {str(k) for _, m in built_metrics.values() for k in getattr(m, "lower_is_better", ())}
     if any(kind != "images" for kind in kinds):
         check_metric_needs(built_metrics, seeds=seeds, prompts=len(prompts or []), prompt_list=prompts or ())
     terms = build_rewards(names, reward_options) if names else []
@@ -396,9 +431,9 @@ def evaluate(
         if not rows:
             raise
         done = len(rows)
-        return _finish(out, rows, rewards, held, names, interrupted=isinstance(exc, KeyboardInterrupt),
+        return _finish(out, rows, rewards, held, names, lower_is_better=lower, interrupted=isinstance(exc, KeyboardInterrupt),
                        error=None if isinstance(exc, KeyboardInterrupt) else exc, not_done=[str(s) for s in sources[done:]])
-    return _finish(out, rows, rewards, held, names)
+    return _finish(out, rows, rewards, held, names, lower_is_better=lower)
 
 
 def _finish(out: Path, rows: list[EvalRow], rewards: list[str], held: list[str], names: list[str], **state: Any) -> Evaluation:

@@ -115,7 +115,8 @@ def r0kit_register_metrics(register: RegisterComponent) -> None:
     diversity across seeds: 2) and ``min_images`` (FID: 2), and a metric that
     judges only some prompts may define ``check_prompts(prompts)``, raising
     InputError for one it cannot judge (the mini world's judge reads its own
-    grammar). The factory should
+    grammar), and ``lower_is_better``, the output names where lower is better
+    (FID's ``("fid",)``), for the table's best-of-column mark. The factory should
     check its option values itself and raise :class:`r0kit.OptionError`.
 
     :param register: the callback that records one metric.

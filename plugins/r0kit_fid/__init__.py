@@ -38,6 +38,7 @@ def fid_metric(reference: str, weights: str | None = None, size: int = 299, batc
         return {"fid": frechet_distance(net, real, resize(images.float()), batch_size=batch_size)}
 
     metric.min_images = 2  # FID's covariance (see r0kit.evaluate.check_metric_needs)
+    metric.lower_is_better = ("fid",)  # a distance: the evaluation table marks the lowest as best
     return metric
 
 

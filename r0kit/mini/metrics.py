@@ -61,6 +61,8 @@ class FID(_Features):
 
     #: FID's covariance needs two generated images (see :func:`r0kit.evaluate.check_metric_needs`).
     min_images = 2
+    #: A distance: the evaluation table marks the lowest as best.
+    lower_is_better = ("fid",)
 
     def __init__(self, per_prompt: int = 8, seed: int = 0, model: str = "r0kit-mini-judge", device: str | None = None) -> None:
         """:raises OptionError: ``per_prompt`` not an int >= 1, or ``seed`` not an int >= 0."""

@@ -348,3 +348,31 @@ def test_train_config_takes_a_preset_name_and_names_itself_when_missing(tmp_path
     assert main(["evaluate", "imgs", "--train-config", "no/such.toml", "-o", "ev"]) == 2
     err = capsys.readouterr().err
     assert "--train-config 'no/such.toml' does not exist" in err and "mini" in err
+
+
+def test_the_table_marks_each_column_s_best_by_its_direction(tmp_path):
+    """A newcomer could not tell from the demo's table who won: the best of each column is bold, the
+    highest for rewards and accuracies, the lowest where the metric declares lower is better (FID)."""
+    from r0kit.evaluate import EvalRow, Evaluation
+
+    rows = [EvalRow("base@4", "base", {"hpsv2": 0.56}, {}, [], [], metrics={"fid": 4.2, "geneval": 0.075}),
+            EvalRow("base@25", "base", {"hpsv2": 0.59}, {}, [], [], metrics={"fid": 2.9, "geneval": 0.0625}),
+            EvalRow("R0", "generator", {"hpsv2": 0.60}, {}, [], [], metrics={"fid": 4.4, "geneval": 0.0625})]
+    ev = Evaluation(rows, ["hpsv2"], [], tmp_path / "e.csv", tmp_path / "s.csv", metrics=["fid", "geneval"],
+                    lower_is_better={"fid"})
+    t = ev.table(400)
+    cells = {col.header: list(col._cells) for col in t.columns}
+    assert cells["HPS ×100"] == ["56", "59", "[bold]60[/bold]"]
+    assert cells["fid*"] == ["4.2", "[bold]2.9[/bold]", "4.4"]  # lowest
+    assert cells["geneval*"] == ["[bold]0.075[/bold]", "0.0625", "0.0625"]
+    assert "bold: the best of each column (lowest for fid; highest for the rest)" in t.caption
+    turned = ev.table(20)
+    assert "best of each row" in turned.caption and "[bold]2.9[/bold]" in list(turned.columns[2]._cells)
+    # one row has nothing to compare
+    assert "bold" not in (Evaluation(rows[:1], ["hpsv2"], [], tmp_path / "e.csv", tmp_path / "s.csv").table(400).caption or "")
+
+
+def test_fid_metrics_declare_lower_is_better():
+    from r0kit.mini.metrics import FID
+
+    assert FID.lower_is_better == ("fid",)
