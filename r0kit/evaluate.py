@@ -468,7 +468,10 @@ def _evaluate_source(i, source, src_steps, kind, labels, used, prompts, names, t
     from r0kit.outputs import contact_sheet, save_png
     from r0kit.score import list_images, load_image, score_tensor
 
-    default = Path(str(source).rstrip("/")).name or str(source)
+    path = Path(str(source).rstrip("/"))
+    default = path.name or str(source)
+    if kind == "generator" and path.parent.name:  # a run's export: "run/export", as train's [evaluate] labels it
+        default = f"{path.parent.name}/{path.name}"
     label = labels[i] if i < len(labels) else (f"{default}@{src_steps}" if src_steps else default)
     # labels and their folder names are both unique: "a b" and "a/b" would share the folder a_b
     while label in used or _safe(label) in {_safe(u) for u in used}:

@@ -376,3 +376,13 @@ def test_fid_metrics_declare_lower_is_better():
     from r0kit.mini.metrics import FID
 
     assert FID.lower_is_better == ("fid",)
+
+
+def test_an_export_s_row_is_named_by_its_run(tiny_model, tmp_path):
+    """A standalone evaluate labelled a run's export "export", the demo's table "r0kit-demo/export":
+    the same generator now has the same row name both ways."""
+    from r0kit.evaluate import evaluate
+
+    export = kstep(tiny_model, steps=2, train="lora").export(tmp_path / "run1" / "export")
+    result = evaluate([str(export)], PROMPTS[:2], rewards=["colorfulness"], output=tmp_path / "ev", size=SIZE, device="cpu")
+    assert [r.label for r in result.rows] == ["run1/export"]
