@@ -113,49 +113,37 @@ class Evaluation:
             metric, one column per model. Cells never end in an ellipsis: where even the turned table
             is too wide, they wrap.
         """
+        from rich.console import Console
         from rich.table import Table
 
         cols = self.columns()
-        starred = any(title.endswith("*") for _, title, _ in cols)
-        notes = ["* held out (not trained on): a reward-hacking indicator"] if starred else []
-        if len(self.rows) > 1:
-            lower = sorted(k for k, _, _ in cols if k in self.lower_is_better)
-            notes.append("bold: the best of each " + ("row" if width is not None and self._turn(cols, width) else "column")
-                         + (f" (lowest for {', '.join(lower)}; highest for the rest)" if lower else " (highest)"))
-        caption = "\n".join(notes) or None
+        best = {key: self.best(key) for key, _, _ in cols}
 
         def cell(row: EvalRow, key: str, k: float) -> str:
             v = self.value(row, key)
-            return f"[bold]{_fmt(v * k)}[/bold]" if v == self.best(key) else _fmt(v * k)
+            return f"[bold]{_fmt(v * k)}[/bold]" if v == best[key] else _fmt(v * k)
 
-        t = Table(title="evaluation", caption=caption)
+        t = Table(title="evaluation")
         t.add_column("model", overflow="fold")
         for _, title, _ in cols:
             t.add_column(title, justify="right", overflow="fold")
         for row in self.rows:
             t.add_row(row.label, *(cell(row, key, k) for key, _, k in cols))
-        if width is None or not self._turn(cols, width):
-            return t
-        turned = Table(title="evaluation", caption=caption)
-        turned.add_column("", overflow="fold")
-        for row in self.rows:
-            turned.add_column(row.label, justify="right", overflow="fold")
-        for key, title, k in cols:
-            turned.add_row(title, *(cell(row, key, k) for row in self.rows))
-        return turned
-
-    def _turn(self, cols: list[tuple[str, str, float]], width: int) -> bool:
-        """Whether R0's shape (a column per reward and metric) is wider than ``width`` characters."""
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title="evaluation")
-        t.add_column("model")
-        for _, title, _ in cols:
-            t.add_column(title, justify="right")
-        for row in self.rows:
-            t.add_row(row.label, *(_fmt(self.value(row, key) * k) for key, _, k in cols))
-        return Console(width=100_000).measure(t).maximum > width
+        turn = width is not None and Console(width=100_000).measure(t).maximum > width
+        if turn:
+            t = Table(title="evaluation")
+            t.add_column("", overflow="fold")
+            for row in self.rows:
+                t.add_column(row.label, justify="right", overflow="fold")
+            for key, title, k in cols:
+                t.add_row(title, *(cell(row, key, k) for row in self.rows))
+        notes = ["* held out (not trained on): a reward-hacking indicator"] if any(title.endswith("*") for _, title, _ in cols) else []
+        if len(self.rows) > 1:
+            lower = sorted(k for k, _, _ in cols if k in self.lower_is_better)
+            notes.append(f"bold: the best of each {'row' if turn else 'column'}"
+                         + (f" (lowest for {', '.join(lower)}; highest for the rest)" if lower else " (highest)"))
+        t.caption = "\n".join(notes) or None
+        return t
 
 
 def _fmt(v: float) -> str:
@@ -512,13 +500,14 @@ def _evaluate_source(i, source, src_steps, kind, labels, used, prompts, names, t
 
 def _progress_bar(label: str, total: int):
     """A rich progress bar for one row's sampling; returns ``advance(n)``, closing itself when full."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from r0kit.outputs import console
 
     # on stderr, as train's bar is: stdout carries the table, which may be piped to a file;
     # the count and time come first so that a narrow terminal cuts the label, not them
     bar = Progress(MofNCompleteColumn(), TimeElapsedColumn(), BarColumn(), TextColumn(f"[bold]sampling {label}"),
-                   console=Console(stderr=True))
+                   console=console(stderr=True))
     task = bar.add_task(label, total=total)
     bar.start()
     done = 0

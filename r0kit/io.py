@@ -59,6 +59,15 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def files_under(root: str | os.PathLike, name: str = "") -> list[str]:
+    """Every file (or link) at or below ``root/name``, as sorted POSIX paths relative to ``root``: what a
+    manifest lists so that a later ``--overwrite`` replaces exactly those files."""
+    root = Path(root)
+    top = root / name if name else root
+    found = [top] if top.is_file() or top.is_symlink() else sorted(top.rglob("*")) if top.is_dir() else []
+    return [f.relative_to(root).as_posix() for f in found if not f.is_dir() or f.is_symlink()]
+
+
 class StagedDir:
     """An output folder whose files are written aside and moved into place when the run has results.
 
@@ -252,8 +261,8 @@ class ClaimedDir:
             self._old_written = {str(n) for n in old["written"]}
         if self.replace:
             check_replaceable(self.target, self.replace_names, "the output folder")
-            self._check_own_files_inside()
             listed = old.get("files")
+            self._check_own_files_inside([str(n) for n in listed] if isinstance(listed, list) else [])
             for name in [str(n) for n in listed] if isinstance(listed, list) else []:
                 src = self.target / name
                 if src.parent == self.target and (src.exists() or src.is_symlink()):
@@ -269,21 +278,17 @@ class ClaimedDir:
                 self._copied.append(rel)
         self._before = {p for p in self.target.rglob("*") if not _under(p, self.aside)}
 
-    def _check_own_files_inside(self) -> None:
-        """Refuse, before anything moves, to replace a listed folder that holds files the earlier run
+    def _check_own_files_inside(self, listed: list[str]) -> None:
+        """Refuse, before anything moves, to replace a ``listed`` folder that holds files the earlier run
         did not write (the user's photo in ``samples/``): the manifest's ``written`` names the files of a
         run that ended in-process; a manifest without it (a run killed outright) cannot tell them apart."""
         from r0kit.errors import ConfigError
 
         if self._old_written is None:
             return
-        listed = read_manifest(self.target).get("files")
-        foreign = []
-        for name in [str(n) for n in listed] if isinstance(listed, list) else []:
-            folder = self.target / name
-            if folder.parent == self.target and folder.is_dir() and not folder.is_symlink():
-                foreign += [f.relative_to(self.target).as_posix() for f in sorted(folder.rglob("*"))
-                            if not f.is_dir() and f.relative_to(self.target).as_posix() not in self._old_written]
+        folders = [n for n in listed if (self.target / n).parent == self.target and (self.target / n).is_dir()
+                   and not (self.target / n).is_symlink()]
+        foreign = [rel for n in folders for rel in files_under(self.target, n) if rel not in self._old_written]
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise ConfigError(
@@ -295,18 +300,10 @@ class ClaimedDir:
         """Every file now under ``names`` (top-level entries of ``target``) that a run wrote: this one's,
         and those the earlier run's manifest listed as written (a resumed run's); files that were there
         before this run and that no manifest lists are not. For the manifest's ``written`` list."""
-        out = []
-        for name in names:
-            root = self.target / name
-            files = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
-            for f in files:
-                if f.is_dir() or _under(f, self.aside):
-                    continue
-                rel = f.relative_to(self.target).as_posix()
-                if f in self._before and self._old_written is not None and rel not in self._old_written:
-                    continue
-                out.append(rel)
-        return out
+        def earlier_and_unlisted(rel: str) -> bool:
+            return self._old_written is not None and self.target / rel in self._before and rel not in self._old_written
+
+        return [rel for name in names for rel in files_under(self.target, name) if not earlier_and_unlisted(rel)]
 
     def keep(self) -> None:
         shutil.rmtree(self.aside, ignore_errors=True)

@@ -15,6 +15,18 @@ import torch
 from r0kit.io import atomic_path
 
 
+def console(*, stderr: bool = False):
+    """The rich Console r0kit prints tables and progress to: the terminal's width on a terminal, no
+    limit on a pipe or file (rich would take 80 columns there, cutting table cells to an ellipsis and
+    wrapping each logged line mid-field). ``stderr`` for progress bars and logged lines."""
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=100_000)
+
+
 def to_pil(image: torch.Tensor):
     from PIL import Image
 

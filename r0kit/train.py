@@ -614,13 +614,11 @@ class _TrainProgress:
     lines print above it (:attr:`console`)."""
 
     def __init__(self, start: int, end: int, labels: list[str]) -> None:
-        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        import sys
+        from r0kit.outputs import console
 
-        # a pipe or file has no width: rich would take 80 columns and wrap each logged line mid-field
-        self.console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=100_000)
+        self.console = console(stderr=True)
         self.labels = labels
         self._p = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("<"),
@@ -656,15 +654,13 @@ def record_written(output: str | Path, name: str) -> None:
     ``[evaluate]`` table's outputs, written after the run itself ended), so that a later
     ``--overwrite`` replaces them rather than refusing them as the user's."""
     from r0kit.checks import MANIFEST
-    from r0kit.io import read_manifest, write_json
+    from r0kit.io import files_under, read_manifest, write_json
 
     manifest = read_manifest(output)
     if not isinstance(manifest.get("written"), list):
         return
-    root = Path(output)
-    files = sorted(f.relative_to(root).as_posix() for f in (root / name).rglob("*") if not f.is_dir())
-    manifest["written"] = sorted(set(manifest["written"]) | set(files))
-    write_json(root / MANIFEST, manifest)
+    manifest["written"] = sorted(set(manifest["written"]) | set(files_under(output, name)))
+    write_json(Path(output) / MANIFEST, manifest)
 
 
 def train(

@@ -67,11 +67,19 @@ READABLE_WIDTH = 160
 
 
 def table_console():
-    """The rich Console a command prints its tables to: the terminal's width, or no limit when stdout
-    is a file or a pipe (rich would otherwise take 80 columns and cut every wider cell to an ellipsis)."""
-    from rich.console import Console
+    """The rich Console a command prints its tables to (:func:`r0kit.outputs.console`)."""
+    from r0kit.outputs import console
 
-    return Console() if sys.stdout.isatty() else Console(width=100_000)
+    return console()
+
+
+def print_evaluation(evaluation: Any) -> None:
+    """An :class:`r0kit.evaluate.Evaluation`'s table, turned where it is wider than the terminal (or than
+    :data:`READABLE_WIDTH` in a file), then its notes: what ``evaluate`` and ``train`` print."""
+    console = table_console()
+    console.print(evaluation.table(min(console.width, READABLE_WIDTH)))
+    for note in evaluation.notes:
+        print(note)
 
 
 def quiet_library_progress() -> None:

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import READABLE_WIDTH, add_output, describe, int_at_least, key_values, table_console
+from r0kit.commands._common import add_output, describe, int_at_least, key_values, print_evaluation
 
 
 def add_parser(sub) -> None:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from r0kit.config import load_toml, parse_objective, read_prompts
     from r0kit.errors import OptionError
     from r0kit.evaluate import evaluate
-    from r0kit.io import StagedDir, write_json
+    from r0kit.io import StagedDir, files_under, write_json
 
     if args.no_progress:
         quiet_library_progress()
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         status = "interrupted" if result.interrupted else "failed" if result.error is not None else "complete"
         # every file, not only the top-level entries: a later --overwrite then replaces exactly these,
         # and keeps what the user put beside them inside the row folders (StagedDir.commit)
-        files = sorted(p.relative_to(staged.path).as_posix() for p in staged.path.rglob("*") if p.is_file())
+        files = files_under(staged.path)
         write_json(staged.path / MANIFEST, {"command": "evaluate", "argv": getattr(args, "argv", None), "status": status,
                                             "rows": [r.label for r in result.rows], "not_done": result.not_done,
                                             "files": sorted(files + [MANIFEST])})
@@ -136,10 +136,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         staged.discard()
         raise
-    console = table_console()
-    console.print(result.table(min(console.width, READABLE_WIDTH)))
-    for note in result.notes:
-        print(note)
+    print_evaluation(result)
     print(f"wrote evaluation.csv, summary.csv and {len(result.rows)} grid image(s) under {out}")
     if result.interrupted or result.error is not None:
         from r0kit.errors import describe_failure

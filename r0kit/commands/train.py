@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from r0kit.commands._common import (
-    READABLE_WIDTH,
     add_output,
     add_reward_options,
     apply_reward_options,
@@ -27,7 +26,7 @@ from r0kit.commands._common import (
     describe,
     int_at_least,
     quiet_library_progress,
-    table_console,
+    print_evaluation,
 )
 
 
@@ -154,9 +153,6 @@ def run(args: argparse.Namespace) -> int:
         from r0kit.evaluate import evaluate_training
 
         evaluation, files = evaluate_training(cfg, result.export, progress=not args.no_progress)
-        console = table_console()
-        console.print(evaluation.table(min(console.width, READABLE_WIDTH)))
-        for note in evaluation.notes:
-            print(note)
+        print_evaluation(evaluation)
         print("wrote " + ", ".join(str(f) for f in [evaluation.summary_csv, *files]))
     return 0
