@@ -638,6 +638,8 @@ class _progress:
     def __init__(self, enabled: bool, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from r0kit.outputs import console
+
         self._p = Progress(
             TextColumn("[bold]optimize"),
             BarColumn(),
@@ -645,6 +647,7 @@ class _progress:
             TextColumn("objective {task.fields[mean]:+.4f}"),
             TimeElapsedColumn(),
             transient=False,
+            console=console(stderr=True),  # as train's and evaluate's: stdout holds what the run printed, maybe piped
         )
         self._task = self._p.add_task("optimize", total=total, mean=float("nan"))
         self._p.start()

@@ -145,3 +145,12 @@ def test_the_cpu_allocator_s_failure_is_out_of_memory_not_a_bug(monkeypatch, cap
     assert main(["plugins"]) == 2
     err = capsys.readouterr().err
     assert "out of memory" in err and "lower the batch size or the image size" in err and "bug" not in err
+
+
+def test_optimize_s_progress_bar_is_on_stderr_so_stdout_stays_its_json(tmp_path, monkeypatch, capsys):
+    """The bar went to stdout, where optimize prints its JSON summary for scripts that pipe it."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["optimize", "--steps", "3", "--seed", "7"]) == 0
+    captured = capsys.readouterr()
+    assert "optimize ━" in captured.err and "4/4" in captured.err  # steps 0 to 3
+    assert "━" not in captured.out and "objective_last" in json.loads(captured.out.strip().splitlines()[-1])
