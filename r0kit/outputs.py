@@ -141,6 +141,11 @@ def image_name(position: int, n_prompts: int) -> str:
     return "image.png" if n_prompts == 1 else f"image_{position:03d}.png"
 
 
+#: What every optimization run writes, whatever its prompts: a used output folder holding one of these
+#: that no run's manifest lists is refused before the run (:func:`r0kit.checks.check_output_dir`).
+OPTIMIZE_OUTPUTS = ("log.csv", "curves.png")
+
+
 def save_optimize_outputs(
     outdir: str | Path,
     result,
@@ -197,8 +202,9 @@ def save_optimize_outputs(
             files.append(save_png(outdir / name, result.images[i], meta))
             entry["image"] = name
         entries.append(entry)
-    files.append(write_history_csv(outdir / "log.csv", result.history, result.prompts))
-    files.append(plot_curves(outdir / "curves.png", result.history, title=objective))
+    log_csv, curves = OPTIMIZE_OUTPUTS
+    files.append(write_history_csv(outdir / log_csv, result.history, result.prompts))
+    files.append(plot_curves(outdir / curves, result.history, title=objective))
     kept = result.kept
     if n_prompts > 1 and kept:
         files.append(contact_sheet(outdir / "contact_sheet.png", result.images[kept]))

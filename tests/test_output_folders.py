@@ -263,3 +263,17 @@ def test_evaluate_refuses_a_folder_holding_the_user_s_summary_before_sampling(tm
         err = capsys.readouterr().err
         assert "holds summary.csv, which no r0kit run lists" in err and "Pass --overwrite" not in err
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
+
+
+def test_optimize_refuses_a_folder_holding_the_user_s_log_before_running(tmp_path, capsys):
+    """As evaluate did: it said "Pass --overwrite", then with --overwrite ran and refused at the end."""
+    from r0kit.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "log.csv").write_text("the user's")
+    for extra in ([], ["--overwrite"]):
+        assert main(["optimize", "--steps", "2", "--no-progress", "-o", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "holds log.csv, which no r0kit run lists" in err and "Pass --overwrite" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["log.csv"]

@@ -265,7 +265,9 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         logging.getLogger("r0kit.optimize").setLevel(logging.INFO)
     what = origins.get("output", f"output in {origins['<source>']}")
-    root = check_output_dir(cfg.output, what, overwrite=args.overwrite)
+    from r0kit.outputs import OPTIMIZE_OUTPUTS
+
+    root = check_output_dir(cfg.output, what, overwrite=args.overwrite, outputs=OPTIMIZE_OUTPUTS)
     shard = shard_prompts(cfg.prompts)
     outdir = root / f"rank{shard.rank}" if shard.distributed else root
     if shard.distributed:
