@@ -251,29 +251,19 @@ def test_a_manifest_listing_files_in_folders_replaces_exactly_those(tmp_path):
     assert not (out / "old-row").exists()  # emptied of the earlier run's files, so gone
 
 
-def test_evaluate_refuses_a_folder_holding_the_user_s_summary_before_sampling(tmp_path, capsys):
-    """It said "Pass --overwrite", then with --overwrite sampled everything and refused at the end."""
-    from r0kit.cli import main
-
-    out = tmp_path / "ue"
-    out.mkdir()
-    (out / "summary.csv").write_text("the user's")
-    for extra in ([], ["--overwrite"]):
-        assert main(["evaluate", "r0kit-mini@1", "-r", "contrast", "-o", str(out), *extra]) == 2
-        err = capsys.readouterr().err
-        assert "holds summary.csv, which no r0kit run lists" in err and "Pass --overwrite" not in err
-    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
-
-
-def test_optimize_refuses_a_folder_holding_the_user_s_log_before_running(tmp_path, capsys):
-    """As evaluate did: it said "Pass --overwrite", then with --overwrite ran and refused at the end."""
+@pytest.mark.parametrize("name, argv", [
+    ("summary.csv", ["evaluate", "r0kit-mini@1", "-r", "contrast"]),
+    ("log.csv", ["optimize", "--steps", "2", "--no-progress"]),
+])
+def test_a_folder_holding_the_user_s_run_output_is_refused_before_running(tmp_path, capsys, name, argv):
+    """evaluate and optimize said "Pass --overwrite", then with --overwrite ran and refused at the end."""
     from r0kit.cli import main
 
     out = tmp_path / "mine"
     out.mkdir()
-    (out / "log.csv").write_text("the user's")
+    (out / name).write_text("the user's")
     for extra in ([], ["--overwrite"]):
-        assert main(["optimize", "--steps", "2", "--no-progress", "-o", str(out), *extra]) == 2
+        assert main([*argv, "-o", str(out), *extra]) == 2
         err = capsys.readouterr().err
-        assert "holds log.csv, which no r0kit run lists" in err and "Pass --overwrite" not in err
-    assert sorted(p.name for p in out.iterdir()) == ["log.csv"]
+        assert f"holds {name}, which no r0kit run lists" in err and "Pass --overwrite" not in err
+    assert sorted(p.name for p in out.iterdir()) == [name]
