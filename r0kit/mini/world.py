@@ -15,7 +15,9 @@ background colour.
 Held-out split: the colour-shape pairs in :data:`HELD_OUT_PAIRS` never appear
 in a ``"train"`` scene. A ``"heldout"`` scene contains at least one of them, so
 evaluation on it measures compositional generalization: every word was seen in
-training, never in that combination.
+training, never in that combination. An ``"all"`` scene draws from every pair:
+the world's rewards, VAE and feature network learn from those, the base UNet
+only from ``"train"`` scenes (see :mod:`r0kit.mini.build`).
 
 Everything here is deterministic given a :class:`numpy.random.Generator`.
 """
@@ -72,7 +74,7 @@ HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
 _EXTENT = {"circle": 1.0, "square": 0.85 * math.sqrt(2), "triangle": math.hypot(1.0, 0.8), "diamond": 1.0}
 
 Kind = Literal["single", "relation", "count"]
-Split = Literal["train", "heldout"]
+Split = Literal["train", "heldout", "all"]
 KIND_WEIGHTS: dict[str, float] = {"single": 0.5, "relation": 0.3, "count": 0.2}
 
 
@@ -132,6 +134,11 @@ class Scene:
     @property
     def pairs(self) -> set[tuple[str, str]]:
         return {o.pair for o in self.objects}
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the scene shows a pair of :data:`HELD_OUT_PAIRS` (it is then no ``"train"`` scene)."""
+        return not self.pairs.isdisjoint(HELD_OUT_PAIRS)
 
 
 # ---------------------------------------------------------------------------
@@ -275,8 +282,8 @@ _SAMPLERS = {"single": _single, "relation": _relation, "count": _count}
 
 def sample_scene(rng: np.random.Generator, split: Split = "train", kind: Kind | None = None) -> Scene:
     """One random scene of ``split``; ``kind`` is drawn by :data:`KIND_WEIGHTS` when not given."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     if kind is None:
         kinds = list(KIND_WEIGHTS)
         kind = kinds[int(rng.choice(len(kinds), p=np.array(list(KIND_WEIGHTS.values())) / sum(KIND_WEIGHTS.values())))]
@@ -451,6 +458,7 @@ __all__ = [
     "Scene",
     "Statement",
     "DEGRADATIONS",
+    "attributes",
     "degrade",
     "contradicting_prompt",
     "evaluation_prompts",
@@ -462,6 +470,7 @@ __all__ = [
     "render_batch",
     "sample_scene",
     "scene_for_prompt",
+    "spatial_attribute",
     "vocabulary",
 ]
 
@@ -469,14 +478,8 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # wrong and degraded images (the negatives the preference and aesthetic models learn from)
 # ---------------------------------------------------------------------------
-def mutate(scene: Scene, rng: np.random.Generator, *, counts: Sequence[int] = (1, 2, 3, 4)) -> Scene:
-    """A scene that contradicts ``scene``'s prompt in one stated attribute (colour, shape, position,
-    size, count or relation), drawn on the same background.
-
-    :param counts: the object counts a wrong count is drawn from; ``(2, 3)`` keeps the mutated
-        scene describable by the grammar (its ``prompt`` is then a contradicting caption).
-    """
-    objs = list(scene.objects)
+def attributes(scene: Scene) -> list[str]:
+    """The attributes ``scene``'s prompt states, each one :func:`mutate` can contradict."""
     options = ["colour", "shape"]
     if scene.kind == "single":
         options += [k for k in ("position", "size") if k in scene.stated]
@@ -484,7 +487,30 @@ def mutate(scene: Scene, rng: np.random.Generator, *, counts: Sequence[int] = (1
         options.append("count")
     else:
         options.append("relation")
-    what = options[int(rng.integers(len(options)))]
+    return options
+
+
+def spatial_attribute(scene: Scene) -> str | None:
+    """``"position"`` or ``"relation"`` when ``scene``'s prompt states where things are, else None."""
+    return next((a for a in attributes(scene) if a in ("position", "relation")), None)
+
+
+def mutate(
+    scene: Scene, rng: np.random.Generator, *, counts: Sequence[int] = (1, 2, 3, 4), attribute: str | None = None
+) -> Scene:
+    """A scene that contradicts ``scene``'s prompt in one stated attribute (colour, shape, position,
+    size, count or relation), drawn on the same background.
+
+    :param counts: the object counts a wrong count is drawn from; ``(2, 3)`` keeps the mutated
+        scene describable by the grammar (its ``prompt`` is then a contradicting caption).
+    :param attribute: the attribute to contradict, one of :func:`attributes` (default: one at random).
+    :raises ValueError: ``attribute`` is not one the prompt states.
+    """
+    objs = list(scene.objects)
+    options = attributes(scene)
+    if attribute is not None and attribute not in options:
+        raise ValueError(f"{scene.prompt!r} states {', '.join(options)}; it cannot contradict {attribute!r}")
+    what = attribute or options[int(rng.integers(len(options)))]
     i = int(rng.integers(len(objs))) if scene.kind == "relation" else 0
     if what == "colour":
         others = [c for c in COLOURS if c != objs[i].colour]
@@ -516,20 +542,26 @@ def mutate(scene: Scene, rng: np.random.Generator, *, counts: Sequence[int] = (1
 _INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
-def contradicting_prompt(scene: Scene, rng: np.random.Generator) -> str:
+def contradicting_prompt(scene: Scene, rng: np.random.Generator, attribute: str | None = None) -> str:
     """A grammar prompt that ``scene``'s image contradicts in one attribute: another colour, shape,
     stated position or size, count (two <-> three), or the relation turned around.
 
-    (:func:`mutate` changes the image and keeps the prompt; for a relation that is the objects
-    trading places, whose prompt is unchanged, so the caption is turned around here instead.)
+    (:func:`mutate` changes the image and keeps the prompt; for a position or a relation the image's
+    change leaves the prompt as it was, so the caption names another position or the inverse relation.)
+
+    :param attribute: the attribute to contradict, one of :func:`attributes` (default: one at random).
+    :raises ValueError: ``attribute`` is not one the prompt states.
     """
-    if scene.kind == "relation" and rng.random() < 1 / 3:
+    options = attributes(scene)
+    if attribute is not None and attribute not in options:
+        raise ValueError(f"{scene.prompt!r} states {', '.join(options)}; it cannot contradict {attribute!r}")
+    what = attribute or options[int(rng.integers(len(options)))]
+    if what == "relation":
         return prompt_of(replace(scene, relation=_INVERSE[scene.relation]))  # type: ignore[index]
-    for _ in range(20):
-        text = mutate(scene, rng, counts=(2, 3)).prompt
-        if text != scene.prompt:
-            return text
-    raise RuntimeError(f"no contradicting prompt found for {scene.prompt!r}")  # cannot happen: colours differ
+    if what == "position":
+        others = [p for p in POSITIONS if p != scene.position]
+        return prompt_of(replace(scene, position=str(others[int(rng.integers(len(others)))])))
+    return mutate(scene, rng, counts=(2, 3), attribute=what).prompt
 
 
 DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "colour_cast", "blocks", "smudge")

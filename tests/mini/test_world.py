@@ -72,6 +72,61 @@ def test_held_out_pairs_never_appear_in_training_scenes():
     assert {w for p in W.evaluation_prompts("heldout") for w in p.split()} <= train_words
 
 
+def test_all_split_draws_every_pair_and_the_base_unet_learns_only_the_train_split(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    import r0kit.mini.build as B
+
+    everything = _scenes(600, "all", seed=2)
+    assert any(s.held_out for s in everything) and not all(s.held_out for s in everything)
+    assert {p for s in everything for p in s.pairs} == {(c, s) for c in W.COLOURS for s in W.SHAPES}
+    with pytest.raises(ValueError, match="'train', 'heldout' or 'all'"):
+        W.sample_scene(np.random.default_rng(0), "test")  # type: ignore[arg-type]
+
+    seen = {}
+    monkeypatch.setattr(B, "build_text_encoder", lambda out: None)
+    monkeypatch.setattr(B, "build_unet", lambda out, data, s: seen.setdefault("unet", data))
+    monkeypatch.setattr(B, "build_vae", lambda out, data, s: seen.setdefault("vae", data))
+    B.build(tmp_path, replace(B.Settings.quick(), images=300), stages=("vae", "unet"))
+    assert len(seen["unet"].prompts) == len(seen["unet"].images) == len(seen["unet"].scenes) > 200
+    assert not any(s.held_out for s in seen["unet"].scenes)
+    assert any(s.held_out for s in seen["vae"].scenes) and len(seen["vae"].scenes) == 300
+
+
+def _differences(a: W.Statement, b: W.Statement) -> set[str]:
+    diff = set()
+    if [c for c, _ in a.pairs] != [c for c, _ in b.pairs]:
+        diff.add("colour")
+    if [s for _, s in a.pairs] != [s for _, s in b.pairs]:
+        diff.add("shape")
+    for name in ("position", "size", "count", "relation"):
+        if getattr(a, name) != getattr(b, name):
+            diff.add(name)
+    return diff
+
+
+def test_contradicting_captions_change_exactly_the_attribute_asked_for():
+    """Every stated attribute, position included, has a contradicting caption; a position one used to
+    come back unchanged (the object moved, the caption kept its words), so the world's CLIP never saw one."""
+    rng = np.random.default_rng(12)
+    seen = set()
+    for scene in _scenes(400, "all", seed=13):
+        truth = W.parse_prompt(scene.prompt)
+        for attribute in W.attributes(scene):
+            wrong = W.contradicting_prompt(scene, rng, attribute)
+            assert _differences(truth, W.parse_prompt(wrong)) == {attribute}, (scene.prompt, wrong)
+            seen.add(attribute)
+        spatial = W.spatial_attribute(scene)
+        assert spatial == ("relation" if scene.kind == "relation" else "position" if scene.position else None)
+        assert W.contradicting_prompt(scene, rng) != scene.prompt
+    assert seen == {"colour", "shape", "position", "size", "count", "relation"}
+    count_scene = next(s for s in _scenes(50, seed=14) if s.kind == "count")
+    with pytest.raises(ValueError, match="cannot contradict 'position'"):
+        W.contradicting_prompt(count_scene, rng, "position")
+    with pytest.raises(ValueError, match="cannot contradict 'relation'"):
+        W.mutate(count_scene, rng, attribute="relation")
+
+
 def test_judge_reads_clean_renders_perfectly():
     scenes = _scenes(150, seed=7) + _scenes(60, "heldout", seed=8)
     results = J.score([s.prompt for s in scenes], torch.from_numpy(W.render_batch(scenes)))
