@@ -140,19 +140,64 @@ def test_the_preference_model_and_clip_prefer_the_right_image(rewards):
     rng = np.random.default_rng(5)
     scenes, good, prompts = _batch(64, seed=21)
     bad = torch.from_numpy(W.render_batch([W.mutate(s, rng) for s in scenes]))
-    # Chance is 0.5. The committed models measure 0.77 (preference model) on these 64 pairs; a contradicting
-    # attribute of one small object is a hard negative at 32 px.
+    # Chance is 0.5. The committed models measure 0.83 (preference model) and 0.88 (CLIP) on these 64 pairs; a
+    # contradicting attribute of one small object is a hard negative at 32 px.
     assert _prefers(rewards["hpsv2"], good, bad, prompts) >= 0.75
     assert _prefers(rewards["clip"], good, bad, prompts) >= 0.7
 
 
+def _other_shape_prompt(scene: W.Scene, rng: np.random.Generator) -> str:
+    """The scene's prompt with its first object's shape (every object's, for a count) changed."""
+    from dataclasses import replace
+
+    first = scene.objects[0]
+    new = [s for s in W.SHAPES if s != first.shape][int(rng.integers(len(W.SHAPES) - 1))]
+    objs = tuple(replace(o, shape=new) if scene.kind == "count" or i == 0 else o for i, o in enumerate(scene.objects))
+    return replace(scene, objects=objs).prompt
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_the_text_rewards_read_shapes_on_held_out_pairs_too(rewards, split):
+    """R0 can only teach a held-out pair's shape if its rewards see it: the same image must score higher under
+    its own prompt than under that prompt with another shape. Rewards trained on the "train" split alone
+    scored a held-out render under the wrong shape higher (CLIP 0.36, HPS 0.49 on 400 renders): they
+    had learnt "cyan" as "not a circle"."""
+    import r0kit
+
+    rng = np.random.default_rng(31)
+    scenes, images, prompts = _batch(200, seed=30, split=split)
+    wrong = [_other_shape_prompt(s, rng) for s in scenes]
+    for name in ("hpsv2", "clip"):
+        obj = r0kit.Objective([rewards[name]])
+        right = obj.evaluate(r0kit.Sample(images=images), prompts).terms[name]
+        other = obj.evaluate(r0kit.Sample(images=images), wrong).terms[name]
+        assert float((right > other).float().mean()) >= 0.7, name
+
+
+def test_the_world_clip_reads_position_words():
+    """The CLIP is also the pipeline's text encoder: where it cannot tell "on the left" from "on the right",
+    neither can the UNet. Before the CLIP saw position negatives (it never did: a position-contradicting
+    caption came back unchanged) it preferred the right position word 60% of the time."""
+    import open_clip
+
+    from r0kit.mini.build import caption_accuracy
+    from r0kit.weights import builtin_model
+
+    folder = "local-dir:" + str(builtin_model("r0kit-mini-clip"))
+    model = open_clip.create_model(folder).float().eval()
+    acc = caption_accuracy(model, open_clip.get_tokenizer(folder), seed=0, n=400)
+    assert acc["train/position"] >= 0.7 and acc["heldout/position"] >= 0.65, acc
+    assert acc["train/colour"] >= 0.98 and acc["heldout/shape"] >= 0.7, acc
+
+
 def test_the_aesthetic_predictor_prefers_clean_renders(rewards):
     rng = np.random.default_rng(6)
-    _, good, prompts = _batch(48, seed=22)
+    _, good, prompts = _batch(300, seed=40)
     bad = torch.from_numpy(
         np.stack([W.degrade(im, rng, 0.8) for im in good.numpy().transpose(0, 2, 3, 1)]).transpose(0, 3, 1, 2).copy()
     )
-    assert _prefers(rewards["aesthetic"], good, bad, prompts) >= 0.8
+    # Chance is 0.5; the committed predictor measures 0.81 on these 300 pairs.
+    assert _prefers(rewards["aesthetic"], good, bad, prompts) >= 0.75
 
 
 def test_the_aesthetic_clip_is_the_world_clip_converted():
