@@ -5,19 +5,21 @@
 =============  ==============================================================  ======================
 stage          what                                                            format
 =============  ==============================================================  ======================
+prompts        ``train.txt`` (R0's training prompts) and ``heldout.txt``        text, one prompt a line
 tokenizer      CLIP BPE tokenizer whose merges spell every grammar word         ``transformers.CLIPTokenizer``
 clip           open_clip ViT trained contrastively on the world's captions     open_clip hub layout
 hps            that CLIP fine-tuned on preference pairs (HPS v2's pair loss)   HPS checkpoint (``{"state_dict"}``)
 aesthetic      MLP head on the CLIP image embedding: clean over degraded       LAION aesthetic predictor
-judge          CNN feature network for FID and diversity (never optimized)    safetensors
+judge          CNN feature network for FID and diversity (never optimized)     safetensors
 vae            AutoencoderKL, 32 px -> 8×8×4 latents                            diffusers
-unet           UNet2DConditionModel, ε-prediction diffusion loss, CFG dropout   diffusers
+unet           the CLIP's text tower as the text encoder, then                 diffusers, transformers
+               UNet2DConditionModel, ε-prediction diffusion loss, CFG dropout
 pipeline       the Stable Diffusion pipeline around them                       ``DiffusionPipeline``
 =============  ==============================================================  ======================
 
-then writes ``checksums.json`` (sha256 of every file). The default settings
-fit in about 30 minutes on 2 CPU cores; ``--quick`` runs every stage for a few
-steps (the test suite uses it to check the command end to end). Every random
+After a full build it writes ``checksums.json`` (sha256 of every file) and ``build.json`` (the settings
+and each stage's seconds). The default settings take about 40 minutes on 2 CPU cores; ``--quick``
+runs every stage for a few steps (``Settings.quick()``, which the tests build with). Every random
 draw comes from generators seeded by ``--seed`` and torch runs with a fixed
 number of threads, so the same command on the same platform writes the same
 files.
@@ -26,8 +28,9 @@ Which scenes each model learns from: the base UNet only from the world's ``"trai
 held-out colour-shape pairs test its compositional generalization (as GenEval tests SD's). Everything
 else learns from every pair (``"all"`` scenes), as SD's VAE and the CLIP, HPS and aesthetic models were
 trained on far more than the generator's captions: with the rewards trained on the ``"train"`` split
-too, they ranked a cyan circle's image under "a cyan square" above "a cyan circle" (the CLIP on 400
-held-out renders preferred the right shape word 36% of the time, against 82% on training scenes), so
+too, they ranked a cyan circle's image under "a cyan square" above "a cyan circle" (on 400 held-out
+scenes the CLIP preferred the right shape word 34% of the time, against 81% on training scenes, by
+:func:`caption_accuracy`), so
 reward maximization pushed held-out prompts away from their shapes. The VAE and the judge's feature
 network are unconditional and see every pair, as SD's VAE and FID's Inception do.
 """
@@ -106,7 +109,7 @@ class Settings:
 # ---------------------------------------------------------------------------
 @dataclass
 class Data:
-    """Rendered training scenes: ``images`` ``[N, 3, 32, 32]`` uint8, their scenes and prompts."""
+    """Rendered scenes: ``images`` ``[N, 3, 32, 32]`` uint8, their scenes and prompts (``"all"`` scenes by default)."""
 
     scenes: list[W.Scene]
     images: torch.Tensor
@@ -217,10 +220,11 @@ def build_clip(out: Path, data: Data, s: Settings) -> Path:
     hard negatives (another colour, shape, position, size, count, or the relation turned around).
 
     The second negative contradicts where things are whenever the caption says so (another position,
-    the relation turned around): relations are rare among random picks, and a CLIP whose captions never
-    named a wrong position (a fault of the contradiction sampler, since fixed) preferred a scene's caption
-    over its position-swapped one 60% of the time. With them it does 73% of the time; relations stay near
-    chance at this size, as they do for real CLIP models (:func:`caption_accuracy` logs both per attribute).
+    the relation turned around): a random pick rarely lands on the spatial attribute, and a CLIP whose
+    captions never named a wrong position (a fault of the contradiction sampler, since fixed) preferred a
+    training scene's caption over its position-swapped one 60% of the time. With a spatial negative for
+    every caption that states where things are it does 73% of the time; relations stay near chance at
+    this size, as they do for real CLIP models (:func:`caption_accuracy` logs both per attribute).
     """
     from safetensors.torch import save_file
 
@@ -502,7 +506,7 @@ def scheduler_config() -> dict[str, Any]:
 
 def build_unet(out: Path, data: Data, s: Settings) -> Path:
     """The ordinary ε-prediction diffusion loss on VAE latents, text from the frozen CLIP text tower,
-    10% empty prompts (for classifier-free guidance), an EMA of the weights saved."""
+    ``cfg_dropout`` (10%) empty prompts (for classifier-free guidance), an EMA of the weights saved."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

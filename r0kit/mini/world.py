@@ -429,7 +429,8 @@ def prompts(n: int, split: Split = "train", *, seed: int = 0, kind: Kind | None 
 
 
 def evaluation_prompts(split: Split = "heldout", per_kind: int = 16, *, seed: int = 1234) -> list[str]:
-    """A fixed, balanced prompt set of ``split``: ``per_kind`` distinct prompts of each kind."""
+    """A fixed, balanced prompt set of ``split``: ``per_kind`` distinct prompts of each kind, or every one
+    the kind has when it has fewer (the held-out split has 8 count prompts: 4 pairs × two or three)."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
     for kind in ("single", "relation", "count"):
@@ -546,8 +547,9 @@ def contradicting_prompt(scene: Scene, rng: np.random.Generator, attribute: str 
     """A grammar prompt that ``scene``'s image contradicts in one attribute: another colour, shape,
     stated position or size, count (two <-> three), or the relation turned around.
 
-    (:func:`mutate` changes the image and keeps the prompt; for a position or a relation the image's
-    change leaves the prompt as it was, so the caption names another position or the inverse relation.)
+    (For a colour, shape, size or count this is the prompt of :func:`mutate`'s scene. Moving an object,
+    for a position or a relation, leaves a scene's prompt as it was, so the caption names another
+    position or the inverse relation instead.)
 
     :param attribute: the attribute to contradict, one of :func:`attributes` (default: one at random).
     :raises ValueError: ``attribute`` is not one the prompt states.
