@@ -246,8 +246,9 @@ def build_clip(out: Path, data: Data, s: Settings) -> Path:
         _set_lr(opt, _cosine_lr(step, s.clip_steps, s.clip_lr, max(1, s.clip_steps // 20)))
         idx = torch.randint(len(data.prompts), (s.clip_batch,), generator=gen)
         images, prompts = data.batch(idx)
-        negatives = [W.contradicting_prompt(data.scenes[i], rng) for i in idx.tolist()]
-        negatives += [W.contradicting_prompt(data.scenes[i], rng, W.spatial_attribute(data.scenes[i])) for i in idx.tolist()]
+        scenes = [data.scenes[i] for i in idx.tolist()]
+        negatives = [W.contradicting_prompt(sc, rng) for sc in scenes]
+        negatives += [W.contradicting_prompt(sc, rng, W.spatial_attribute(sc)) for sc in scenes]
         img = F.normalize(model.encode_image(_clip_normalize(images)), dim=-1)
         txt = F.normalize(model.encode_text(tokenize(prompts + negatives)), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)

@@ -496,6 +496,14 @@ def spatial_attribute(scene: Scene) -> str | None:
     return next((a for a in attributes(scene) if a in ("position", "relation")), None)
 
 
+def _attribute_to_contradict(scene: Scene, rng: np.random.Generator, attribute: str | None) -> str:
+    """``attribute`` once checked against what ``scene``'s prompt states, or one of those at random."""
+    options = attributes(scene)
+    if attribute is not None and attribute not in options:
+        raise ValueError(f"{scene.prompt!r} states {', '.join(options)}; it cannot contradict {attribute!r}")
+    return attribute or options[int(rng.integers(len(options)))]
+
+
 def mutate(
     scene: Scene, rng: np.random.Generator, *, counts: Sequence[int] = (1, 2, 3, 4), attribute: str | None = None
 ) -> Scene:
@@ -508,10 +516,7 @@ def mutate(
     :raises ValueError: ``attribute`` is not one the prompt states.
     """
     objs = list(scene.objects)
-    options = attributes(scene)
-    if attribute is not None and attribute not in options:
-        raise ValueError(f"{scene.prompt!r} states {', '.join(options)}; it cannot contradict {attribute!r}")
-    what = attribute or options[int(rng.integers(len(options)))]
+    what = _attribute_to_contradict(scene, rng, attribute)
     i = int(rng.integers(len(objs))) if scene.kind == "relation" else 0
     if what == "colour":
         others = [c for c in COLOURS if c != objs[i].colour]
@@ -554,10 +559,7 @@ def contradicting_prompt(scene: Scene, rng: np.random.Generator, attribute: str 
     :param attribute: the attribute to contradict, one of :func:`attributes` (default: one at random).
     :raises ValueError: ``attribute`` is not one the prompt states.
     """
-    options = attributes(scene)
-    if attribute is not None and attribute not in options:
-        raise ValueError(f"{scene.prompt!r} states {', '.join(options)}; it cannot contradict {attribute!r}")
-    what = attribute or options[int(rng.integers(len(options)))]
+    what = _attribute_to_contradict(scene, rng, attribute)
     if what == "relation":
         return prompt_of(replace(scene, relation=_INVERSE[scene.relation]))  # type: ignore[index]
     if what == "position":
