@@ -5,15 +5,17 @@
 =============  ==============================================================  ======================
 stage          what                                                            format
 =============  ==============================================================  ======================
-prompts        ``train.txt`` (R0's training prompts) and ``heldout.txt``        text, one prompt a line
+prompts        ``train.txt`` (the base's captions), ``all.txt`` (R0's           text, one prompt a line
+               training prompts) and ``heldout.txt`` (the evaluation set)
 tokenizer      CLIP BPE tokenizer whose merges spell every grammar word         ``transformers.CLIPTokenizer``
 clip           open_clip ViT trained contrastively on the world's captions     open_clip hub layout
 hps            that CLIP fine-tuned on preference pairs (HPS v2's pair loss)   HPS checkpoint (``{"state_dict"}``)
 aesthetic      MLP head on the CLIP image embedding: clean over degraded       LAION aesthetic predictor
 judge          CNN feature network for FID and diversity (never optimized)     safetensors
 vae            AutoencoderKL, 32 px -> 8×8×4 latents                            diffusers
-unet           the CLIP's text tower as the text encoder, then                 diffusers, transformers
-               UNet2DConditionModel, ε-prediction diffusion loss, CFG dropout
+unet           the CLIP's text tower cut to its embeddings as the text         diffusers, transformers
+               encoder, then UNet2DConditionModel, ε-prediction diffusion
+               loss (Min-SNR-5 weighted), CFG dropout
 pipeline       the Stable Diffusion pipeline around them                       ``DiffusionPipeline``
 =============  ==============================================================  ======================
 
@@ -93,7 +95,9 @@ class Settings:
     unet_channels: tuple[int, ...] = (32, 64, 128)
     vae_channels: tuple[int, ...] = (16, 32, 64)
     cfg_dropout: float = 0.1
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
+    snr_gamma: float | None = 5.0
+    text_layers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -171,13 +175,23 @@ PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 
 def build_prompts(folder: Path, seed: int) -> Path:
-    """``train.txt`` (3000 training-split prompts, drawn as the world draws them) and ``heldout.txt``
-    (the balanced held-out evaluation set of :func:`r0kit.mini.world.evaluation_prompts`)."""
+    """The world's prompt files, drawn as the world draws them:
+
+    - ``train.txt``: 3000 training-split prompts (the base UNet's captions: no held-out colour-shape pair);
+    - ``heldout.txt``: the balanced held-out evaluation set of :func:`r0kit.mini.world.evaluation_prompts`;
+    - ``all.txt``: 3000 prompts over every colour-shape pair, none of them one of ``heldout.txt``'s. R0
+      trains on these: a generator trained by rewards needs prompts, not images, so it can learn the
+      pairs its base never saw an image of from rewards that know them, and be judged on prompts it
+      never trained on.
+    """
     from r0kit.io import write_text
 
     folder.mkdir(parents=True, exist_ok=True)
+    heldout = W.evaluation_prompts("heldout")
     write_text(folder / "train.txt", "\n".join(W.prompts(3000, "train", seed=seed)) + "\n")
-    write_text(folder / "heldout.txt", "\n".join(W.evaluation_prompts("heldout")) + "\n")
+    write_text(folder / "heldout.txt", "\n".join(heldout) + "\n")
+    drawn = [p for p in W.prompts(4000, "all", seed=seed + 1) if p not in set(heldout)]
+    write_text(folder / "all.txt", "\n".join(drawn[:3000]) + "\n")
     return folder
 
 
@@ -303,10 +317,12 @@ def _loaded_clip(out: Path) -> tuple[torch.nn.Module, Any]:
 
 
 def _preference_pair(scene: W.Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(preferred, rejected) images for the scene's prompt: the rejected one is wrong or degraded."""
+    """(preferred, rejected) images for the scene's prompt: the rejected one is wrong (45% any stated
+    attribute, 15% the shape, which a small CLIP reads least) or degraded (40%, :data:`world.DEGRADATIONS`)."""
     good = W.render(scene)
-    if rng.random() < 0.6:
-        bad = W.render(W.mutate(scene, rng))
+    u = rng.random()
+    if u < 0.6:
+        bad = W.render(W.mutate(scene, rng, attribute="shape" if u >= 0.45 else None))
     else:
         bad = W.degrade(good, rng, float(rng.uniform(0.2, 1.0)))
     return good, bad
@@ -411,7 +427,7 @@ def build_judge(out: Path, data: Data, s: Settings) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        progress(step, loss=float(loss))
+        progress(step, loss=loss.item())
     folder = out / LAYOUT["judge"]
     folder.mkdir(parents=True, exist_ok=True)
     save_file(_half(net.eval().state_dict()), str(folder / "features.safetensors"))
@@ -465,7 +481,7 @@ def build_vae(out: Path, data: Data, s: Settings) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        progress(step, loss=float(loss))
+        progress(step, loss=loss.item())
     vae.eval()
     with torch.no_grad():
         idx = torch.arange(min(2048, len(data.prompts)))
@@ -506,9 +522,17 @@ def scheduler_config() -> dict[str, Any]:
 
 
 def build_unet(out: Path, data: Data, s: Settings) -> Path:
-    """The ordinary ε-prediction diffusion loss on VAE latents, text from the frozen CLIP text tower,
-    ``cfg_dropout`` (10%) empty prompts (for classifier-free guidance), an EMA of the weights saved."""
+    """The ordinary ε-prediction diffusion loss on VAE latents, text from the frozen pipeline text encoder
+    (:func:`build_text_encoder`), ``cfg_dropout`` (10%) empty prompts (for classifier-free guidance), an EMA
+    of the weights saved.
+
+    ``snr_gamma`` weights each timestep's loss by ``min(SNR, γ) / SNR`` (Min-SNR-γ, Hang et al. 2023,
+    "Efficient Diffusion Training via Min-SNR Weighting Strategy"; diffusers' ``train_text_to_image.py
+    --snr_gamma``), which moves the loss off the nearly clean timesteps and onto those where the layout
+    and shapes are decided; ``None`` is the unweighted loss.
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import compute_snr
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
@@ -543,7 +567,12 @@ def build_unet(out: Path, data: Data, s: Settings) -> Path:
         a = ac[t].sqrt().view(-1, 1, 1, 1)
         x_t = a * x0 + (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * eps
         pred = unet(x_t, t, encoder_hidden_states=emb[rows]).sample
-        loss = F.mse_loss(pred, eps)
+        if s.snr_gamma is None:
+            loss = F.mse_loss(pred, eps)
+        else:
+            snr = compute_snr(sched, t)
+            weight = snr.clamp(max=s.snr_gamma) / snr
+            loss = (weight * F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -551,7 +580,7 @@ def build_unet(out: Path, data: Data, s: Settings) -> Path:
         decay = min(s.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
-        progress(step, loss=float(loss))
+        progress(step, loss=loss.item())
     with torch.no_grad():
         for e, p in zip(ema, unet.parameters()):
             p.copy_(e)
@@ -560,15 +589,35 @@ def build_unet(out: Path, data: Data, s: Settings) -> Path:
     return folder
 
 
-def build_text_encoder(out: Path) -> Path:
-    """The pipeline's text encoder: the world CLIP's text tower as a ``transformers.CLIPTextModel``."""
+def build_text_encoder(out: Path, layers: int | None = None) -> Path:
+    """The pipeline's text encoder: the world CLIP's text tower as a ``transformers.CLIPTextModel``.
+
+    ``layers`` keeps the tower's first ``layers`` transformer layers (its token and position embeddings
+    and its final layer norm always; ``None`` keeps all). The world's base uses ``Settings.text_layers = 0``:
+    the contrastively trained tower's later states are made of colour (over the 16 token states "red"
+    against "blue" moves them by 10.1 on average, "left" against "right" by 0.8), so a UNet conditioned on
+    them drew objects wherever the noise put them (mean x 0.49 under "on the left" and under "on the
+    right"); on the embedding states it follows position words (0.24 and 0.73, 25 steps, CFG 3). Compare
+    with ``python -m r0kit.mini build --out DIR --stages vae unet pipeline --set text_layers=3`` (the
+    whole tower; ``DIR`` holding a build's ``clip`` and ``tokenizer``).
+
+    :raises ValueError: ``layers`` is outside ``[0, the tower's layers]``.
+    """
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     clip, _ = _loaded_clip(out)
     cfg = json.loads((out / LAYOUT["clip"] / "open_clip_config.json").read_text())
     hf = formats.openclip_to_hf(clip, cfg, CLIPTokenizer.from_pretrained(str(out / "tokenizer")))
-    text = CLIPTextModel(CLIPTextConfig(**hf.config.text_config.to_dict())).eval()
-    src = {k.removeprefix("text_model."): v for k, v in hf.state_dict().items() if k.startswith("text_model.")}
+    config = hf.config.text_config.to_dict()
+    keep = config["num_hidden_layers"] if layers is None else layers
+    if not 0 <= keep <= config["num_hidden_layers"]:
+        raise ValueError(f"text encoder layers must be in [0, {config['num_hidden_layers']}], got {layers}")
+    text = CLIPTextModel(CLIPTextConfig(**{**config, "num_hidden_layers": keep})).eval()
+    src = {
+        k.removeprefix("text_model."): v
+        for k, v in hf.state_dict().items()
+        if k.startswith("text_model.") and not _beyond_layer(k, keep)
+    }
     # transformers 4 nests the tower under "text_model."; transformers 5 does not.
     prefix = "text_model." if any(k.startswith("text_model.") for k in text.state_dict()) else ""
     missing, unexpected = text.load_state_dict({prefix + k: v for k, v in src.items()}, strict=False)
@@ -577,6 +626,14 @@ def build_text_encoder(out: Path) -> Path:
     folder = out / "_text_encoder"
     text.save_pretrained(str(folder))
     return folder
+
+
+def _beyond_layer(key: str, layers: int) -> bool:
+    """Whether a CLIP text state-dict key belongs to encoder layer ``layers`` or later."""
+    parts = key.split(".")
+    if "layers" not in parts:
+        return False
+    return int(parts[parts.index("layers") + 1]) >= layers
 
 
 def build_pipeline(out: Path) -> Path:
@@ -663,7 +720,7 @@ def build(out: str | Path, settings: Settings | None = None, stages: Sequence[st
         "aesthetic": lambda: build_aesthetic(out, s),
         "judge": lambda: build_judge(out, need_data(), s),
         "vae": lambda: build_vae(out, need_data(), s),
-        "unet": lambda: (build_text_encoder(out), build_unet(out, need_data().train_split(), s)),
+        "unet": lambda: (build_text_encoder(out, s.text_layers), build_unet(out, need_data().train_split(), s)),
         "pipeline": lambda: build_pipeline(out),
     }
     for name in stages:
@@ -709,13 +766,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not eq or not hasattr(s, key) or key in ("seed", "threads", "extra"):
             known = ", ".join(k for k in asdict(s) if k not in ("seed", "threads", "extra"))
             p.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {known}")
-        current = getattr(s, key)
+        current = getattr(Settings(), key)
+        kind = float if key == "snr_gamma" else type(current)  # the one setting that may also be null (off)
         try:
             parsed = json.loads(value)
-            new = tuple(int(v) for v in parsed) if isinstance(current, tuple) else type(current)(parsed)
+            if key == "snr_gamma" and parsed is None:
+                new = None
+            else:
+                new = tuple(int(v) for v in parsed) if isinstance(current, tuple) else kind(parsed)
         except (json.JSONDecodeError, TypeError, ValueError):
-            p.error(f"--set {item!r}: {key} takes a JSON {'list of ints' if isinstance(current, tuple) else type(current).__name__}, "
-                    f"like {json.dumps(list(current) if isinstance(current, tuple) else current)}")
+            p.error(f"--set {item!r}: {key} takes a JSON {'list of ints' if isinstance(current, tuple) else kind.__name__}"
+                    f"{' or null' if key == 'snr_gamma' else ''}, like {json.dumps(list(current) if isinstance(current, tuple) else current)}")
         setattr(s, key, new)
     args.out = out
     times = build(args.out, s, args.stages)

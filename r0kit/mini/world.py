@@ -568,11 +568,17 @@ def contradicting_prompt(scene: Scene, rng: np.random.Generator, attribute: str 
     return mutate(scene, rng, counts=(2, 3), attribute=what).prompt
 
 
-DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "colour_cast", "blocks", "smudge")
+DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "colour_cast", "blocks", "smudge", "melt")
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator, severity: float, kind: str | None = None) -> np.ndarray:
-    """``image`` (``[H, W, 3]`` in [0, 1]) spoiled by one of :data:`DEGRADATIONS` at ``severity`` in (0, 1]."""
+    """``image`` (``[H, W, 3]`` in [0, 1]) spoiled by one of :data:`DEGRADATIONS` at ``severity`` in (0, 1].
+
+    ``"melt"`` is what reward hacking drew in this world: a Gaussian blur that rounds every corner off,
+    then an unsharp mask that puts the edge back with a dark or bright halo around it (R0 runs on rewards
+    that never saw it turned squares, triangles and diamonds into haloed blobs the rewards scored nearly as
+    high as clean renders). At severity 1 the judge reads the right shape in about a third of renders.
+    """
     from PIL import ImageFilter
 
     kind = kind or str(DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))])
@@ -591,6 +597,9 @@ def degrade(image: np.ndarray, rng: np.random.Generator, severity: float, kind: 
         small = image.reshape(h // f, f, w // f, f, 3).mean((1, 3))
         out = np.repeat(np.repeat(small, f, 0), f, 1)
         out = out + rng.normal(0.0, 0.05 * s, out.shape).astype(np.float32)
+    elif kind == "melt":
+        pil = Image.fromarray((image * 255 + 0.5).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.8 + 1.7 * s))
+        out = np.asarray(pil.filter(ImageFilter.UnsharpMask(radius=2, percent=int(150 + 250 * s), threshold=0)), np.float32) / 255.0
     elif kind == "smudge":
         out = image.copy()
         for _ in range(1 + int(3 * s)):

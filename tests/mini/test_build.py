@@ -36,6 +36,7 @@ def test_quick_build_twice_writes_identical_files(tmp_path):
         (["--set", "clip_steps=abc", "--out", "x"], "clip_steps takes a JSON int, like 700"),
         (["--set", "unet_channels=[1,\"a\"]", "--out", "x"], "unet_channels takes a JSON list of ints, like [32, 64, 128]"),
         (["--set", "seed=3", "--out", "x"], "expected KEY=VALUE"),
+        (["--set", "snr_gamma=\"x\"", "--out", "x"], "snr_gamma takes a JSON float or null, like 5.0"),
     ],
 )
 def test_build_refuses_bad_options_before_any_work_and_never_overwrites_the_shipped_models_by_default(argv, message, capsys, monkeypatch):
@@ -54,3 +55,34 @@ def test_mini_command_line_help_and_unknown_commands(capsys):
     assert main(["--help"]) == 0 and "build" in capsys.readouterr().out
     assert main(["bogus"]) == 2 and "unknown command 'bogus'; the commands are build" in capsys.readouterr().err
     assert main([]) == 2 and "no command given" in capsys.readouterr().err
+
+
+def test_the_pipeline_text_encoder_is_the_world_clip_tower_cut_to_its_first_layers(tmp_path):
+    """``Settings.text_layers`` (0: token and position embeddings, final layer norm) is what ships, and
+    the cut tower gives the same states as the whole tower's ``hidden_states[layers]`` through its final norm."""
+    import shutil
+
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    import r0kit.mini.build as B
+
+    shutil.copytree(B.MODELS / "clip", tmp_path / "clip")
+    shutil.copytree(B.MODELS / "pipeline" / "tokenizer", tmp_path / "tokenizer")
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
+    ids = tok(["a red circle on the left", "two blue squares"], padding="max_length", max_length=tok.model_max_length,
+              return_tensors="pt").input_ids
+    whole = CLIPTextModel.from_pretrained(str(B.build_text_encoder(tmp_path, None))).eval()
+    layers = whole.config.num_hidden_layers
+    assert layers == 3
+    tower = getattr(whole, "text_model", whole)
+    with torch.no_grad():
+        states = whole(ids, output_hidden_states=True).hidden_states
+        for keep in (0, 1):
+            cut = CLIPTextModel.from_pretrained(str(B.build_text_encoder(tmp_path, keep))).eval()
+            assert cut.config.num_hidden_layers == keep
+            torch.testing.assert_close(cut(ids).last_hidden_state, tower.final_layer_norm(states[keep]))
+    with pytest.raises(ValueError, match=r"text encoder layers must be in \[0, 3\], got 4"):
+        B.build_text_encoder(tmp_path, layers + 1)
+    shipped = CLIPTextModel.from_pretrained(str(B.MODELS / "pipeline" / "text_encoder"))
+    assert shipped.config.num_hidden_layers == B.Settings().text_layers == 0

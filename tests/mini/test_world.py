@@ -84,7 +84,7 @@ def test_all_split_draws_every_pair_and_the_base_unet_learns_only_the_train_spli
         W.sample_scene(np.random.default_rng(0), "test")  # type: ignore[arg-type]
 
     seen = {}
-    monkeypatch.setattr(B, "build_text_encoder", lambda out: None)
+    monkeypatch.setattr(B, "build_text_encoder", lambda out, layers: None)
     monkeypatch.setattr(B, "build_unet", lambda out, data, s: seen.setdefault("unet", data))
     monkeypatch.setattr(B, "build_vae", lambda out, data, s: seen.setdefault("vae", data))
     B.build(tmp_path, replace(B.Settings.quick(), images=300), stages=("vae", "unet"))
