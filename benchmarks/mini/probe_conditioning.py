@@ -16,9 +16,9 @@ attribute's words do not reach the prediction, so no sampler or reward can draw 
 what the model does not condition on. The empty prompt's gap is printed beside them as
 the size of "all of the prompt".
 
-The same swaps then ask the world's CLIP (the pipeline's text encoder and the HPS and
-CLIP rewards' backbone) which caption fits a clean render better: the share of scenes
-where it prefers the true caption (0.5 = it cannot tell the attribute apart).
+The same swaps then ask the world's CLIP (the HPS and CLIP rewards' backbone; the
+pipeline's text encoder is its tower cut to the embeddings) which caption fits a clean
+render better: the share of scenes where it prefers the true caption (0.5 = it cannot tell the attribute apart).
 
 Prints both tables and writes ``--out`` (CSV, one row per attribute and timestep) and
 ``<out stem>_clip.csv``.

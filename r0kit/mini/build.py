@@ -597,7 +597,7 @@ def build_text_encoder(out: Path, layers: int | None = None) -> Path:
     the contrastively trained tower's later states are made of colour (over the 16 token states "red"
     against "blue" moves them by 10.1 on average, "left" against "right" by 0.8), so a UNet conditioned on
     them drew objects wherever the noise put them (mean x 0.49 under "on the left" and under "on the
-    right"); on the embedding states it follows position words (0.24 and 0.73, 25 steps, CFG 3). Compare
+    right"); on the embedding states it follows position words (0.24 and 0.76, 25 steps, CFG 3). Compare
     with ``python -m r0kit.mini build --out DIR --stages vae unet pipeline --set text_layers=3`` (the
     whole tower; ``DIR`` holding a build's ``clip`` and ``tokenizer``).
 

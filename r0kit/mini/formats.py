@@ -8,7 +8,8 @@
   files), so ``open_clip.create_model("local-dir:" + folder)`` loads it.
 * :func:`openclip_to_hf` converts it to a ``transformers.CLIPModel`` (the layout
   of ``openai/clip-vit-large-patch14``); the diffusion pipeline's text encoder
-  is that model's text tower, as Stable Diffusion's is OpenAI CLIP's.
+  is that model's text tower (cut to its embeddings, see ``build.build_text_encoder``),
+  as Stable Diffusion's is OpenAI CLIP's.
 """
 
 from __future__ import annotations
