@@ -100,6 +100,21 @@ class Settings:
     text_layers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, as ``--set`` would be told (empty when they can build)."""
+        out = [f"{k} must be >= 1, got {v}" for k, v in asdict(self).items()
+               if (k == "images" or k.endswith(("_steps", "_batch", "_images"))) and v < 1]
+        out += [f"{k} must be > 0, got {getattr(self, k)}" for k in ("clip_lr", "hps_lr", "vae_lr", "unet_lr") if not getattr(self, k) > 0]
+        if not 0 <= self.ema_decay < 1:
+            out.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.cfg_dropout < 1:
+            out.append(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            out.append(f"snr_gamma must be > 0 or null (no weighting), got {self.snr_gamma}")
+        if self.text_layers < 0:
+            out.append(f"text_layers must be >= 0 (0: the text tower's embeddings only), got {self.text_layers}")
+        return out
+
     @classmethod
     def quick(cls, **kw: Any) -> Settings:
         return cls(
@@ -697,6 +712,8 @@ def write_checksums(out: Path) -> Path:
 def build(out: str | Path, settings: Settings | None = None, stages: Sequence[str] = STAGES) -> dict[str, float]:
     """Run ``stages`` into ``out``; returns the seconds each took."""
     s = settings or Settings()
+    if s.problems():
+        raise ValueError("build settings: " + "; ".join(s.problems()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(s.threads)
@@ -778,6 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--set {item!r}: {key} takes a JSON {'list of ints' if isinstance(current, tuple) else kind.__name__}"
                     f"{' or null' if key == 'snr_gamma' else ''}, like {json.dumps(list(current) if isinstance(current, tuple) else current)}")
         setattr(s, key, new)
+    if s.problems():
+        p.error("--set: " + "; ".join(s.problems()))
     args.out = out
     times = build(args.out, s, args.stages)
     log.info("built in %.0fs: %s", sum(times.values()), ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))

@@ -37,6 +37,10 @@ def test_quick_build_twice_writes_identical_files(tmp_path):
         (["--set", "unet_channels=[1,\"a\"]", "--out", "x"], "unet_channels takes a JSON list of ints, like [32, 64, 128]"),
         (["--set", "seed=3", "--out", "x"], "expected KEY=VALUE"),
         (["--set", "snr_gamma=\"x\"", "--out", "x"], "snr_gamma takes a JSON float or null, like 5.0"),
+        (["--set", "snr_gamma=0", "--out", "x"], "snr_gamma must be > 0 or null (no weighting), got 0.0"),
+        (["--set", "text_layers=-1", "--out", "x"], "text_layers must be >= 0 (0: the text tower's embeddings only), got -1"),
+        (["--set", "ema_decay=1", "--out", "x"], "ema_decay must be in [0, 1), got 1.0"),
+        (["--set", "unet_steps=0", "--out", "x"], "unet_steps must be >= 1, got 0"),
     ],
 )
 def test_build_refuses_bad_options_before_any_work_and_never_overwrites_the_shipped_models_by_default(argv, message, capsys, monkeypatch):
