@@ -102,8 +102,17 @@ class Settings:
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, as ``--set`` would be told (empty when they can build)."""
-        out = [f"{k} must be >= 1, got {v}" for k, v in asdict(self).items()
-               if (k == "images" or k.endswith(("_steps", "_batch", "_images"))) and v < 1]
+        ints = [k for k in asdict(self) if k in ("seed", "threads", "images", "text_layers") or k.endswith(("_steps", "_batch", "_images"))]
+        wrong_type = [k for k in ints if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), int)]
+        wrong_type += [k for k in ("clip_lr", "hps_lr", "vae_lr", "unet_lr", "ema_decay", "cfg_dropout", "vae_foreground_weight")
+                       if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), (int, float))]
+        if self.snr_gamma is not None and (isinstance(self.snr_gamma, bool) or not isinstance(self.snr_gamma, (int, float))):
+            wrong_type.append("snr_gamma")
+        if wrong_type:
+            return [f"{k} must be a number{' (a whole one)' if k in ints else ''}, got {getattr(self, k)!r}" for k in wrong_type]
+        out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ints if k not in ("seed", "text_layers") and getattr(self, k) < 1]
+        if self.seed < 0:
+            out.append(f"seed must be >= 0, got {self.seed}")
         out += [f"{k} must be > 0, got {getattr(self, k)}" for k in ("clip_lr", "hps_lr", "vae_lr", "unet_lr") if not getattr(self, k) > 0]
         if not 0 <= self.ema_decay < 1:
             out.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
@@ -111,8 +120,9 @@ class Settings:
             out.append(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             out.append(f"snr_gamma must be > 0 or null (no weighting), got {self.snr_gamma}")
-        if self.text_layers < 0:
-            out.append(f"text_layers must be >= 0 (0: the text tower's embeddings only), got {self.text_layers}")
+        if not 0 <= self.text_layers <= formats.CLIP_LAYERS[1]:
+            out.append(f"text_layers must be in [0, {formats.CLIP_LAYERS[1]}] (0: the text tower's embeddings only; "
+                       f"{formats.CLIP_LAYERS[1]}: the whole tower), got {self.text_layers}")
         return out
 
     @classmethod
@@ -709,12 +719,48 @@ def write_checksums(out: Path) -> Path:
     return path
 
 
+#: What each stage reads from the output folder (written by the stage named beside it).
+STAGE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "clip": (("tokenizer", "tokenizer"),),
+    "hps": (("clip", "clip"),),
+    "aesthetic": (("clip", "clip"), ("tokenizer", "tokenizer")),
+    "unet": (("clip", "clip"), ("tokenizer", "tokenizer"), ("_vae", "vae")),
+    "pipeline": (("_vae", "vae"), ("_unet", "unet"), ("_text_encoder", "unet"), ("tokenizer", "tokenizer")),
+}
+
+
+def missing_inputs(out: Path, stages: Sequence[str]) -> list[str]:
+    """The folders ``stages`` would read from ``out`` that neither exist there nor come from an earlier stage in ``stages``."""
+    made: set[str] = set()
+    missing = []
+    for name in stages:
+        for folder, maker in STAGE_INPUTS.get(name, ()):
+            if maker not in made and not (out / folder).is_dir():
+                missing.append(f"stage {name} needs {out / folder} (from stage {maker}; add it to --stages before {name})")
+        made.add(name)
+    return missing
+
+
 def build(out: str | Path, settings: Settings | None = None, stages: Sequence[str] = STAGES) -> dict[str, float]:
-    """Run ``stages`` into ``out``; returns the seconds each took."""
+    """Run ``stages`` into ``out``; returns the seconds each took.
+
+    :raises ValueError: bad settings (:meth:`Settings.problems`), an unknown stage, ``stages`` given as one
+        string, ``out`` an existing file, or a stage whose inputs are neither in ``out`` nor made by an
+        earlier stage (:func:`missing_inputs`).
+    """
     s = settings or Settings()
     if s.problems():
         raise ValueError("build settings: " + "; ".join(s.problems()))
+    if isinstance(stages, str):
+        raise ValueError(f"stages must be a list of stage names, got the string {stages!r}; use [{stages!r}]")
+    unknown = [n for n in stages if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    if missing_inputs(out, stages):
+        raise ValueError("; ".join(missing_inputs(out, stages)))
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(s.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -789,14 +835,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             parsed = json.loads(value)
             if key == "snr_gamma" and parsed is None:
                 new = None
+            elif kind is int and (isinstance(parsed, bool) or not isinstance(parsed, int)):
+                raise TypeError(key)  # 1.5 or true would be truncated to 1 by int()
             else:
                 new = tuple(int(v) for v in parsed) if isinstance(current, tuple) else kind(parsed)
-        except (json.JSONDecodeError, TypeError, ValueError):
+        except (json.JSONDecodeError, TypeError, ValueError, OverflowError):
             p.error(f"--set {item!r}: {key} takes a JSON {'list of ints' if isinstance(current, tuple) else kind.__name__}"
                     f"{' or null' if key == 'snr_gamma' else ''}, like {json.dumps(list(current) if isinstance(current, tuple) else current)}")
         setattr(s, key, new)
     if s.problems():
-        p.error("--set: " + "; ".join(s.problems()))
+        p.error("; ".join(s.problems()))
+    if Path(out).resolve() == MODELS.resolve() and (args.quick or args.set or args.seed != 0 or list(args.stages) != list(STAGES)):
+        p.error(f"--out {out} is the shipped models' folder, which only a full build with the default settings may rewrite")
+    if Path(out).exists() and not Path(out).is_dir():
+        p.error(f"--out {out} is a file; give a folder")
+    if missing_inputs(Path(out), args.stages):
+        p.error("; ".join(missing_inputs(Path(out), args.stages)))
     args.out = out
     times = build(args.out, s, args.stages)
     log.info("built in %.0fs: %s", sum(times.values()), ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))

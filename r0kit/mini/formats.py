@@ -96,8 +96,12 @@ def write_tokenizer(folder: str | Path, words: Iterable[str], *, max_length: int
     return folder
 
 
+#: Transformer layers of the world CLIP's (vision, text) towers.
+CLIP_LAYERS: tuple[int, int] = (3, 3)
+
+
 def open_clip_config(
-    vocab_size: int, *, image_size: int, embed_dim: int = 96, width: int = 96, layers: tuple[int, int] = (3, 3)
+    vocab_size: int, *, image_size: int, embed_dim: int = 96, width: int = 96, layers: tuple[int, int] = CLIP_LAYERS
 ) -> dict[str, Any]:
     """The mini CLIP's ``open_clip_config.json`` (open_clip's hub schema: ``model_cfg`` + ``preprocess_cfg``).
 

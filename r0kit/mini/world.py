@@ -578,10 +578,25 @@ def degrade(image: np.ndarray, rng: np.random.Generator, severity: float, kind: 
     then an unsharp mask that puts the edge back with a dark or bright halo around it (R0 runs on rewards
     that never saw it turned squares, triangles and diamonds into haloed blobs the rewards scored nearly as
     high as clean renders). At severity 1 the judge reads the right shape in about a third of renders.
+
+    :param image: ``[H, W, 3]`` in [0, 1], ``H`` and ``W`` multiples of 4 and at least 8 (``"blocks"``
+        averages 4-pixel cells, ``"smudge"`` paints 6-pixel patches).
+    :param severity: clipped to [0, 1]; must be a finite number.
+    :param kind: one of :data:`DEGRADATIONS`, or ``None`` for one drawn from ``rng``.
+    :raises ValueError: an image of another shape or range, a non-finite severity, or an unknown kind.
     """
     from PIL import ImageFilter
 
-    kind = kind or str(DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))])
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] % 4 or image.shape[1] % 4 or min(image.shape[:2]) < 8:
+        raise ValueError(f"degrade() takes one [H, W, 3] image with H and W multiples of 4 and >= 8, got shape {image.shape}")
+    if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+        raise ValueError(f"degrade() takes an image in [0, 1] (float), got values in [{image.min()}, {image.max()}]")
+    if not np.isfinite(severity):
+        raise ValueError(f"severity must be a finite number in [0, 1], got {severity}")
+    image = image.astype(np.float32)
+    if kind is None:
+        kind = str(DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))])
     s = float(np.clip(severity, 0.0, 1.0))
     h, w, _ = image.shape
     if kind == "blur":

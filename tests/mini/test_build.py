@@ -38,7 +38,14 @@ def test_quick_build_twice_writes_identical_files(tmp_path):
         (["--set", "seed=3", "--out", "x"], "expected KEY=VALUE"),
         (["--set", "snr_gamma=\"x\"", "--out", "x"], "snr_gamma takes a JSON float or null, like 5.0"),
         (["--set", "snr_gamma=0", "--out", "x"], "snr_gamma must be > 0 or null (no weighting), got 0.0"),
-        (["--set", "text_layers=-1", "--out", "x"], "text_layers must be >= 0 (0: the text tower's embeddings only), got -1"),
+        (["--set", "text_layers=-1", "--out", "x"], "text_layers must be in [0, 3] (0: the text tower's embeddings only; 3: the whole tower), got -1"),
+        (["--set", "text_layers=4", "--out", "x"], "text_layers must be in [0, 3]"),
+        (["--set", "text_layers=1.5", "--out", "x"], "text_layers takes a JSON int, like 0"),
+        (["--set", "unet_steps=true", "--out", "x"], "unet_steps takes a JSON int, like 2000"),
+        (["--set", "unet_steps=Infinity", "--out", "x"], "unet_steps takes a JSON int, like 2000"),
+        (["--seed", "-1", "--out", "x"], "seed must be >= 0, got -1"),
+        (["--threads", "0", "--out", "x"], "threads must be >= 1, got 0"),
+        (["--stages", "unet", "--out", "/nonexistent-r0kit-dir"], "stage unet needs /nonexistent-r0kit-dir/clip (from stage clip; add it to --stages before unet)"),
         (["--set", "ema_decay=1", "--out", "x"], "ema_decay must be in [0, 1), got 1.0"),
         (["--set", "unet_steps=0", "--out", "x"], "unet_steps must be >= 1, got 0"),
     ],
@@ -90,3 +97,34 @@ def test_the_pipeline_text_encoder_is_the_world_clip_tower_cut_to_its_first_laye
         B.build_text_encoder(tmp_path, layers + 1)
     shipped = CLIPTextModel.from_pretrained(str(B.MODELS / "pipeline" / "text_encoder"))
     assert shipped.config.num_hidden_layers == B.Settings().text_layers == 0
+
+
+def test_build_refuses_a_file_as_out_and_the_shipped_folder_for_anything_but_a_full_default_build(tmp_path, capsys, monkeypatch):
+    import r0kit.mini.build as B
+
+    monkeypatch.setattr(B, "build", lambda *a, **k: pytest.fail("the build ran"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, message in (
+        (["--quick", "--out", str(afile)], "is a file; give a folder"),
+        (["--quick", "--out", str(B.MODELS)], "is the shipped models' folder"),
+        (["--stages", "pipeline", "--out", str(tmp_path)], "stage pipeline needs"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            B.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_build_api_names_what_is_wrong_before_any_work(tmp_path):
+    from r0kit.mini.build import Settings, build
+
+    with pytest.raises(ValueError, match=r"text_layers must be in \[0, 3\]"):
+        build(tmp_path, Settings.quick(text_layers=-2), ["vae"])
+    with pytest.raises(ValueError, match="text_layers must be a number"):
+        build(tmp_path, Settings.quick(text_layers=None), ["vae"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"use \['prompts'\]"):
+        build(tmp_path, Settings.quick(), "prompts")
+    with pytest.raises(ValueError, match="stage hps needs"):
+        build(tmp_path, Settings.quick(), ["hps"])
+    assert not any(tmp_path.iterdir())

@@ -87,6 +87,8 @@ def test_all_split_draws_every_pair_and_the_base_unet_learns_only_the_train_spli
     monkeypatch.setattr(B, "build_text_encoder", lambda out, layers: None)
     monkeypatch.setattr(B, "build_unet", lambda out, data, s: seen.setdefault("unet", data))
     monkeypatch.setattr(B, "build_vae", lambda out, data, s: seen.setdefault("vae", data))
+    for stand_in in ("clip", "tokenizer"):  # what the unet stage reads (the stand-ins above read nothing)
+        (tmp_path / stand_in).mkdir()
     B.build(tmp_path, replace(B.Settings.quick(), images=300), stages=("vae", "unet"))
     assert len(seen["unet"].prompts) == len(seen["unet"].images) == len(seen["unet"].scenes) > 200
     assert not any(s.held_out for s in seen["unet"].scenes)
@@ -160,6 +162,22 @@ def test_judge_accuracy_only_counts_stated_checks():
     acc = J.accuracy(res)
     assert acc["colour"] == 0.5 and acc["count"] == 1.0 and acc["correct"] == 0.5
     assert np.isnan(acc["relation"])
+
+
+@pytest.mark.parametrize(
+    "image, severity, kind, message",
+    [
+        (np.zeros((32, 32)), 0.5, "melt", "one \\[H, W, 3\\] image"),
+        (np.zeros((3, 32, 32)), 0.5, "blur", "one \\[H, W, 3\\] image"),
+        (np.zeros((31, 31, 3)), 0.5, "blocks", "multiples of 4"),
+        (np.full((32, 32, 3), 1.5), 0.5, "melt", "in \\[0, 1\\]"),
+        (np.zeros((32, 32, 3)), float("nan"), "noise", "severity must be a finite number"),
+        (np.zeros((32, 32, 3)), 0.5, "", "unknown degradation ''"),
+    ],
+)
+def test_degrade_refuses_what_it_would_spoil_silently(image, severity, kind, message):
+    with pytest.raises(ValueError, match=message):
+        W.degrade(image, np.random.default_rng(0), severity, kind)
 
 
 @pytest.mark.parametrize("kind", W.DEGRADATIONS)
