@@ -46,6 +46,7 @@ import logging
 import math
 import shutil
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -100,16 +101,28 @@ class Settings:
     text_layers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @staticmethod
+    def kind(key: str) -> tuple[type, bool]:
+        """The type of setting ``key`` (``tuple`` for the channel lists) and whether it may be ``None``, from its annotation."""
+        hint = typing.get_type_hints(Settings)[key]
+        args = typing.get_args(hint)
+        nullable = type(None) in args
+        base = next(a for a in args if a is not type(None)) if nullable else (typing.get_origin(hint) or hint)
+        return base, nullable
+
     def problems(self) -> list[str]:
         """What is wrong with these settings, as ``--set`` would be told (empty when they can build)."""
-        ints = [k for k in asdict(self) if k in ("seed", "threads", "images", "text_layers") or k.endswith(("_steps", "_batch", "_images"))]
-        wrong_type = [k for k in ints if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), int)]
-        wrong_type += [k for k in ("clip_lr", "hps_lr", "vae_lr", "unet_lr", "ema_decay", "cfg_dropout", "vae_foreground_weight")
-                       if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), (int, float))]
-        if self.snr_gamma is not None and (isinstance(self.snr_gamma, bool) or not isinstance(self.snr_gamma, (int, float))):
-            wrong_type.append("snr_gamma")
+        wrong_type = []
+        for k in asdict(self):
+            v = getattr(self, k)
+            base, nullable = Settings.kind(k)
+            if (v is None and nullable) or base in (tuple, dict):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int if base is int else (int, float)):
+                wrong_type.append(f"{k} must be a number{' (a whole one)' if base is int else ''}, got {v!r}")
         if wrong_type:
-            return [f"{k} must be a number{' (a whole one)' if k in ints else ''}, got {getattr(self, k)!r}" for k in wrong_type]
+            return wrong_type
+        ints = [k for k in asdict(self) if Settings.kind(k)[0] is int]
         out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ints if k not in ("seed", "text_layers") and getattr(self, k) < 1]
         if self.seed < 0:
             out.append(f"seed must be >= 0, got {self.seed}")
@@ -215,7 +228,8 @@ def build_prompts(folder: Path, seed: int) -> Path:
     heldout = W.evaluation_prompts("heldout")
     write_text(folder / "train.txt", "\n".join(W.prompts(3000, "train", seed=seed)) + "\n")
     write_text(folder / "heldout.txt", "\n".join(heldout) + "\n")
-    drawn = [p for p in W.prompts(4000, "all", seed=seed + 1) if p not in set(heldout)]
+    evaluated = set(heldout)
+    drawn = [p for p in W.prompts(4000, "all", seed=seed + 1) if p not in evaluated]
     write_text(folder / "all.txt", "\n".join(drawn[:3000]) + "\n")
     return folder
 
@@ -741,26 +755,33 @@ def missing_inputs(out: Path, stages: Sequence[str]) -> list[str]:
     return missing
 
 
+def refusals(out: Path, s: Settings, stages: Sequence[str]) -> list[str]:
+    """Why a build of ``stages`` into ``out`` with ``s`` cannot run (empty when it can): the one check
+    :func:`build` raises on and the command line reports as a usage error, before any work."""
+    if s.problems():
+        return s.problems()
+    if isinstance(stages, str):
+        return [f"stages must be a list of stage names, got the string {stages!r}; use [{stages!r}]"]
+    unknown = [n for n in stages if n not in STAGES]
+    if unknown:
+        return [f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}"]
+    if out.exists() and not out.is_dir():
+        return [f"--out {out} is a file; give a folder"]
+    return missing_inputs(out, stages)
+
+
 def build(out: str | Path, settings: Settings | None = None, stages: Sequence[str] = STAGES) -> dict[str, float]:
     """Run ``stages`` into ``out``; returns the seconds each took.
 
-    :raises ValueError: bad settings (:meth:`Settings.problems`), an unknown stage, ``stages`` given as one
-        string, ``out`` an existing file, or a stage whose inputs are neither in ``out`` nor made by an
-        earlier stage (:func:`missing_inputs`).
+    :raises ValueError: whatever :func:`refusals` names (bad settings, an unknown stage, ``stages`` given
+        as one string, ``out`` an existing file, a stage whose inputs are neither in ``out`` nor made by
+        an earlier stage).
     """
     s = settings or Settings()
-    if s.problems():
-        raise ValueError("build settings: " + "; ".join(s.problems()))
-    if isinstance(stages, str):
-        raise ValueError(f"stages must be a list of stage names, got the string {stages!r}; use [{stages!r}]")
-    unknown = [n for n in stages if n not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
-    if missing_inputs(out, stages):
-        raise ValueError("; ".join(missing_inputs(out, stages)))
+    wrong = refusals(out, s, stages)
+    if wrong:
+        raise ValueError("; ".join(wrong))
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(s.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -787,8 +808,6 @@ def build(out: str | Path, settings: Settings | None = None, stages: Sequence[st
         "pipeline": lambda: build_pipeline(out),
     }
     for name in stages:
-        if name not in steps:
-            raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
         t0 = time.time()
         steps[name]()
         times[name] = time.time() - t0
@@ -830,27 +849,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             known = ", ".join(k for k in asdict(s) if k not in ("seed", "threads", "extra"))
             p.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {known}")
         current = getattr(Settings(), key)
-        kind = float if key == "snr_gamma" else type(current)  # the one setting that may also be null (off)
+        kind, nullable = Settings.kind(key)
         try:
             parsed = json.loads(value)
-            if key == "snr_gamma" and parsed is None:
+            if nullable and parsed is None:
                 new = None
             elif kind is int and (isinstance(parsed, bool) or not isinstance(parsed, int)):
                 raise TypeError(key)  # 1.5 or true would be truncated to 1 by int()
             else:
-                new = tuple(int(v) for v in parsed) if isinstance(current, tuple) else kind(parsed)
+                new = tuple(int(v) for v in parsed) if kind is tuple else kind(parsed)
         except (json.JSONDecodeError, TypeError, ValueError, OverflowError):
-            p.error(f"--set {item!r}: {key} takes a JSON {'list of ints' if isinstance(current, tuple) else kind.__name__}"
-                    f"{' or null' if key == 'snr_gamma' else ''}, like {json.dumps(list(current) if isinstance(current, tuple) else current)}")
+            p.error(f"--set {item!r}: {key} takes a JSON {'list of ints' if kind is tuple else kind.__name__}"
+                    f"{' or null' if nullable else ''}, like {json.dumps(list(current) if kind is tuple else current)}")
         setattr(s, key, new)
-    if s.problems():
-        p.error("; ".join(s.problems()))
     if Path(out).resolve() == MODELS.resolve() and (args.quick or args.set or args.seed != 0 or list(args.stages) != list(STAGES)):
         p.error(f"--out {out} is the shipped models' folder, which only a full build with the default settings may rewrite")
-    if Path(out).exists() and not Path(out).is_dir():
-        p.error(f"--out {out} is a file; give a folder")
-    if missing_inputs(Path(out), args.stages):
-        p.error("; ".join(missing_inputs(Path(out), args.stages)))
+    wrong = refusals(Path(out), s, args.stages)
+    if wrong:
+        p.error("; ".join(wrong))
     args.out = out
     times = build(args.out, s, args.stages)
     log.info("built in %.0fs: %s", sum(times.values()), ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
