@@ -18,7 +18,8 @@ the size of "all of the prompt".
 
 The same swaps then ask the world's CLIP (the HPS and CLIP rewards' backbone; the
 pipeline's text encoder is its tower cut to the embeddings) which caption fits a clean
-render better: the share of scenes where it prefers the true caption (0.5 = it cannot tell the attribute apart).
+render better: the share of scenes where it prefers the true caption (0.5 = it cannot
+tell the attribute apart).
 
 Prints both tables and writes ``--out`` (CSV, one row per attribute and timestep) and
 ``<out stem>_clip.csv``.

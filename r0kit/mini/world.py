@@ -572,7 +572,7 @@ DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "colour_cast", "blocks", "smud
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator, severity: float, kind: str | None = None) -> np.ndarray:
-    """``image`` (``[H, W, 3]`` in [0, 1]) spoiled by one of :data:`DEGRADATIONS` at ``severity`` in (0, 1].
+    """``image`` (``[H, W, 3]`` in [0, 1]) spoiled by one of :data:`DEGRADATIONS` at ``severity`` (0 mild, 1 worst).
 
     ``"melt"`` is what reward hacking drew in this world: a Gaussian blur that rounds every corner off,
     then an unsharp mask that puts the edge back with a dark or bright halo around it (R0 runs on rewards
@@ -599,9 +599,12 @@ def degrade(image: np.ndarray, rng: np.random.Generator, severity: float, kind: 
         kind = str(DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))])
     s = float(np.clip(severity, 0.0, 1.0))
     h, w, _ = image.shape
-    if kind == "blur":
+    if kind in ("blur", "melt"):
         pil = Image.fromarray((image * 255 + 0.5).astype(np.uint8))
-        out = np.asarray(pil.filter(ImageFilter.GaussianBlur(0.4 + 1.6 * s)), np.float32) / 255.0
+        pil = pil.filter(ImageFilter.GaussianBlur(0.4 + 1.6 * s if kind == "blur" else 0.8 + 1.7 * s))
+        if kind == "melt":  # the edge put back, with its halo
+            pil = pil.filter(ImageFilter.UnsharpMask(radius=2, percent=int(150 + 250 * s), threshold=0))
+        out = np.asarray(pil, np.float32) / 255.0
     elif kind == "noise":
         out = image + rng.normal(0.0, 0.03 + 0.17 * s, image.shape).astype(np.float32)
     elif kind == "colour_cast":
@@ -612,9 +615,6 @@ def degrade(image: np.ndarray, rng: np.random.Generator, severity: float, kind: 
         small = image.reshape(h // f, f, w // f, f, 3).mean((1, 3))
         out = np.repeat(np.repeat(small, f, 0), f, 1)
         out = out + rng.normal(0.0, 0.05 * s, out.shape).astype(np.float32)
-    elif kind == "melt":
-        pil = Image.fromarray((image * 255 + 0.5).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.8 + 1.7 * s))
-        out = np.asarray(pil.filter(ImageFilter.UnsharpMask(radius=2, percent=int(150 + 250 * s), threshold=0)), np.float32) / 255.0
     elif kind == "smudge":
         out = image.copy()
         for _ in range(1 + int(3 * s)):
