@@ -92,7 +92,7 @@ class Settings:
     vae_foreground_weight: float = 25.0
     unet_steps: int = 2000
     unet_batch: int = 128
-    unet_lr: float = 5e-4
+    unet_lr: float = 2e-3
     unet_channels: tuple[int, ...] = (32, 64, 128)
     vae_channels: tuple[int, ...] = (16, 32, 64)
     cfg_dropout: float = 0.1
@@ -569,6 +569,11 @@ def build_unet(out: Path, data: Data, s: Settings) -> Path:
     "Efficient Diffusion Training via Min-SNR Weighting Strategy"; diffusers' ``train_text_to_image.py
     --snr_gamma``), which moves the loss off the nearly clean timesteps and onto those where the layout
     and shapes are decided; ``None`` is the unweighted loss.
+
+    ``unet_lr`` is 2e-3, with the cosine schedule and gradient clipping at 1. At 5e-4 the same 2000 steps
+    gave a base that drew a circle-like blob for every shape: at 25 steps, CFG 3, on 96 single-object
+    training prompts the judge's accuracy was 0.43 at 5e-4 and 0.93 at 2e-3; in the demo's table (the 40
+    held-out prompts, 4 steps, 6 seeds) 0.100 and 0.438.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import compute_snr
