@@ -36,6 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def default_out(split: str) -> Path:
+    """Where a split's table goes unless ``--out`` says: one file per split, so a ``--split train`` run
+    never overwrites the held-out table."""
+    return Path("benchmarks/results") / f"mini_reward_agreement_cpu{'_train' if split == 'train' else ''}.csv"
+
+
 def _objective_config(config: Path | None):
     """The ``[objective]`` of ``config`` (default the mini preset), validated, with its path; nothing loads."""
     from r0kit.commands.optimize import preset_path
@@ -101,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=("heldout", "train"), default="heldout",
                    help="the prompts: held-out colour-shape pairs (default) or training ones")
     p.add_argument("--threads", type=int_at_least(1), default=2)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/mini_reward_agreement_cpu.csv"))
+    p.add_argument("--out", type=Path, help="the CSV to write (default benchmarks/results/mini_reward_agreement_cpu.csv, "
+                   "or ..._cpu_train.csv for --split train, so the two splits never overwrite each other)")
     args = p.parse_args(argv)
+    args.out = args.out or default_out(args.split)
     from r0kit.checks import check_output_file
     from r0kit.diffusion import check_guidance_scale
     from r0kit.errors import R0kitError
