@@ -1,7 +1,7 @@
 """R0's ablations in miniature, on the mini world, with several seeds each.
 
-    python benchmarks/mini/ablate.py                 # everything (about 45 minutes on 2 CPU cores)
-    python benchmarks/mini/ablate.py --only gradnorm --seeds 3 --steps 150
+    python benchmarks/mini/ablate.py                 # everything, as committed (24.4 minutes on 2 CPU cores)
+    python benchmarks/mini/ablate.py --only gradnorm --steps 150 --out /tmp/ablate   # other settings need --out
 
 Every run starts from the mini preset (``r0kit/presets/mini.toml``: R0 with the world's
 three rewards, normalized gradients, random η, weight-L2, LoRA) and changes one thing:
@@ -257,14 +257,18 @@ def verdict(a: tuple[float, float, int], b: tuple[float, float, int], *, higher:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from r0kit.commands._common import committed_table
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=150, help="R0 training steps per run")
+    p.add_argument("--steps", type=int, default=100, help="R0 training steps per run")
     p.add_argument("--only", nargs="+", help="studies to run (gradnorm rewards regularization supervision lora reno)")
     p.add_argument("--reno-steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, help=f"the folder to write (default {RESULTS}, the committed tables, which only the "
+                   "default --seeds, --steps and --reno-steps may write; --only replaces its own studies' rows there)")
     args = p.parse_args(argv)
+    args.out = committed_table(p, args, ("seeds", "steps", "reno_steps"), RESULTS)
     torch.set_num_threads(args.threads)
     from r0kit.evaluate import build_metrics
 

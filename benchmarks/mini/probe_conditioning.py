@@ -112,14 +112,22 @@ def clip_preference(scenes_n: int, seed: int) -> dict[str, float]:
     return {a: float((true > sim([swapped(sc, a) for sc in scenes])).float().mean()) for a in ("position", "size", "shape", "colour")}
 
 
+#: The committed table (and its ``_clip.csv`` sibling), written by a run with the default options.
+COMMITTED = Path("benchmarks/results/mini_probe_conditioning_cpu.csv")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from r0kit.commands._common import committed_table
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="r0kit-mini")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--timesteps", default="999,900,700,500,300")
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/mini_probe_conditioning_cpu.csv"))
+    p.add_argument("--out", type=Path, help="the CSV to write (default benchmarks/results/mini_probe_conditioning_cpu.csv, "
+                   "the committed table, which only the default --model, --samples, --timesteps and --seed may write)")
     args = p.parse_args(argv)
+    args.out = committed_table(p, args, ("model", "samples", "timesteps", "seed"), COMMITTED)
     torch.manual_seed(args.seed)
     rows = probe(args.model, args.samples, [int(t) for t in args.timesteps.split(",")], args.seed)
     with open(args.out, "w", newline="", encoding="utf-8") as fh:

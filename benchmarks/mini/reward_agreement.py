@@ -96,7 +96,7 @@ def agreement(source: str, samples: int, guidance: float, config: Path | None, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r0kit.commands._common import finite_float, int_at_least
+    from r0kit.commands._common import committed_table, finite_float, int_at_least
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="r0kit-mini@4", help="MODEL@K or an exported generator (default r0kit-mini@4)")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="the CSV to write (default benchmarks/results/mini_reward_agreement_cpu.csv, "
                    "or ..._cpu_train.csv for --split train, so the two splits never overwrite each other)")
     args = p.parse_args(argv)
-    args.out = args.out or default_out(args.split)
+    args.out = committed_table(p, args, ("source", "config", "samples", "guidance"), default_out(args.split))
     from r0kit.checks import check_output_file
     from r0kit.diffusion import check_guidance_scale
     from r0kit.errors import R0kitError

@@ -92,6 +92,23 @@ def quiet_library_progress() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
+def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measured: tuple[str, ...], table: Path) -> Path:
+    """``args.out``, or ``table`` (a committed results file) when every option in ``measured`` has its default.
+
+    A benchmark run with another model, config or sample count measures something else, so writing it over
+    the committed table would lose that table: such a run must name its ``--out``.
+
+    :raises SystemExit: (``p.error``) an option in ``measured`` changed and ``--out`` is not given.
+    """
+    if args.out is not None:
+        return args.out
+    changed = [f"--{k}" for k in measured if getattr(args, k) != p.get_default(k)]
+    if changed:
+        p.error(f"{', '.join(changed)} measure something other than the committed table {table}; "
+                "give --out FILE.csv so it stays as it is")
+    return table
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an int >= ``low``."""
 
