@@ -51,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+STUDIES = ("gradnorm", "rewards", "regularization", "supervision", "lora", "reno")
 
 
 @dataclass
@@ -257,22 +258,24 @@ def verdict(a: tuple[float, float, int], b: tuple[float, float, int], *, higher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r0kit.commands._common import committed_table
+    from r0kit.commands._common import committed_table, int_at_least
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=100, help="R0 training steps per run")
-    p.add_argument("--only", nargs="+", help="studies to run (gradnorm rewards regularization supervision lora reno)")
-    p.add_argument("--reno-steps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seeds", type=int_at_least(1), default=3)
+    p.add_argument("--steps", type=int_at_least(1), default=100, help="R0 training steps per run")
+    p.add_argument("--only", nargs="+", choices=STUDIES, help="studies to run (default all)")
+    p.add_argument("--reno-steps", type=int_at_least(1), default=20)
+    p.add_argument("--threads", type=int_at_least(1), default=2)
     p.add_argument("--out", type=Path, help=f"the folder to write (default {RESULTS}, the committed tables, which only the "
                    "default --seeds, --steps and --reno-steps may write; --only replaces its own studies' rows there)")
     args = p.parse_args(argv)
     args.out = committed_table(p, args, ("seeds", "steps", "reno_steps"), RESULTS)
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {str(args.out)!r} is a file; give a folder for the tables and plots")
     torch.set_num_threads(args.threads)
     from r0kit.evaluate import build_metrics
 
-    studies = args.only or ["gradnorm", "rewards", "regularization", "supervision", "lora", "reno"]
+    studies = args.only or list(STUDIES)
     prompts = heldout_prompts()
     metrics = build_metrics(["mini_geneval", "mini_fid", "mini_diversity"])
     cfg = base_config(args.steps)

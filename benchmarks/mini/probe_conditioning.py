@@ -112,24 +112,44 @@ def clip_preference(scenes_n: int, seed: int) -> dict[str, float]:
     return {a: float((true > sim([swapped(sc, a) for sc in scenes])).float().mean()) for a in ("position", "size", "shape", "colour")}
 
 
+def timesteps(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated timesteps, each a whole number in [0, 999] (spaces allowed)."""
+    try:
+        out = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 999,700,300, got {text!r}") from None
+    if not out or not all(0 <= t <= 999 for t in out):
+        raise argparse.ArgumentTypeError(f"timesteps must lie in [0, 999], got {text!r}")
+    return out
+
+
 #: The committed table (and its ``_clip.csv`` sibling), written by a run with the default options.
 COMMITTED = Path("benchmarks/results/mini_probe_conditioning_cpu.csv")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r0kit.commands._common import committed_table
+    from r0kit.checks import check_output_file
+    from r0kit.commands._common import committed_table, int_at_least
+    from r0kit.errors import R0kitError
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="r0kit-mini")
-    p.add_argument("--samples", type=int, default=64)
-    p.add_argument("--timesteps", default="999,900,700,500,300")
-    p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--out", type=Path, help="the CSV to write (default benchmarks/results/mini_probe_conditioning_cpu.csv, "
-                   "the committed table, which only the default --model, --samples, --timesteps and --seed may write)")
+    p.add_argument("--samples", type=int_at_least(1), default=64)
+    p.add_argument("--timesteps", type=timesteps, default=(999, 900, 700, 500, 300),
+                   help="comma-separated timesteps in [0, 999] (default 999,900,700,500,300)")
+    p.add_argument("--seed", type=int_at_least(0), default=3)
+    p.add_argument("--out", type=Path, help="the CSV to write, with a _clip.csv beside it (default "
+                   f"{COMMITTED}, the committed table, which only the default --model, --samples, --timesteps "
+                   "and --seed may write)")
     args = p.parse_args(argv)
     args.out = committed_table(p, args, ("model", "samples", "timesteps", "seed"), COMMITTED)
+    try:
+        check_output_file(args.out, "--out", overwrite=True)
+    except R0kitError as exc:
+        p.error(str(exc))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    rows = probe(args.model, args.samples, [int(t) for t in args.timesteps.split(",")], args.seed)
+    rows = probe(args.model, args.samples, list(args.timesteps), args.seed)
     with open(args.out, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="the CSV to write (default benchmarks/results/mini_reward_agreement_cpu.csv, "
                    "or ..._cpu_train.csv for --split train, so the two splits never overwrite each other)")
     args = p.parse_args(argv)
-    args.out = committed_table(p, args, ("source", "config", "samples", "guidance"), default_out(args.split))
     from r0kit.checks import check_output_file
     from r0kit.diffusion import check_guidance_scale
     from r0kit.errors import R0kitError
@@ -118,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # everything the user typed, before a model loads
         check_guidance_scale(args.guidance, "--guidance")
+        args.out = committed_table(p, args, ("source", "config", "samples", "guidance"), default_out(args.split))
         check_output_file(args.out, "--out", overwrite=True)
         base, _ = parse_source(args.source)
         if source_kind(base) == "images":

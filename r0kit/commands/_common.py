@@ -93,20 +93,28 @@ def quiet_library_progress() -> None:
 
 
 def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measured: tuple[str, ...], table: Path) -> Path:
-    """``args.out``, or ``table`` (a committed results file) when every option in ``measured`` has its default.
+    """``args.out``, or ``table`` (a committed results file, or folder of them) when every option in
+    ``measured`` has its default.
 
-    A benchmark run with another model, config or sample count measures something else, so writing it over
-    the committed table would lose that table: such a run must name its ``--out``.
+    A benchmark run with another model, config or sample count measures something else, so writing it
+    into the committed results folder would lose a committed table: such a run must name an ``--out``
+    outside that folder.
 
-    :raises SystemExit: (``p.error``) an option in ``measured`` changed and ``--out`` is not given.
+    :raises SystemExit: (``p.error``) ``--out`` is missing or lies in the committed results folder while an
+        option in ``measured`` changed, or names another file there than ``table``.
     """
-    if args.out is not None:
-        return args.out
-    changed = [f"--{k}" for k in measured if getattr(args, k) != p.get_default(k)]
-    if changed:
-        p.error(f"{', '.join(changed)} measure something other than the committed table {table}; "
-                "give --out FILE.csv so it stays as it is")
-    return table
+    changed = [f"--{k.replace('_', '-')}" for k in measured if getattr(args, k) != p.get_default(k)]
+    folder = (table if not table.suffix else table.parent).resolve()
+    out = table.resolve() if args.out is None else Path(args.out).expanduser().resolve()
+    if out == folder or folder in out.parents:  # in the committed results: only this run's own table
+        if changed:
+            verb = "changes" if len(changed) == 1 else "change"
+            p.error(f"{', '.join(changed)} {verb} what is measured, so the run must not write into {folder} "
+                    f"(the committed tables); give --out somewhere else")
+        if out != table.resolve():
+            p.error(f"--out {str(args.out)!r} is in {folder} (the committed tables) but is not this run's table "
+                    f"{table}; leave --out out, or give somewhere else")
+    return table if args.out is None else Path(args.out)
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

@@ -33,7 +33,7 @@ def test_reward_agreement_writes_each_split_to_its_own_table():
     ("reward_agreement", ["--source", "r0kit-mini@25"], "--source"),
     ("reward_agreement", ["--samples", "4", "--split", "train"], "--samples"),
     ("probe_conditioning", ["--model", "elsewhere"], "--model"),
-    ("probe_conditioning", ["--seed", "4", "--samples", "8"], "--samples, --seed"),
+    ("probe_conditioning", ["--seed", "4", "--samples", "8"], "--samples, --seed change"),
     ("ablate", ["--steps", "150"], "--steps"),
 ])
 def test_a_run_with_other_settings_must_name_its_out(name, argv, named, capsys):
@@ -43,4 +43,35 @@ def test_a_run_with_other_settings_must_name_its_out(name, argv, named, capsys):
         _script(name).main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert named in err and "give --out" in err and "benchmarks/results" in err
+    assert named in err and "--out" in err and "benchmarks/results" in err
+
+
+@pytest.mark.parametrize("name, argv, said", [
+    ("reward_agreement", ["--samples", "4", "--out", "benchmarks/results/mini_reward_agreement_cpu.csv"], "--samples changes"),
+    ("reward_agreement", ["--split", "train", "--out", "benchmarks/results/mini_reward_agreement_cpu.csv"], "not this run's table"),
+    ("probe_conditioning", ["--seed", "4", "--out", "benchmarks/results/elsewhere.csv"], "--seed changes"),
+    ("ablate", ["--steps", "150", "--out", "benchmarks/results"], "--steps changes"),
+])
+def test_out_cannot_put_another_measurement_into_the_committed_results(name, argv, said, capsys):
+    with pytest.raises(SystemExit):
+        _script(name).main(argv)
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, argv, said", [
+    ("ablate", ["--only", "bogus"], "invalid choice"),
+    ("ablate", ["--threads", "0"], "must be >= 1"),
+    ("probe_conditioning", ["--timesteps", "abc"], "comma-separated whole numbers"),
+    ("probe_conditioning", ["--timesteps", "5000"], "[0, 999]"),
+    ("probe_conditioning", ["--samples", "0"], "must be >= 1"),
+    ("probe_conditioning", ["--samples", "2", "--out", "/tmp"], "is a folder"),
+])
+def test_bad_values_are_refused_before_anything_loads(name, argv, said, capsys):
+    with pytest.raises(SystemExit):
+        _script(name).main(argv)
+    assert said in capsys.readouterr().err
+
+
+def test_timesteps_with_spaces_mean_the_default():
+    probe = _script("probe_conditioning")
+    assert probe.timesteps("999, 900,700,500,300") == (999, 900, 700, 500, 300)
