@@ -96,10 +96,18 @@ def enable_layer_checkpointing(layers: Iterable[torch.nn.Module]) -> None:
 class PromptCache:
     """Per-prompt cache of text-side tensors, least recently used first out.
 
-    ``get(prompts, encode)`` calls ``encode(missing_prompts) -> Tensor[N, ...]``
-    once for the prompts not cached yet (each distinct prompt once) under
-    ``torch.no_grad()``, and returns the stacked ``[len(prompts), ...]`` tensor.
-    The cached tensors are detached: the reward's weights are frozen.
+    ``get(prompts, encode)`` calls ``encode([prompt]) -> Tensor[1, ...]`` once for
+    each distinct prompt not cached yet, under ``torch.no_grad()``, and returns the
+    stacked ``[len(prompts), ...]`` tensor. The cached tensors are detached: the
+    reward's weights are frozen.
+
+    Each prompt is encoded alone, never in a batch with the other missing ones: a
+    text encoder's output row depends, in its last bits, on the batch it was
+    computed in (the matrix products block differently for 1, 3 or 8 rows), so a
+    batched cache would give a prompt a value that depends on which prompts
+    happened to be missing with it, that is, on the run's history. A training run
+    resumed from a checkpoint starts with an empty cache; it continues bit-exactly
+    because a cached value is a function of its prompt (and autocast regime) alone.
 
     Entries are keyed by ``(prompt, autocast regime)`` (:func:`r0kit.text.autocast_regime`):
     a text embedding computed under bf16 autocast is bf16-rounded, so it is not
@@ -126,12 +134,11 @@ class PromptCache:
             raise OptionError(f"prompts must be a list of strings, got {type(prompts).__name__}")
         regime = autocast_regime()
         missing = list(dict.fromkeys(p for p in prompts if (p, regime) not in self._store))
-        if missing:
+        for p in missing:  # one at a time: the value must not depend on the other missing prompts
             with torch.no_grad():
-                encoded = encode(missing)
-            self.misses += len(missing)
-            for p, t in zip(missing, encoded):
-                self._store[(p, regime)] = t.detach()
+                (t,) = encode([p])
+            self.misses += 1
+            self._store[(p, regime)] = t.detach()
         out = []
         for p in prompts:
             self._store.move_to_end((p, regime))
