@@ -117,6 +117,56 @@ def test_resume_is_exact_with_bf16_autocast_and_sample_grids(tiny_sd, tmp_path, 
         assert (tmp_path / "a" / "samples" / name).read_bytes() == (tmp_path / "b" / "samples" / name).read_bytes()
 
 
+#: The mini demo's rewards on their shipped weights (offline): text-conditioned rewards, each with a prompt cache.
+MINI_REWARDS = {
+    "hpsv2": {"model": "r0kit-mini-clip", "checkpoint": "r0kit-mini-hps"},
+    "clip": {"model": "r0kit-mini-clip"},
+    "aesthetic": {"clip_model": "r0kit-mini-aesthetic", "checkpoint": "r0kit-mini-aesthetic"},
+}
+
+
+def test_resume_is_exact_with_the_demo_recipe_and_repeated_prompts(tiny_sd, tmp_path):
+    """The mini demo's recipe (random eta, three normalized reward gradients, weight_l2, warmup, grad clip) on the
+    tiny model, stopped at step 3 (inside the warmup) and resumed to step 10: every logged value of every step, the
+    final weights, optimizer state and RNG state are bit-identical to one uninterrupted run.
+
+    The prompts repeat, as the demo's do. The uninterrupted run serves a repeated prompt's text features from the
+    rewards' caches, filled steps earlier; the resumed run starts with empty caches and encodes it again. When the
+    caches encoded the missing prompts in one batch, a prompt's features depended in their last bits on which
+    prompts were missing with it, and the resumed run drifted from step 5 on (the demo from step 51 of 200). The
+    other resume tests train on weight-free rewards, which read no prompt.
+    """
+    from r0kit.train import batch_prompts
+
+    stop, steps, batch = 3, 10, 3
+    prompts = ["a red circle", "two squares", "a blue square", "a red circle", "three circles", "two squares",
+               "a cyan square"]
+    over = dict(prompts=prompts, steps=steps, batch_size=batch, export=False,
+                generator={"eta": [0.0, 1.0]}, optimizer={"lr": 1e-2, "warmup_steps": 5, "grad_clip": 1.0},
+                objective={"normalize_gradients": True, "rewards": MINI_REWARDS,
+                           "regularizers": {"weight_l2": {"weight": 1e-3}}})
+    # the case at issue: a step after the resume has a prompt the steps before it had
+    seen = {p for s in range(stop) for p in batch_prompts(prompts, 3, s, 0, batch, 0, 1, 1)}
+    assert seen & set(batch_prompts(prompts, 3, stop, 0, batch, 0, 1, 1))
+
+    straight = train(train_config(tiny_sd, tmp_path / "a", **over))
+    cfg_b = train_config(tiny_sd, tmp_path / "b", **over)
+    first = train(cfg_b, max_steps=stop)
+    resumed = train(cfg_b, resume="latest")
+    assert first.step == stop and resumed.step == steps
+    logged = first.history + resumed.history
+    assert [h["step"] for h in logged] == [h["step"] for h in straight.history] == list(range(1, steps + 1))
+    for want, got in zip(straight.history, logged):
+        assert got == want, (want["step"], {k: (want[k], got[k]) for k in want if got[k] != want[k]})
+    for name in ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        ta, tb = load_file(str(straight.checkpoint / name)), load_file(str(resumed.checkpoint / name))
+        assert ta.keys() == tb.keys()
+        assert [k for k in ta if not torch.equal(ta[k], tb[k])] == [], name
+    # the weights moved after the resume, so equality is not trivial
+    w_stop, w_end = _weights(first.checkpoint), _weights(resumed.checkpoint)
+    assert any(not torch.equal(w_stop[k], w_end[k]) for k in w_end)
+
+
 def test_resume_from_another_model_or_config_says_what_differs(tiny_sd, tiny_sd_other, tmp_path):
     train(train_config(tiny_sd, tmp_path / "run", steps=1, export=False))
     with pytest.raises(r0kit.ConfigError, match=r"generator\.model"):
