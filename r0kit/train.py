@@ -49,6 +49,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -670,6 +671,7 @@ def train(
     overwrite: bool = False,
     max_steps: int | None = None,
     progress: bool = False,
+    verbose: bool = False,
     generator: Any = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     source: str | None = None,
@@ -694,6 +696,9 @@ def train(
         an error when there is none).
     :param overwrite: replace the run already in ``output``.
     :param max_steps: stop (with a checkpoint) once this global step is reached, before ``cfg.steps``.
+    :param progress: a rich progress bar on stderr, with a line of the logged values printed above it every
+        ``cfg.log_every`` steps, and the checkpoint and step a resumed run continues from.
+    :param verbose: the same lines without a bar: printed plainly on stderr (``r0kit train --no-progress``).
     :param generator: an already built generator to train instead of building ``cfg.generator``.
     :param callback: called with ``(step, logged values)`` after each optimizer step.
     :param source, origins: the config file and, per dotted key, the command-line flag that set it
@@ -790,6 +795,16 @@ def train(
     failure: BaseException | None = None
     bar = _TrainProgress(start_step, end, labels) if progress and main_process else None
     console = bar.console if bar is not None else None
+
+    def say(text: str) -> None:
+        """A line of the run's log on stderr: above the progress bar, or plain without one (``verbose``)."""
+        if console is not None:
+            console.print(text, highlight=False)
+        elif verbose and main_process:
+            print(text, file=sys.stderr, flush=True)
+
+    if resume_state is not None:
+        say(f"resuming from checkpoint {ckpt_path} at step {start_step} (of {cfg.steps})")
     t0 = time.perf_counter()
     sampler_state = sampler.get_state()
 
@@ -861,9 +876,8 @@ def train(
                 bar.update(step, values)
             if step % cfg.log_every == 0 or step == end:
                 accelerator.log(values, step=step)
-                if console is not None:
-                    rate = (step - start_step) / max(time.perf_counter() - t0, 1e-9)
-                    console.print(_line(step, cfg.steps, values, labels, rate), highlight=False)
+                if console is not None or verbose:
+                    say(_line(step, cfg.steps, values, labels, (step - start_step) / max(time.perf_counter() - t0, 1e-9)))
             if callback is not None:
                 callback(step, values)
             if cfg.sample_every and step % cfg.sample_every == 0 and (main_process or sharded):
@@ -873,8 +887,7 @@ def train(
                 last_ckpt = checkpoint()
     except KeyboardInterrupt:
         interrupted = True
-        if console is not None:
-            console.print(f"interrupted: writing a checkpoint at step {step}", highlight=False)
+        say(f"interrupted: writing a checkpoint at step {step}")
     except Exception as exc:  # a NaN, a plugin's error, out of memory, a failed write
         failure = exc
     if bar is not None:

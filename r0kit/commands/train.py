@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-steps", type=int_at_least(1), help="stop at this step with a checkpoint (resume later)")
     add_reward_options(p)
     add_output(p, default=None, what="the output folder (default: the config's)", resume=True)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-step line, the evaluation's, nor the model-loading and download bars of huggingface_hub, transformers and diffusers)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: the training bar (its line every log_every steps is printed plainly instead), the evaluation's, and the model-loading and download bars of huggingface_hub, transformers and diffusers")
     p.add_argument(
         "--dry-run", action="store_true",
         help="print the memory the run needs (weights, gradients, optimizer state, activations with and without "
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     check_model(cfg.generator.model, origins.get("generator.model", f"generator.model in {where}"))
     cfg.generator.model = resolve_tiny_model(cfg.generator.model)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, progress=not args.no_progress,
-                   source=where, origins=origins, argv=getattr(args, "argv", None))
+                   verbose=True, source=where, origins=origins, argv=getattr(args, "argv", None))
     if result.interrupted:
         if result.checkpoint is None:
             print(f"interrupted before the first step; {str(cfg.output)!r} is as it was", file=sys.stderr)

@@ -280,7 +280,11 @@ weight = 0.01
     assert "step 2/3" in err and "colorfulness" in err and "contrast" in err and "weight_l2" in err and "loss" in err
     assert "1 steps to go: continue with --resume latest" in captured.out  # --max-steps stopped short: say how on
     assert main(["train", "--config", str(toml), "--resume", "latest", "-R", "contrast.weight=0.5"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # a resumed run says, once, which checkpoint and step it continues from
+    resumed_from = f"resuming from checkpoint {tmp_path / 'out' / 'checkpoints' / 'step-0000002'} at step 2 (of 3)"
+    assert captured.err.count("resuming from") == 1 and resumed_from in captured.err
     assert "trained to step 3" in out and "to go" not in out and (tmp_path / "out" / "export" / "kstep.json").is_file()
     # resuming a finished run has nothing to train: it said "trained to step 3" and did nothing
     before = json.loads((tmp_path / "out" / "r0kit-run.json").read_text())
@@ -302,7 +306,12 @@ def test_train_tiny_preset_runs_the_whole_loop(tiny_sd, tmp_path, capsys):
 
     out = tmp_path / "run"
     assert main(["train", "--preset", "train_tiny", "--model", str(tiny_sd), "-o", str(out), "--no-progress"]) == 0
-    assert "trained to step 20" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "trained to step 20" in captured.out
+    # no bar, but still a plain line per log_every (5) steps: the step and the loss
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("step ")]
+    assert [ln.split("  ")[0] for ln in lines] == ["step 5/20", "step 10/20", "step 15/20", "step 20/20"]
+    assert all(ln.split("  ")[1].startswith("loss ") for ln in lines) and "━" not in captured.err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000010", "step-0000020"]
     assert (out / "samples" / "step-0000010.png").is_file() and (out / "export" / "kstep.json").is_file()
     # the same folder again is refused, naming both ways on
