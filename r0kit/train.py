@@ -35,8 +35,10 @@ a fingerprint of what must not change across a resume, and the sha256 of every
 file. They are written into a temporary folder and renamed, so a crash leaves
 either the previous checkpoint or the new one. Resuming continues bit-exactly:
 N steps, stop, resume, M steps gives the same weights as N + M steps in one run
-(CPU, fp32), because the prompts of a step depend only on (seed, step, rank)
-and every random draw of the sampler comes from the saved generator.
+(CPU, fp32), because the prompts of a step depend only on (seed, step, rank),
+every random draw of the sampler comes from the saved generator, and the text
+caches (the model's and the rewards') hold values that depend on the prompt
+alone, not on which prompts a run met before (each is encoded by itself).
 """
 
 from __future__ import annotations
