@@ -268,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int_at_least(1), default=2)
     p.add_argument("--out", type=Path, help=f"the folder to write (default {RESULTS}, the committed tables, which only the "
                    "default --seeds, --steps and --reno-steps may write; --only replaces its own studies' rows there)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote to --out (without it an existing one is refused)")
     args = p.parse_args(argv)
-    args.out = committed_table(p, args, ("seeds", "steps", "reno_steps"), RESULTS)
+    args.out = committed_table(p, args, ("seeds", "steps", "reno_steps"), RESULTS, writes=written_files)
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {str(args.out)!r} is a file; give a folder for the tables and plots")
     torch.set_num_threads(args.threads)
@@ -310,6 +311,12 @@ def _device() -> str:
     return "cpu"
 
 
+def written_files(out: Path) -> list[Path]:
+    """What a run writes into the folder ``out``: the table, its Markdown summary and the supervision plot."""
+    stem = out / f"mini_ablations_{_device()}"
+    return [stem.with_suffix(".csv"), stem.with_suffix(".md"), Path(str(stem) + "_supervision.png")]
+
+
 def kept_runs(path: Path, studies: set[str]) -> list[Run]:
     """The rows of ``path`` (an earlier run's CSV) for studies other than ``studies``: a run with
     ``--only`` replaces its own studies' rows and keeps the others'."""
@@ -327,12 +334,12 @@ def kept_runs(path: Path, studies: set[str]) -> list[Run]:
 def write_results(runs: list[Run], args, total: float) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"mini_ablations_{_device()}"
+    table, summary_md, plot = written_files(out)
     studies = list(dict.fromkeys(r.study for r in runs))
-    kept = kept_runs(stem.with_suffix(".csv"), set(studies))
+    kept = kept_runs(table, set(studies))
     runs = kept + runs
     keys = sorted({k for r in runs for k in r.values})
-    with open(stem.with_suffix(".csv"), "w", newline="") as fh:
+    with open(table, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["study", "arm", "seed", *keys])
         for r in runs:
@@ -362,9 +369,10 @@ def write_results(runs: list[Run], args, total: float) -> None:
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Claims", ""] + claims(summary)
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot_curves(runs, Path(str(stem) + "_supervision.png"))
+    summary_md.write_text("\n".join(lines) + "\n")
+    plot_curves(runs, plot)
     print("\n".join(lines))
+    print(f"wrote {table}, {summary_md} and {plot}")
 
 
 def claims(s) -> list[str]:

@@ -127,6 +127,11 @@ def timesteps(text: str) -> tuple[int, ...]:
 COMMITTED = Path("benchmarks/results/mini_probe_conditioning_cpu.csv")
 
 
+def clip_table(out: Path) -> Path:
+    """The CLIP caption-preference table written beside ``out``."""
+    return out.with_name(out.stem + "_clip.csv")
+
+
 def main(argv: list[str] | None = None) -> int:
     from r0kit.checks import check_output_file
     from r0kit.commands._common import committed_table, int_at_least
@@ -141,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="the CSV to write, with a _clip.csv beside it (default "
                    f"{COMMITTED}, the committed table, which only the default --model, --samples, --timesteps "
                    "and --seed may write)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote to --out (without it an existing one is refused)")
     args = p.parse_args(argv)
-    args.out = committed_table(p, args, ("model", "samples", "timesteps", "seed"), COMMITTED)
+    args.out = committed_table(p, args, ("model", "samples", "timesteps", "seed"), COMMITTED,
+                               writes=lambda out: [out, clip_table(out)])
     try:
         check_output_file(args.out, "--out", overwrite=True)
     except R0kitError as exc:
@@ -162,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     prefer = clip_preference(300, args.seed)
     print("\nthe world's CLIP prefers the true caption over the swapped one (0.5 = chance), 300 scenes")
     print("  ".join(f"{a} {v:.2f}" for a, v in prefer.items()))
-    clip_out = args.out.with_name(args.out.stem + "_clip.csv")
+    clip_out = clip_table(args.out)
     with open(clip_out, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["attribute", "true_caption_preferred"])
         w.writerows([a, f"{v:.6g}"] for a, v in prefer.items())
-    print(f"wrote {clip_out}")
+    print(f"wrote {args.out} and {clip_out}")
     return 0
 
 

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int_at_least(1), default=2)
     p.add_argument("--out", type=Path, help="the CSV to write (default benchmarks/results/mini_reward_agreement_cpu.csv, "
                    "or ..._cpu_train.csv for --split train, so the two splits never overwrite each other)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote to --out (without it an existing one is refused)")
     args = p.parse_args(argv)
     from r0kit.checks import check_output_file
     from r0kit.diffusion import check_guidance_scale
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'reward':>10} {'check':>9} {'mean':>6} {'best':>6} {'oracle':>6} {'corr':>6}")
     for r in rows:
         print(f"{r['reward']:>10} {r['check']:>9} {r['mean']:6.3f} {r['best']:6.3f} {r['oracle']:6.3f} {r['corr']:+6.3f}")
+    print(f"wrote {args.out}")
     return 0
 
 

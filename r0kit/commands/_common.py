@@ -92,16 +92,20 @@ def quiet_library_progress() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
-def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measured: tuple[str, ...], table: Path) -> Path:
+def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measured: tuple[str, ...], table: Path,
+                    writes: Callable[[Path], list[Path]] = lambda out: [out]) -> Path:
     """``args.out``, or ``table`` (a committed results file, or folder of them) when every option in
     ``measured`` has its default.
 
     A benchmark run with another model, config or sample count measures something else, so writing it
     into the committed results folder would lose a committed table: such a run must name an ``--out``
-    outside that folder.
+    outside that folder. Elsewhere, ``--out`` follows the output rule: a run that would replace any of the
+    files ``writes(out)`` names needs ``--overwrite`` (the parser must have that flag). The committed
+    tables themselves are rewritten by a default run without it: git keeps what they held.
 
     :raises SystemExit: (``p.error``) ``--out`` is missing or lies in the committed results folder while an
-        option in ``measured`` changed, or names another file there than ``table``.
+        option in ``measured`` changed, or names another file there than ``table``; or ``--out`` elsewhere
+        would replace a file without ``--overwrite``.
     """
     changed = [f"--{k.replace('_', '-')}" for k in measured if getattr(args, k) != p.get_default(k)]
     folder = (table if not table.suffix else table.parent).resolve()
@@ -114,6 +118,11 @@ def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measur
         if out != table.resolve():
             p.error(f"--out {str(args.out)!r} is in {folder} (the committed tables) but is not this run's table "
                     f"{table}; leave --out out, or give somewhere else")
+    elif not args.overwrite:
+        there = [str(f) for f in writes(Path(args.out)) if f.is_file()]
+        if there:
+            p.error(f"--out {str(args.out)!r}: {', '.join(there)} already exist{'s' if len(there) == 1 else ''}; "
+                    "pass --overwrite to replace it, or give another --out")
     return table if args.out is None else Path(args.out)
 
 

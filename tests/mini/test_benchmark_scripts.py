@@ -75,3 +75,56 @@ def test_bad_values_are_refused_before_anything_loads(name, argv, said, capsys):
 def test_timesteps_with_spaces_mean_the_default():
     probe = _script("probe_conditioning")
     assert probe.timesteps("999, 900,700,500,300") == (999, 900, 700, 500, 300)
+
+
+class _Loaded(Exception):
+    """Raised in place of a script's measurement: the checks before it passed."""
+
+
+_MEASURE = {"reward_agreement": "agreement", "probe_conditioning": "probe", "ablate": "heldout_prompts"}
+
+
+def _existing(name: str, folder: Path) -> tuple[list[str], list[Path]]:
+    """``--out`` for ``name`` in ``folder``, and the files such a run writes, created as an earlier run's."""
+    if name == "ablate":
+        out, files = folder, _script("ablate").written_files(folder)
+    elif name == "probe_conditioning":
+        out = folder / "probe.csv"
+        files = [out, _script("probe_conditioning").clip_table(out)]
+    else:
+        out = folder / "agreement.csv"
+        files = [out]
+    for f in files:
+        f.write_text("an earlier run's table\n")
+    return ["--out", str(out)], files
+
+
+@pytest.mark.parametrize("name", sorted(_MEASURE))
+def test_an_existing_out_needs_overwrite(name, tmp_path, capsys, monkeypatch):
+    """A run once replaced the user's earlier ``--out`` without a word: now it is refused before anything
+    loads, naming the file and ``--overwrite``; with ``--overwrite`` the checks pass and the run goes on."""
+    argv, files = _existing(name, tmp_path)
+    script = _script(name)
+
+    def measured(*a, **k):
+        raise _Loaded
+
+    monkeypatch.setattr(script, _MEASURE[name], measured)
+    with pytest.raises(SystemExit) as exc:
+        script.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert str(files[0]) in err and "--overwrite" in err
+    assert all(f.read_text() == "an earlier run's table\n" for f in files)
+    with pytest.raises(_Loaded):
+        script.main([*argv, "--overwrite"])
+
+
+def test_reward_agreement_says_where_it_wrote(tmp_path, capsys, monkeypatch):
+    script = _script("reward_agreement")
+    row = {"source": "r0kit-mini@4", "split": "heldout", "reward": "clip", "check": "shape", "prompts": 40, "samples": 8,
+           "mean": 0.5, "best": 0.5, "oracle": 0.5, "corr": 0.0}
+    monkeypatch.setattr(script, "agreement", lambda *a, **k: [row])
+    out = tmp_path / "a.csv"
+    assert script.main(["--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out and out.read_text().startswith("source,split,reward")
