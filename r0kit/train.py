@@ -801,7 +801,7 @@ def train(
     def say(text: str) -> None:
         """A line of the run's log on stderr: above the progress bar, or plain without one (``verbose``)."""
         if console is not None:
-            console.print(text, highlight=False)
+            console.print(text, highlight=False, markup=False)  # a path may hold [brackets]
         elif verbose and main_process:
             print(text, file=sys.stderr, flush=True)
 

@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int_at_least(1), default=2)
     p.add_argument("--out", type=Path, help=f"the folder to write (default {RESULTS}, the committed tables, which only the "
                    "default --seeds, --steps and --reno-steps may write; --only replaces its own studies' rows there)")
-    p.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote to --out (without it an existing one is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder outside benchmarks/results that holds an earlier run's files "
+                   "(without it the run is refused); with --only, that table keeps the other studies' rows")
     args = p.parse_args(argv)
     args.out = committed_table(p, args, ("seeds", "steps", "reno_steps"), RESULTS, writes=written_files)
     if args.out.exists() and not args.out.is_dir():
@@ -370,9 +372,9 @@ def write_results(runs: list[Run], args, total: float) -> None:
         lines.append("")
     lines += ["## Claims", ""] + claims(summary)
     summary_md.write_text("\n".join(lines) + "\n")
-    plot_curves(runs, plot)
+    wrote = [table, summary_md] + ([plot] if plot_curves(runs, plot) else [])
     print("\n".join(lines))
-    print(f"wrote {table}, {summary_md} and {plot}")
+    print("wrote " + ", ".join(str(f) for f in wrote))
 
 
 def claims(s) -> list[str]:
@@ -413,7 +415,8 @@ def claims(s) -> list[str]:
     return out
 
 
-def plot_curves(runs: list[Run], path: Path) -> None:
+def plot_curves(runs: list[Run], path: Path) -> bool:
+    """Draw R0 and R0+'s judge against steps and seconds into ``path``; False (nothing written) without supervision curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -421,7 +424,7 @@ def plot_curves(runs: list[Run], path: Path) -> None:
 
     sup = [r for r in runs if r.study == "supervision" and r.curve]
     if not sup:
-        return
+        return False
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for arm, colour in (("R0", "tab:blue"), ("R0+", "tab:orange")):
         for r in [r for r in sup if r.arm == arm]:
@@ -441,6 +444,7 @@ def plot_curves(runs: list[Run], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

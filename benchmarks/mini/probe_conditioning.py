@@ -124,7 +124,7 @@ def timesteps(text: str) -> tuple[int, ...]:
 
 
 #: The committed table (and its ``_clip.csv`` sibling), written by a run with the default options.
-COMMITTED = Path("benchmarks/results/mini_probe_conditioning_cpu.csv")
+COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "mini_probe_conditioning_cpu.csv"
 
 
 def clip_table(out: Path) -> Path:
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="the CSV to write, with a _clip.csv beside it (default "
                    f"{COMMITTED}, the committed table, which only the default --model, --samples, --timesteps "
                    "and --seed may write)")
-    p.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote to --out (without it an existing one is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (or its _clip.csv) outside benchmarks/results (without it the run is refused)")
     args = p.parse_args(argv)
     args.out = committed_table(p, args, ("model", "samples", "timesteps", "seed"), COMMITTED,
                                writes=lambda out: [out, clip_table(out)])

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 def default_out(split: str) -> Path:
     """Where a split's table goes unless ``--out`` says: one file per split, so a ``--split train`` run
     never overwrites the held-out table."""
-    return Path("benchmarks/results") / f"mini_reward_agreement_cpu{'_train' if split == 'train' else ''}.csv"
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "results" / f"mini_reward_agreement_cpu{'_train' if split == 'train' else ''}.csv"
 
 
 def _objective_config(config: Path | None):
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int_at_least(1), default=2)
     p.add_argument("--out", type=Path, help="the CSV to write (default benchmarks/results/mini_reward_agreement_cpu.csv, "
                    "or ..._cpu_train.csv for --split train, so the two splits never overwrite each other)")
-    p.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote to --out (without it an existing one is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file outside benchmarks/results (without it the run is refused)")
     args = p.parse_args(argv)
     from r0kit.checks import check_output_file
     from r0kit.diffusion import check_guidance_scale

@@ -136,7 +136,11 @@ class PromptCache:
         missing = list(dict.fromkeys(p for p in prompts if (p, regime) not in self._store))
         for p in missing:  # one at a time: the value must not depend on the other missing prompts
             with torch.no_grad():
-                (t,) = encode([p])
+                encoded = encode([p])
+            if not isinstance(encoded, torch.Tensor) or encoded.dim() < 1 or encoded.shape[0] != 1:
+                got = tuple(encoded.shape) if isinstance(encoded, torch.Tensor) else type(encoded).__name__
+                raise OptionError(f"PromptCache: encode([prompt]) must return a tensor [1, ...] for the one prompt, got {got}")
+            t = encoded[0]
             self.misses += 1
             self._store[(p, regime)] = t.detach()
         out = []

@@ -109,7 +109,8 @@ def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measur
     """
     changed = [f"--{k.replace('_', '-')}" for k in measured if getattr(args, k) != p.get_default(k)]
     folder = (table if not table.suffix else table.parent).resolve()
-    out = table.resolve() if args.out is None else Path(args.out).expanduser().resolve()
+    given = None if args.out is None else Path(args.out).expanduser()
+    out = table.resolve() if given is None else given.resolve()
     if out == folder or folder in out.parents:  # in the committed results: only this run's own table
         if changed:
             verb = "changes" if len(changed) == 1 else "change"
@@ -119,11 +120,12 @@ def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measur
             p.error(f"--out {str(args.out)!r} is in {folder} (the committed tables) but is not this run's table "
                     f"{table}; leave --out out, or give somewhere else")
     elif not args.overwrite:
-        there = [str(f) for f in writes(Path(args.out)) if f.is_file()]
+        there = [str(f) for f in writes(given) if f.is_file()]  # type: ignore[arg-type]
         if there:
-            p.error(f"--out {str(args.out)!r}: {', '.join(there)} already exist{'s' if len(there) == 1 else ''}; "
-                    "pass --overwrite to replace it, or give another --out")
-    return table if args.out is None else Path(args.out)
+            one = len(there) == 1
+            p.error(f"--out {str(args.out)!r}: {', '.join(there)} already exist{'s' if one else ''}; "
+                    f"pass --overwrite to replace {'it' if one else 'them'}, or give another --out")
+    return table if given is None else given
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

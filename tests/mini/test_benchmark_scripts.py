@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -24,9 +25,10 @@ def _script(name: str):
 def test_reward_agreement_writes_each_split_to_its_own_table():
     """``--split train`` without ``--out`` once overwrote the held-out table."""
     script = _script("reward_agreement")
-    assert script.default_out("heldout") == Path("benchmarks/results/mini_reward_agreement_cpu.csv")
-    assert script.default_out("train") == Path("benchmarks/results/mini_reward_agreement_cpu_train.csv")
-    assert (ROOT / script.default_out("heldout")).is_file() and (ROOT / script.default_out("train")).is_file()
+    results = ROOT / "benchmarks" / "results"
+    assert script.default_out("heldout") == results / "mini_reward_agreement_cpu.csv"
+    assert script.default_out("train") == results / "mini_reward_agreement_cpu_train.csv"
+    assert script.default_out("heldout").is_file() and script.default_out("train").is_file()
 
 
 @pytest.mark.parametrize("name, argv, named", [
@@ -84,26 +86,26 @@ class _Loaded(Exception):
 _MEASURE = {"reward_agreement": "agreement", "probe_conditioning": "probe", "ablate": "heldout_prompts"}
 
 
-def _existing(name: str, folder: Path) -> tuple[list[str], list[Path]]:
-    """``--out`` for ``name`` in ``folder``, and the files such a run writes, created as an earlier run's."""
+def _writes(name: str, folder: Path) -> tuple[list[str], list[Path]]:
+    """``--out`` for ``name`` in ``folder``, and every file such a run writes."""
     if name == "ablate":
-        out, files = folder, _script("ablate").written_files(folder)
-    elif name == "probe_conditioning":
+        return ["--out", str(folder)], _script("ablate").written_files(folder)
+    if name == "probe_conditioning":
         out = folder / "probe.csv"
-        files = [out, _script("probe_conditioning").clip_table(out)]
-    else:
-        out = folder / "agreement.csv"
-        files = [out]
-    for f in files:
-        f.write_text("an earlier run's table\n")
-    return ["--out", str(out)], files
+        return ["--out", str(out)], [out, _script("probe_conditioning").clip_table(out)]
+    return ["--out", str(folder / "agreement.csv")], [folder / "agreement.csv"]
 
 
-@pytest.mark.parametrize("name", sorted(_MEASURE))
-def test_an_existing_out_needs_overwrite(name, tmp_path, capsys, monkeypatch):
-    """A run once replaced the user's earlier ``--out`` without a word: now it is refused before anything
-    loads, naming the file and ``--overwrite``; with ``--overwrite`` the checks pass and the run goes on."""
-    argv, files = _existing(name, tmp_path)
+_EACH_FILE = [(name, i) for name, n in (("ablate", 3), ("probe_conditioning", 2), ("reward_agreement", 1)) for i in range(n)]
+
+
+@pytest.mark.parametrize("name, which", _EACH_FILE)
+def test_an_existing_out_needs_overwrite(name, which, tmp_path, capsys, monkeypatch):
+    """A run once replaced the user's earlier ``--out`` without a word: now any one file it would replace
+    is refused before anything loads, named with ``--overwrite``; with ``--overwrite`` the checks pass."""
+    argv, files = _writes(name, tmp_path)
+    there = files[which]
+    there.write_text("an earlier run's table\n")
     script = _script(name)
 
     def measured(*a, **k):
@@ -114,10 +116,35 @@ def test_an_existing_out_needs_overwrite(name, tmp_path, capsys, monkeypatch):
         script.main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert str(files[0]) in err and "--overwrite" in err
-    assert all(f.read_text() == "an earlier run's table\n" for f in files)
+    assert str(there) in err and "--overwrite" in err
+    assert there.read_text() == "an earlier run's table\n"
     with pytest.raises(_Loaded):
         script.main([*argv, "--overwrite"])
+
+
+@pytest.mark.parametrize("name", sorted(_MEASURE))
+def test_a_default_run_refreshes_the_committed_tables_without_overwrite(name, monkeypatch):
+    """The committed tables exist, and a run with the default options rewrites them (git keeps them)."""
+    script = _script(name)
+
+    def measured(*a, **k):
+        raise _Loaded
+
+    monkeypatch.setattr(script, _MEASURE[name], measured)
+    with pytest.raises(_Loaded):
+        script.main([])
+
+
+def test_ablate_names_only_the_files_it_wrote(tmp_path, capsys):
+    """Without R0/R0+ curves no plot is drawn, so none may be named (it once was)."""
+    script = _script("ablate")
+    runs = [script.Run("gradnorm", arm, seed, {"geneval": 0.25 + 0.01 * seed, "fid": 1.0, "diversity": 0.1}, [])
+            for arm in ("normalized (R0)", "raw gradients") for seed in range(2)]
+    args = argparse.Namespace(out=tmp_path, seeds=2, steps=100, only=["gradnorm"])
+    script.write_results(runs, args, 60.0)
+    table, summary, plot = script.written_files(tmp_path)
+    assert table.is_file() and summary.is_file() and not plot.exists()
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {table}, {summary}"
 
 
 def test_reward_agreement_says_where_it_wrote(tmp_path, capsys, monkeypatch):

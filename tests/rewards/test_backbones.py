@@ -37,13 +37,15 @@ def test_prompt_cache_encodes_each_prompt_once_and_evicts_oldest():
     cache = PromptCache(max_size=2)
     out = cache.get(["aa", "b", "aa"], encode)
     # each alone: batched, a prompt's value would depend on the prompts missing with it (and a resume would drift)
-    assert out.squeeze(1).tolist() == [2.0, 1.0, 2.0] and calls == [["aa"], ["b"]]
+    assert out.squeeze(1).tolist() == [2.0, 1.0, 2.0] and calls == [["aa"], ["b"]] and cache.misses == 2
     cache.get(["b"], encode)
     assert calls == [["aa"], ["b"]]
     cache.get(["ccc"], encode)  # evicts "aa", the least recently used
     assert "aa" not in cache and "b" in cache and len(cache) == 2
     with pytest.raises(OptionError, match="list of strings"):
         cache.get("not a list", encode)
+    with pytest.raises(OptionError, match=r"must return a tensor \[1, \.\.\.\] for the one prompt, got \(2, 1\)"):
+        cache.get(["dd"], lambda ps: torch.zeros(2, 1))  # an encode that ignores the one-prompt contract
 
 
 def test_layer_checkpointing_same_gradients_and_state_dict():

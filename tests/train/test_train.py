@@ -258,7 +258,7 @@ def test_cli_train_with_progress_line_and_max_steps(tiny_sd, tmp_path, capsys):
 prompts_file = "prompts.jsonl"
 steps = 3
 batch_size = 2
-output = "{tmp_path / 'out'}"
+output = "{tmp_path / 'out[lr]'}"
 [generator]
 model = "{tiny_sd}"
 steps = 2
@@ -282,17 +282,18 @@ weight = 0.01
     assert main(["train", "--config", str(toml), "--resume", "latest", "-R", "contrast.weight=0.5"]) == 0
     captured = capsys.readouterr()
     out = captured.out
-    # a resumed run says, once, which checkpoint and step it continues from
-    resumed_from = f"resuming from checkpoint {tmp_path / 'out' / 'checkpoints' / 'step-0000002'} at step 2 (of 3)"
+    # a resumed run says, once, which checkpoint and step it continues from (brackets in the path are
+    # not rich markup: they once vanished from the line)
+    resumed_from = f"resuming from checkpoint {tmp_path / 'out[lr]' / 'checkpoints' / 'step-0000002'} at step 2 (of 3)"
     assert captured.err.count("resuming from") == 1 and resumed_from in captured.err
-    assert "trained to step 3" in out and "to go" not in out and (tmp_path / "out" / "export" / "kstep.json").is_file()
+    assert "trained to step 3" in out and "to go" not in out and (tmp_path / "out[lr]" / "export" / "kstep.json").is_file()
     # resuming a finished run has nothing to train: it said "trained to step 3" and did nothing
-    before = json.loads((tmp_path / "out" / "r0kit-run.json").read_text())
+    before = json.loads((tmp_path / "out[lr]" / "r0kit-run.json").read_text())
     assert main(["train", "--config", str(toml), "--resume", "latest"]) == 2
     assert "is at step 3, and the run trains 3 steps" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "r0kit-run.json").read_text()) == before
+    assert json.loads((tmp_path / "out[lr]" / "r0kit-run.json").read_text()) == before
     # the run's manifest records its command line, as every command's does
-    manifest = json.loads((tmp_path / "out" / "r0kit-run.json").read_text())
+    manifest = json.loads((tmp_path / "out[lr]" / "r0kit-run.json").read_text())
     assert manifest["argv"] == ["train", "--config", str(toml), "--resume", "latest", "-R", "contrast.weight=0.5"]
     bad = tmp_path / "bad.toml"
     bad.write_text(toml.read_text().replace("steps = 2\n", "steps = 0\n"))
@@ -318,6 +319,12 @@ def test_train_tiny_preset_runs_the_whole_loop(tiny_sd, tmp_path, capsys):
     assert main(["train", "--preset", "train_tiny", "--model", str(tiny_sd), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and "--resume latest" in err
+    # resumed without a bar: the resume line and the plain step lines still come
+    resume = ["train", "--preset", "train_tiny", "--model", str(tiny_sd), "-o", str(out), "--no-progress"]
+    assert main([*resume, "--resume", "latest", "--steps", "25"]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming from checkpoint {out / 'checkpoints' / 'step-0000020'} at step 20 (of 25)" in err
+    assert [ln.split("  ")[0] for ln in err.splitlines() if ln.startswith("step ")] == ["step 25/25"]
 
 
 def test_the_tiny_model_name_builds_its_pipeline_once(tmp_path, monkeypatch):
