@@ -485,8 +485,12 @@ def save_checkpoint(
     ema: EMA | None,
     fp: dict[str, Any],
     write: bool = True,
+    steps: int | None = None,
 ) -> Path:
     """Write ``folder`` atomically (a temporary sibling renamed into place).
+
+    ``steps`` is the run's target step count, recorded so that a resume can say when it trains
+    to another length than the run that wrote the checkpoint (``state.json``'s ``"steps"``).
 
     Sharded (FSDP2) weights, optimizer state and EMA are gathered whole first, which every
     rank must do: each calls this, and only the one with ``write=True`` writes.
@@ -513,6 +517,8 @@ def save_checkpoint(
             save_file(shadow, str(tmp / "ema.safetensors"))
             files.append("ema.safetensors")
         state = {"step": step, "fingerprint": fp, "files": {f: _sha256(tmp / f) for f in files}, "time": time.time()}
+        if steps is not None:
+            state["steps"] = int(steps)
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
         if folder.exists():
             shutil.rmtree(folder)
@@ -807,6 +813,10 @@ def train(
 
     if resume_state is not None:
         say(f"resuming from checkpoint {ckpt_path} at step {start_step} (of {cfg.steps})")
+        target = resume_state.get("steps")
+        if isinstance(target, int) and start_step < target != cfg.steps:  # a run cut short, resumed to another length
+            say(f"note: the run that wrote it was training to step {target}; this one trains to {cfg.steps} "
+                f"(pass --steps {target} to keep its length)")
     t0 = time.perf_counter()
     sampler_state = sampler.get_state()
 
@@ -814,7 +824,7 @@ def train(
         path = output / "checkpoints" / f"step-{step:07d}"
         if main_process or sharded:  # sharded tensors are gathered by every rank
             save_checkpoint(path, step=step, gen=gen, optimizer=optimizer, sampler=sampler, ema=ema, fp=fp,
-                            write=main_process)
+                            write=main_process, steps=cfg.steps)
         if main_process:
             old = find_checkpoints(output)
             for p in old[: max(0, len(old) - cfg.keep_checkpoints)]:

@@ -139,20 +139,22 @@ def run(args: argparse.Namespace) -> int:
     cfg.generator.model = resolve_tiny_model(cfg.generator.model)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, progress=not args.no_progress,
                    verbose=True, source=where, origins=origins, argv=getattr(args, "argv", None))
+    # the command that continues this run: --steps too when this run's length came from the command line
+    go_on = "--resume latest" + (f" --steps {cfg.steps}" if "steps" in origins else "")
     if result.interrupted:
         if result.checkpoint is None:
             print(f"interrupted before the first step; {str(cfg.output)!r} is as it was", file=sys.stderr)
         else:
             print(f"interrupted at step {result.step}; the last checkpoint is {result.checkpoint}; "
-                  "continue with --resume latest", file=sys.stderr)
+                  f"continue with {go_on}", file=sys.stderr)
         return 130
     where_ckpt = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
     print(f"trained to step {result.step}; {where_ckpt}" + (f"; export {result.export}" if result.export else "")
-          + (f"; {cfg.steps - result.step} steps to go: continue with --resume latest" if result.step < cfg.steps else ""))
+          + (f"; {cfg.steps - result.step} steps to go: continue with {go_on}" if result.step < cfg.steps else ""))
     if cfg.evaluate is not None and result.export is not None:
         from r0kit.evaluate import evaluate_training
 
         evaluation, files = evaluate_training(cfg, result.export, progress=not args.no_progress)
         print_evaluation(evaluation)
-        print("wrote " + ", ".join(str(f) for f in [evaluation.summary_csv, *files]))
+        print("wrote " + ", ".join(str(f) for f in [evaluation.summary_csv, evaluation.csv, *files]))
     return 0

@@ -155,3 +155,11 @@ def test_reward_agreement_says_where_it_wrote(tmp_path, capsys, monkeypatch):
     out = tmp_path / "a.csv"
     assert script.main(["--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out and out.read_text().startswith("source,split,reward")
+
+
+def test_ablate_gives_no_verdict_from_one_seed():
+    """``--seeds 1`` once printed "reproduces" for a gap of one image in 80, with no spread to weigh it by."""
+    verdict = _script("ablate").verdict
+    assert verdict((0.263, 0.0, 1), (0.25, 0.0, 1)).startswith("inconclusive")
+    assert verdict((0.30, 0.01, 3), (0.25, 0.01, 3)) == "reproduces"
+    assert verdict((0.20, 0.01, 3), (0.25, 0.01, 3)) == "does not reproduce"

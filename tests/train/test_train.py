@@ -301,6 +301,29 @@ weight = 0.01
     assert "generator.steps" in capsys.readouterr().err
 
 
+def test_a_run_stopped_short_says_how_to_continue_at_its_own_length(tiny_sd, tmp_path, capsys):
+    """``--steps 6 --max-steps 3`` once said "continue with --resume latest", and that command trained to the
+    preset's 20 steps without a word: the hint now carries ``--steps``, and a resume to another length says so."""
+    from r0kit.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "train_tiny", "--model", str(tiny_sd), "-o", str(out), "--no-progress"]
+    assert main([*args, "--steps", "6", "--max-steps", "3"]) == 0
+    assert "3 steps to go: continue with --resume latest --steps 6" in capsys.readouterr().out
+    assert json.loads((out / "checkpoints" / "step-0000003" / "state.json").read_text())["steps"] == 6
+    assert main([*args, "--resume", "latest", "--max-steps", "4"]) == 0  # the preset's 20 steps
+    captured = capsys.readouterr()
+    assert ("note: the run that wrote it was training to step 6; this one trains to 20 (pass --steps 6 to keep its length)"
+            in captured.err)
+    assert "16 steps to go: continue with --resume latest\n" in captured.out  # the preset's own length: no --steps
+    assert main([*args, "--resume", "latest", "--steps", "6"]) == 0  # step 4 was written by the 20-step run
+    captured = capsys.readouterr()
+    assert "note: the run that wrote it was training to step 20; this one trains to 6" in captured.err
+    assert "trained to step 6" in captured.out
+    assert main([*args, "--resume", "latest", "--steps", "8"]) == 0  # a finished run extended: nothing to note
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_train_tiny_preset_runs_the_whole_loop(tiny_sd, tmp_path, capsys):
     """The try-it preset, on the session's tiny pipeline: checkpoints, samples, an export, resume."""
     from r0kit.cli import main
