@@ -247,7 +247,13 @@ def summarize(runs: list[Run]) -> dict[tuple[str, str], dict[str, tuple[float, f
 
 
 def verdict(a: tuple[float, float, int], b: tuple[float, float, int], *, higher: bool = True) -> str:
-    """Whether arm ``a`` beats arm ``b`` by more than the seed spread (the larger of the two stds)."""
+    """Whether arm ``a`` beats arm ``b`` by more than the seed spread (the larger of the two stds).
+
+    ``a`` and ``b`` are ``(mean, std, seeds)``; with fewer than 2 seeds on a side there is no spread to
+    compare the difference with, so the verdict is inconclusive whatever the difference.
+    """
+    if min(a[2], b[2]) < 2:
+        return "inconclusive (one seed: no spread to compare with)"
     diff = (a[0] - b[0]) if higher else (b[0] - a[0])
     spread = max(a[1], b[1])
     if diff > spread and diff > 0:

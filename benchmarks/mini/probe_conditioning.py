@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     from r0kit.errors import R0kitError
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="r0kit-mini")
-    p.add_argument("--samples", type=int_at_least(1), default=64)
+    p.add_argument("--model", default="r0kit-mini", help="the base pipeline to probe (default r0kit-mini)")
+    p.add_argument("--samples", type=int_at_least(1), default=64, help="training scenes probed, each with every phrase swapped in turn (default 64)")
     p.add_argument("--timesteps", type=timesteps, default=(999, 900, 700, 500, 300),
                    help="comma-separated timesteps in [0, 999] (default 999,900,700,500,300)")
-    p.add_argument("--seed", type=int_at_least(0), default=3)
+    p.add_argument("--seed", type=int_at_least(0), default=3, help="seed of the scenes and the noise (default 3)")
     p.add_argument("--out", type=Path, help="the CSV to write, with a _clip.csv beside it (default "
                    f"{COMMITTED}, the committed table, which only the default --model, --samples, --timesteps "
                    "and --seed may write)")
