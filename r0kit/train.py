@@ -735,6 +735,11 @@ def train(
             f"{str(ckpt_path)!r} is at step {start_step}, and the run trains {cfg.steps} steps: there is nothing left "
             f"to train; pass --steps N with N above {start_step} to train further"
         )
+    if max_steps is not None and max_steps <= start_step:
+        raise ConfigError(
+            f"{str(ckpt_path)!r} is at step {start_step}, and --max-steps {max_steps} would stop the run before it "
+            f"trains a step; pass --max-steps N with N above {start_step}, or leave it out"
+        )
     check_output_dir(output, "output", overwrite=overwrite, resume=resume is not None, resume_hint=resume_hint(output),
                      outputs=TRAIN_OUTPUTS)
     check_objective(cfg.objective, source, origins)  # a reward option's typo is found before anything loads

@@ -322,6 +322,10 @@ def test_a_run_stopped_short_says_how_to_continue_at_its_own_length(tiny_sd, tmp
     assert "trained to step 6" in captured.out
     assert main([*args, "--resume", "latest", "--steps", "8"]) == 0  # a finished run extended: nothing to note
     assert "note:" not in capsys.readouterr().err
+    # a --max-steps the checkpoint has already passed trains nothing: refused, naming the fix (it once
+    # "trained to step 8" doing nothing, and its hint forgot the stopped run's length)
+    assert main([*args, "--resume", "latest", "--steps", "10", "--max-steps", "8"]) == 2
+    assert "is at step 8, and --max-steps 8 would stop the run before it trains a step" in capsys.readouterr().err
 
 
 def test_train_tiny_preset_runs_the_whole_loop(tiny_sd, tmp_path, capsys):
