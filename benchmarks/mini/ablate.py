@@ -278,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="write into an --out folder outside benchmarks/results that holds an earlier run's files "
                    "(without it the run is refused); with --only, that table keeps the other studies' rows")
     args = p.parse_args(argv)
-    args.out = committed_table(p, args, ("seeds", "steps", "reno_steps"), RESULTS, writes=written_files)
-    if args.out.exists() and not args.out.is_dir():
+    if args.out is not None and args.out.is_file():
         p.error(f"--out {str(args.out)!r} is a file; give a folder for the tables and plots")
+    args.out = committed_table(p, args, ("seeds", "steps", "reno_steps"), RESULTS, writes=written_files)
     torch.set_num_threads(args.threads)
     from r0kit.evaluate import build_metrics
 

@@ -133,9 +133,7 @@ def clip_table(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r0kit.checks import check_output_file
     from r0kit.commands._common import committed_table, int_at_least
-    from r0kit.errors import R0kitError
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="r0kit-mini", help="the base pipeline to probe (default r0kit-mini)")
@@ -151,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out = committed_table(p, args, ("model", "samples", "timesteps", "seed"), COMMITTED,
                                writes=lambda out: [out, clip_table(out)])
-    try:
-        check_output_file(args.out, "--out", overwrite=True)
-    except R0kitError as exc:
-        p.error(str(exc))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     rows = probe(args.model, args.samples, list(args.timesteps), args.seed)

@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out file outside benchmarks/results (without it the run is refused)")
     args = p.parse_args(argv)
-    from r0kit.checks import check_output_file
     from r0kit.diffusion import check_guidance_scale
     from r0kit.errors import R0kitError
     from r0kit.evaluate import parse_source, source_kind
@@ -120,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     try:  # everything the user typed, before a model loads
         check_guidance_scale(args.guidance, "--guidance")
         args.out = committed_table(p, args, ("source", "config", "samples", "guidance"), default_out(args.split))
-        check_output_file(args.out, "--out", overwrite=True)
         base, _ = parse_source(args.source)
         if source_kind(base) == "images":
             p.error(f"--source {args.source!r} is a folder of images; give MODEL@K or an exported generator")

@@ -99,19 +99,24 @@ def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measur
 
     A benchmark run with another model, config or sample count measures something else, so writing it
     into the committed results folder would lose a committed table: such a run must name an ``--out``
-    outside that folder. Elsewhere, ``--out`` follows the output rule: a run that would replace any of the
-    files ``writes(out)`` names needs ``--overwrite`` (the parser must have that flag). The committed
-    tables themselves are rewritten by a default run without it: git keeps what they held.
+    outside that folder. Every file ``writes(out)`` names then goes through the output rule
+    (:func:`r0kit.checks.check_output_file`): elsewhere, replacing one needs ``--overwrite`` (the parser
+    must have that flag); the committed tables are rewritten by a default run without it, as git keeps
+    what they held.
 
     :raises SystemExit: (``p.error``) ``--out`` is missing or lies in the committed results folder while an
-        option in ``measured`` changed, or names another file there than ``table``; or ``--out`` elsewhere
-        would replace a file without ``--overwrite``.
+        option in ``measured`` changed, or names another file there than ``table``; or a file the run
+        writes cannot be written (an existing one elsewhere without ``--overwrite``, a folder in its place).
     """
+    from r0kit.checks import check_output_file
+    from r0kit.errors import ConfigError
+
     changed = [f"--{k.replace('_', '-')}" for k in measured if getattr(args, k) != p.get_default(k)]
     folder = (table if not table.suffix else table.parent).resolve()
     given = None if args.out is None else Path(args.out).expanduser()
     out = table.resolve() if given is None else given.resolve()
-    if out == folder or folder in out.parents:  # in the committed results: only this run's own table
+    in_results = out == folder or folder in out.parents
+    if in_results:  # in the committed results: only this run's own table
         if changed:
             verb = "changes" if len(changed) == 1 else "change"
             p.error(f"{', '.join(changed)} {verb} what is measured, so the run must not write into {folder} "
@@ -119,13 +124,13 @@ def committed_table(p: argparse.ArgumentParser, args: argparse.Namespace, measur
         if out != table.resolve():
             p.error(f"--out {str(args.out)!r} is in {folder} (the committed tables) but is not this run's table "
                     f"{table}; leave --out out, or give somewhere else")
-    elif not args.overwrite:
-        there = [str(f) for f in writes(given) if f.is_file()]  # type: ignore[arg-type]
-        if there:
-            one = len(there) == 1
-            p.error(f"--out {str(args.out)!r}: {', '.join(there)} already exist{'s' if one else ''}; "
-                    f"pass --overwrite to replace {'it' if one else 'them'}, or give another --out")
-    return table if given is None else given
+    path = table if given is None else given
+    try:
+        for f in writes(path):
+            check_output_file(f, "--out", overwrite=args.overwrite or in_results)
+    except ConfigError as exc:
+        p.error(str(exc))
+    return path
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
