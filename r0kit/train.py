@@ -594,6 +594,13 @@ def resolve_resume(resume: str | Path | None, output: Path) -> Path | None:
     return Path(resume)
 
 
+def continue_flags(steps: int, origins: Mapping[str, str] | None) -> str:
+    """The flags of ``r0kit train`` that continue a stopped run: ``--resume latest``, and ``--steps N``
+    when the run's length came from the command line (``origins["steps"]``), which a resume would not
+    otherwise repeat."""
+    return "--resume latest" + (f" --steps {steps}" if origins and "steps" in origins else "")
+
+
 def complete_checkpoints(output: str | Path) -> list[Path]:
     """The checkpoints under ``output`` that a run can resume from (their ``state.json`` was written), oldest first."""
     return [p for p in find_checkpoints(Path(output)) if (p / "state.json").is_file()]
@@ -953,7 +960,7 @@ def train(
     if failure is not None:
         where = (
             f"the last checkpoint is {str(last_ckpt)!r} (step {last_ckpt.name.removeprefix('step-').lstrip('0') or '0'}); "
-            "continue with --resume latest"
+            f"continue with {continue_flags(cfg.steps, origins)}"
             if last_ckpt is not None
             else "no checkpoint could be written"
         )

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         print(estimate_training(cfg).table())
         return 0
     what = origins.get("output", f"output in {where}")
-    from r0kit.train import TRAIN_OUTPUTS, resume_hint
+    from r0kit.train import TRAIN_OUTPUTS, continue_flags, resume_hint
 
     check_output_dir(cfg.output, what, overwrite=args.overwrite, resume=args.resume is not None, resume_hint=resume_hint(cfg.output),
                      outputs=TRAIN_OUTPUTS)
@@ -139,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.generator.model = resolve_tiny_model(cfg.generator.model)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, progress=not args.no_progress,
                    verbose=True, source=where, origins=origins, argv=getattr(args, "argv", None))
-    # the command that continues this run: --steps too when this run's length came from the command line
-    go_on = "--resume latest" + (f" --steps {cfg.steps}" if "steps" in origins else "")
+    go_on = continue_flags(cfg.steps, origins)
     if result.interrupted:
         if result.checkpoint is None:
             print(f"interrupted before the first step; {str(cfg.output)!r} is as it was", file=sys.stderr)

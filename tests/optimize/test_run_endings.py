@@ -192,6 +192,15 @@ def test_train_plugin_exception_keeps_a_checkpoint_to_resume_from(scripted, tiny
     assert _manifest(tmp_path / "run")["status"] == "failed"
 
 
+def test_train_failure_names_the_steps_to_continue_at(scripted, tiny_sd, tmp_path, capsys):
+    """A run whose length came from --steps, stopped by a plugin's error, is continued with that --steps
+    (the hint once said only --resume latest, which trains to the config's length)."""
+    pytest.importorskip("peft")
+    toml = _train_toml(tmp_path, tiny_sd, "[objective.rewards.scripted]\nat = 3\nmode = 'raise'\n")
+    assert main(["train", "--config", str(toml), "--no-progress", "--steps", "8"]) == 2
+    assert "(step 3); continue with --resume latest --steps 8" in capsys.readouterr().err
+
+
 def test_train_failing_before_a_step_leaves_a_replaced_run_as_it_was(scripted, tiny_sd, tmp_path, capsys):
     pytest.importorskip("peft")
     toml = _train_toml(tmp_path, tiny_sd)
