@@ -25,7 +25,6 @@ Writes ``--out`` (CSV, one row per reward and check).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
@@ -42,24 +41,6 @@ def default_out(split: str) -> Path:
     return Path(__file__).resolve().parents[2] / "benchmarks" / "results" / f"mini_reward_agreement_cpu{'_train' if split == 'train' else ''}.csv"
 
 
-def _objective_config(config: Path | None):
-    """The ``[objective]`` of ``config`` (default the mini preset), validated, with its path; nothing loads."""
-    from r0kit.commands.optimize import preset_path
-    from r0kit.config import check_objective, load_toml, parse_objective
-
-    path = config or preset_path("mini")
-    cfg = parse_objective(load_toml(path).get("objective", {}), str(path))
-    check_objective(cfg, str(path))
-    return cfg, path
-
-
-def _objective_terms(config: Path | None):
-    from r0kit.config import build_objective
-
-    cfg, path = _objective_config(config)
-    return [t for t in build_objective(cfg, str(path)).terms if t.kind == "reward"]
-
-
 def agreement(source: str, samples: int, guidance: float, config: Path | None, split: str = "heldout", seed: int = 1000) -> list[dict[str, object]]:
     from r0kit.evaluate import _build_generator, _generate, parse_source, source_kind
     from r0kit.mini import judge as J
@@ -71,7 +52,9 @@ def agreement(source: str, samples: int, guidance: float, config: Path | None, s
     gen = _build_generator(base, source_kind(base), steps=steps or 4, size=None, device="cpu", guidance=guidance)
     row = [p for p in prompts for _ in range(samples)]
     images = _generate(gen, row, seed, 64)
-    terms = _objective_terms(config)
+    from r0kit.commands._common import config_rewards
+
+    terms, _ = config_rewards(config)
     scores = {k: v.view(len(prompts), samples) for k, v in score_tensor(images, row, terms, batch_size=64).items()}
     results = J.score(row, images)
     checks = [c for c in J.CHECKS if any(c in r for r in results)]
@@ -96,7 +79,7 @@ def agreement(source: str, samples: int, guidance: float, config: Path | None, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r0kit.commands._common import committed_table, finite_float, int_at_least
+    from r0kit.commands._common import committed_table, config_rewards, finite_float, int_at_least, write_table
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="r0kit-mini@4", help="MODEL@K or an exported generator (default r0kit-mini@4)")
@@ -122,16 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         base, _ = parse_source(args.source)
         if source_kind(base) == "images":
             p.error(f"--source {args.source!r} is a folder of images; give MODEL@K or an exported generator")
-        _objective_config(args.config)
+        config_rewards(args.config, load=False)
     except R0kitError as exc:
         p.error(str(exc))
     torch.set_num_threads(args.threads)
     rows = agreement(args.source, args.samples, args.guidance, args.config, args.split)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    write_table(args.out, rows)
     print(f"{args.source}: {args.samples} samples per {args.split} prompt; best-of-N by each reward vs a random image (mean)")
     print(f"{'reward':>10} {'check':>9} {'mean':>6} {'best':>6} {'oracle':>6} {'corr':>6}")
     for r in rows:

@@ -239,3 +239,36 @@ def check_objective_devices(objective: Any, what: Callable[[str], str]) -> None:
     """:func:`check_option_devices` over every term of a config's ``[objective]`` (``objective.rewards.<label>.device``)."""
     terms = {kind: {label: t.options for label, t in getattr(objective, kind).items()} for kind in ("rewards", "regularizers")}
     check_option_devices({"objective": terms}, what)
+
+
+def config_rewards(config: Path | None, *, load: bool = True) -> tuple[list[Any], Path]:
+    """The reward terms of a train config's ``[objective]`` (default the ``mini`` preset's), and the config's path.
+
+    The benchmark scripts that score a training objective's rewards share this. ``load=False`` only
+    parses and checks the table (every reward and option known, weights valid) and returns no terms, so a
+    script can refuse a bad config before any model loads.
+
+    :raises ConfigError: the file is missing or not TOML, or its ``[objective]`` is invalid.
+    """
+    from r0kit.commands.optimize import preset_path
+    from r0kit.config import build_objective, check_objective, load_toml, parse_objective
+
+    path = config or preset_path("mini")
+    cfg = parse_objective(load_toml(path).get("objective", {}), str(path))
+    check_objective(cfg, str(path))
+    if not load:
+        return [], path
+    return [t for t in build_objective(cfg, str(path)).terms if t.kind == "reward"], path
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``rows`` (dicts with the same keys, in order) to the CSV ``path``, floats to 4 significant digits,
+    making its folder; the benchmark scripts' one table writer."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    return path
