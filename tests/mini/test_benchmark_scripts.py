@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +39,8 @@ def test_reward_agreement_writes_each_split_to_its_own_table():
     ("probe_conditioning", ["--model", "elsewhere"], "--model"),
     ("probe_conditioning", ["--seed", "4", "--samples", "8"], "--samples, --seed change"),
     ("ablate", ["--steps", "150"], "--steps"),
+    ("reward_robustness", ["--pairs", "1"], "--pairs"),
+    ("reward_robustness", ["--eps", "0.5", "--pgd-steps", "3"], "--eps, --pgd-steps change"),
 ])
 def test_a_run_with_other_settings_must_name_its_out(name, argv, named, capsys):
     """Any measured option changed without ``--out`` is refused before anything loads, naming the options
@@ -67,6 +71,11 @@ def test_out_cannot_put_another_measurement_into_the_committed_results(name, arg
     ("probe_conditioning", ["--timesteps", "5000"], "[0, 999]"),
     ("probe_conditioning", ["--samples", "0"], "must be >= 1"),
     ("probe_conditioning", ["--samples", "2", "--out", "/tmp"], "is a folder"),
+    ("reward_robustness", ["--eps", "a,1", "--out", "/tmp/x.csv"], "comma-separated numbers"),
+    ("reward_robustness", ["--eps", "-1", "--out", "/tmp/x.csv"], "finite numbers >= 0"),
+    ("reward_robustness", ["--eps", "nan", "--out", "/tmp/x.csv"], "finite numbers >= 0"),
+    ("reward_robustness", ["--pgd-steps", "0"], "must be >= 1"),
+    ("reward_robustness", ["--config", "/nonexistent/c.toml", "--out", "/tmp/x.csv"], "/nonexistent/c.toml"),
 ])
 def test_bad_values_are_refused_before_anything_loads(name, argv, said, capsys):
     with pytest.raises(SystemExit):
@@ -83,7 +92,8 @@ class _Loaded(Exception):
     """Raised in place of a script's measurement: the checks before it passed."""
 
 
-_MEASURE = {"reward_agreement": "agreement", "probe_conditioning": "probe", "ablate": "heldout_prompts"}
+_MEASURE = {"reward_agreement": "agreement", "probe_conditioning": "probe", "ablate": "heldout_prompts",
+            "reward_robustness": "robustness"}
 
 
 def _writes(name: str, folder: Path) -> tuple[list[str], list[Path]]:
@@ -96,7 +106,8 @@ def _writes(name: str, folder: Path) -> tuple[list[str], list[Path]]:
     return ["--out", str(folder / "agreement.csv")], [folder / "agreement.csv"]
 
 
-_EACH_FILE = [(name, i) for name, n in (("ablate", 3), ("probe_conditioning", 2), ("reward_agreement", 1)) for i in range(n)]
+_EACH_FILE = [(name, i) for name, n in (("ablate", 3), ("probe_conditioning", 2), ("reward_agreement", 1), ("reward_robustness", 1))
+              for i in range(n)]
 
 
 @pytest.mark.parametrize("name, which", _EACH_FILE)
@@ -163,3 +174,42 @@ def test_ablate_gives_no_verdict_from_one_seed():
     assert verdict((0.263, 0.0, 1), (0.25, 0.0, 1)).startswith("inconclusive")
     assert verdict((0.30, 0.01, 3), (0.25, 0.01, 3)) == "reproduces"
     assert verdict((0.20, 0.01, 3), (0.25, 0.01, 3)) == "does not reproduce"
+
+
+def _hps_term():
+    from r0kit.commands._common import config_rewards
+
+    terms, _ = config_rewards(None)
+    return next(t for t in terms if t.label == "hpsv2")
+
+
+def test_the_attack_raises_the_reward_within_its_budget():
+    """L2 PGD on the world's HPS: every moved image stays an image, within ``eps`` of where it started, and
+    scores higher; ``eps = 0`` moves nothing."""
+    script = _script("reward_robustness")
+    prompts = ["a small cyan circle at the top", "a cyan circle left of a yellow diamond", "two orange diamonds"]
+    good, bad, rows = script.pairs(prompts, 1, seed=0)
+    assert good.shape == bad.shape == (3, 3, 32, 32) and rows == prompts
+    assert not torch.equal(good, bad)
+    term = _hps_term()
+    moved = script.attack(term, bad, rows, 0.5, steps=4)
+    assert moved.min() >= 0 and moved.max() <= 1
+    assert (moved - bad).flatten(1).norm(dim=1).max() <= 0.5 + 1e-4
+    with torch.no_grad():
+        before, after = script.reward_values(term, bad, rows), script.reward_values(term, moved, rows)
+    assert (after > before).all(), (before, after)
+    assert torch.equal(script.attack(term, bad, rows, 0.0, steps=4), bad)
+
+
+def test_robustness_rows_count_flips_only_among_pairs_ranked_right(monkeypatch):
+    """With no budget nothing flips; with one, the flipped share is of the pairs the reward ranked right."""
+    script = _script("reward_robustness")
+    rows = script.robustness(None, (0.0, 1.0), pgd_steps=3, per_prompt=1, prompts=["a large purple triangle", "two yellow squares"])
+    assert [(r.reward, r.eps) for r in rows] == [(k, e) for k in ("hpsv2", "clip", "aesthetic") for e in (0.0, 1.0)]
+    for r in rows:
+        assert r.pairs == 2 and 0 <= r.ranked_right <= 2 and r.clean_acc == r.ranked_right / 2
+        assert 0 <= r.flipped <= 1 and 0 <= r.flipped_random <= 1 and 0 <= r.judge_wrong <= 1
+        if r.eps == 0:
+            assert r.flipped == 0 and r.flipped_random == 0 and r.rms == 0
+        else:
+            assert abs(r.rms - 1 / math.sqrt(3 * 32 * 32)) < 1e-9
