@@ -241,34 +241,64 @@ def check_objective_devices(objective: Any, what: Callable[[str], str]) -> None:
     check_option_devices({"objective": terms}, what)
 
 
-def config_rewards(config: Path | None, *, load: bool = True) -> tuple[list[Any], Path]:
-    """The reward terms of a train config's ``[objective]`` (default the ``mini`` preset's), and the config's path.
+def train_config(path: Path, flag: str = "--train-config") -> Path:
+    """A training config named on the command line: a TOML file, or the name of a train preset (``mini``).
+
+    :raises ConfigError: neither, naming ``flag`` and the presets.
+    """
+    from r0kit.commands.optimize import preset_names, preset_path
+
+    if path.exists():
+        return path
+    if path.name == str(path) and not path.suffix and str(path) in preset_names("train"):
+        return preset_path(str(path), "train")
+    raise ConfigError(f"{flag} {str(path)!r} does not exist; pass a training TOML, or a train preset's name "
+                      f"({', '.join(preset_names('train'))})")
+
+
+def config_rewards(config: Path | None, *, load: bool = True, flag: str = "--config") -> tuple[list[Any], Path]:
+    """The reward terms of a train config's ``[objective]`` (a TOML file or a train preset's name; default the
+    ``mini`` preset's), and the config's path.
 
     The benchmark scripts that score a training objective's rewards share this. ``load=False`` only
-    parses and checks the table (every reward and option known, weights valid) and returns no terms, so a
-    script can refuse a bad config before any model loads.
+    parses and checks the table (every reward and option known, weights valid, devices available) and
+    returns no terms, so a script can refuse a bad config before any model loads.
 
-    :raises ConfigError: the file is missing or not TOML, or its ``[objective]`` is invalid.
+    :raises ConfigError: the file is missing or not TOML, or has no valid ``[objective]``.
+    :raises OptionError: a term asks for a device this machine lacks.
+    :raises R0kitError: (with ``load``) a reward fails to load, e.g. its weights are not available offline.
     """
     from r0kit.commands.optimize import preset_path
-    from r0kit.config import build_objective, check_objective, load_toml, parse_objective
+    from r0kit.config import build_objective, check_objective, objective_table, parse_objective
 
-    path = config or preset_path("mini")
-    cfg = parse_objective(load_toml(path).get("objective", {}), str(path))
+    path = preset_path("mini") if config is None else train_config(config, flag)
+    cfg = parse_objective(objective_table(path), str(path))
     check_objective(cfg, str(path))
+    check_objective_devices(cfg, lambda key: f"{key} in {path}")
     if not load:
         return [], path
     return [t for t in build_objective(cfg, str(path)).terms if t.kind == "reward"], path
 
-
 def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write ``rows`` (dicts with the same keys, in order) to the CSV ``path``, floats to 4 significant digits,
-    making its folder; the benchmark scripts' one table writer."""
-    import csv
+    """Write ``rows`` (dicts with the same keys, in order) to the CSV ``path``, real numbers that are not
+    whole ones (Python or numpy floats) to 4 significant digits, making its folder; the benchmark scripts'
+    one table writer.
 
+    :raises ValueError: ``rows`` is empty, or a row's keys differ from the first row's.
+    """
+    import csv
+    import numbers
+
+    if not rows:
+        raise ValueError("write_table: no rows to write")
+    keys = list(rows[0])
+    bad = next((i for i, r in enumerate(rows) if list(r) != keys), None)
+    if bad is not None:
+        raise ValueError(f"write_table: row {bad} has keys {list(rows[bad])}, the first row {keys}")
+    real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)  # noqa: E731
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
-        w.writerows({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+        w.writerows({k: (f"{float(v):.4g}" if real(v) else v) for k, v in r.items()} for r in rows)
     return path

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from r0kit.commands._common import add_output, describe, int_at_least, key_values, print_evaluation
+from r0kit.commands._common import add_output, describe, int_at_least, key_values, print_evaluation, train_config
 
 
 def add_parser(sub) -> None:
@@ -52,22 +52,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _train_config(path: Path) -> Path:
-    """``--train-config``: a TOML file, or the name of a train preset (``mini``).
-
-    :raises ConfigError: neither, naming the flag and the presets.
-    """
-    from r0kit.commands.optimize import preset_names, preset_path
-    from r0kit.errors import ConfigError
-
-    if path.exists():
-        return path
-    if path.name == str(path) and not path.suffix and str(path) in preset_names("train"):
-        return preset_path(str(path), "train")
-    raise ConfigError(f"--train-config {str(path)!r} does not exist; pass a training TOML, or a train preset's name "
-                      f"({', '.join(preset_names('train'))})")
-
-
 def run(args: argparse.Namespace) -> int:
     from r0kit.checks import MANIFEST, check_device, check_output_dir
     from r0kit.commands._common import check_option_devices, quiet_library_progress
@@ -81,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     rewards = list(args.reward)
     options: dict = {}
     if args.train_config is not None:
-        args.train_config = _train_config(args.train_config)
+        args.train_config = train_config(args.train_config, "--train-config")
         obj = parse_objective(load_toml(args.train_config).get("objective", {}), str(args.train_config))
         for label, t in obj.rewards.items():
             name = t.name or label

@@ -72,8 +72,10 @@ def test_out_cannot_put_another_measurement_into_the_committed_results(name, arg
     ("probe_conditioning", ["--samples", "0"], "must be >= 1"),
     ("probe_conditioning", ["--samples", "2", "--out", "/tmp"], "is a folder"),
     ("reward_robustness", ["--eps", "a,1", "--out", "/tmp/x.csv"], "comma-separated numbers"),
-    ("reward_robustness", ["--eps", "-1", "--out", "/tmp/x.csv"], "finite numbers >= 0"),
-    ("reward_robustness", ["--eps", "nan", "--out", "/tmp/x.csv"], "finite numbers >= 0"),
+    ("reward_robustness", ["--eps=-1", "--out", "/tmp/x.csv"], "must be finite, >= 0"),
+    ("reward_robustness", ["--eps", "nan", "--out", "/tmp/x.csv"], "must be finite, >= 0"),
+    ("reward_robustness", ["--eps", "0.5,", "--out", "/tmp/x.csv"], "'' in '0.5,' is not a number"),
+    ("reward_robustness", ["--eps", "100", "--out", "/tmp/x.csv"], "moves at most that far"),
     ("reward_robustness", ["--pgd-steps", "0"], "must be >= 1"),
     ("reward_robustness", ["--config", "/nonexistent/c.toml", "--out", "/tmp/x.csv"], "/nonexistent/c.toml"),
 ])
@@ -208,8 +210,75 @@ def test_robustness_rows_count_flips_only_among_pairs_ranked_right(monkeypatch):
     assert [(r.reward, r.eps) for r in rows] == [(k, e) for k in ("hpsv2", "clip", "aesthetic") for e in (0.0, 1.0)]
     for r in rows:
         assert r.pairs == 2 and 0 <= r.ranked_right <= 2 and r.clean_acc == r.ranked_right / 2
-        assert 0 <= r.flipped <= 1 and 0 <= r.flipped_random <= 1 and 0 <= r.judge_wrong <= 1
+        if r.ranked_right == 0:  # no denominator: unknown, not "robust"
+            assert math.isnan(r.flipped) and math.isnan(r.flipped_random)
+        else:
+            assert 0 <= r.flipped <= 1 and 0 <= r.flipped_random <= 1
+        assert 0 <= r.moved_l2 <= r.eps + 1e-4
         if r.eps == 0:
-            assert r.flipped == 0 and r.flipped_random == 0 and r.rms == 0
+            assert r.moved_l2 == 0 and r.rms == 0
+            assert r.ranked_right == 0 or (r.flipped == 0 and r.flipped_random == 0)
+            assert math.isnan(r.judge_wrong_flipped)  # nothing flipped
         else:
             assert abs(r.rms - 1 / math.sqrt(3 * 32 * 32)) < 1e-9
+
+
+def _config(tmp_path, body: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    return path
+
+
+def test_a_reward_is_attacked_in_the_direction_r0_climbs_it(tmp_path):
+    """A negative weight turns the reward around (R0 descends it); a zero weight leaves it out, named (it once
+    divided by the weight and crashed on NaN images)."""
+    script = _script("reward_robustness")
+    said = []
+    cfg = _config(tmp_path, '[objective.rewards.clip]\nmodel = "r0kit-mini-clip"\nweight = -2\n'
+                            '[objective.rewards.hpsv2]\nmodel = "r0kit-mini-clip"\ncheckpoint = "r0kit-mini-hps"\nweight = 0\n')
+    prompts = ["a large purple triangle", "two yellow squares", "a small cyan circle at the top"]
+    rows = script.robustness(cfg, (0.0,), pgd_steps=1, per_prompt=2, prompts=prompts, say=said.append)
+    plus = script.robustness(None, (0.0,), pgd_steps=1, per_prompt=2, prompts=prompts, say=said.append)
+    assert [r.reward for r in rows] == ["clip"] and any("hpsv2" in line and "weight 0" in line for line in said)
+    clip = next(r for r in plus if r.reward == "clip")
+    assert rows[0].ranked_right == clip.pairs - clip.ranked_right  # no ties among six rendered pairs
+
+
+def test_eps_drops_duplicates_and_a_preset_name_is_the_default_config(tmp_path, monkeypatch):
+    script = _script("reward_robustness")
+    assert script.budgets("0, 0.5,0.5,-0,1") == (0.0, 0.5, 1.0)
+    seen = {}
+
+    def measured(config, eps, *a, **k):
+        seen.update(config=config, eps=eps)
+        raise _Loaded
+
+    monkeypatch.setattr(script, "robustness", measured)
+    with pytest.raises(_Loaded):  # the preset by name or by file is the default run: no --out needed
+        script.main(["--config", "mini", "--eps", "0,0.25,0.5,1,2,2"])
+    assert seen == {"config": None, "eps": (0.0, 0.25, 0.5, 1.0, 2.0)}
+
+
+def test_a_reward_that_fails_to_load_is_one_error_line(tmp_path, capsys):
+    """A config that parses but whose reward cannot load fails with the reward's message, not a traceback."""
+    script = _script("reward_robustness")
+    cfg = _config(tmp_path, '[objective.rewards.clip]\nmodel = "no-such-clip-model"\n')
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--config", str(cfg), "--pairs", "1", "--eps", "0", "--out", str(tmp_path / "o.csv")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "no-such-clip-model" in err and "Traceback" not in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_write_table_formats_numpy_floats_and_refuses_ragged_rows(tmp_path):
+    import numpy as np
+
+    from r0kit.commands._common import write_table
+
+    out = write_table(tmp_path / "a" / "t.csv", [{"x": np.float32(1 / 3), "n": np.int64(7), "s": "a"}])
+    assert out.read_text().splitlines() == ["x,n,s", "0.3333,7,a"]
+    with pytest.raises(ValueError, match="no rows"):
+        write_table(tmp_path / "b.csv", [])
+    with pytest.raises(ValueError, match="row 1 has keys"):
+        write_table(tmp_path / "c.csv", [{"x": 1.0}, {"y": 2.0}])

@@ -340,11 +340,11 @@ def test_train_config_takes_a_preset_name_and_names_itself_when_missing(tmp_path
     """From any folder, `--train-config r0kit/presets/mini.toml` (the README's, from the repository
     root) was "config file ... does not exist" without naming the flag; a preset's name now works."""
     from r0kit.cli import main
-    from r0kit.commands.evaluate import _train_config
+    from r0kit.commands._common import train_config
     from r0kit.commands.optimize import preset_path
 
     monkeypatch.chdir(tmp_path)
-    assert _train_config(Path("mini")) == preset_path("mini", "train")
+    assert train_config(Path("mini")) == preset_path("mini", "train")
     assert main(["evaluate", "imgs", "--train-config", "no/such.toml", "-o", "ev"]) == 2
     err = capsys.readouterr().err
     assert "--train-config 'no/such.toml' does not exist" in err and "mini" in err
