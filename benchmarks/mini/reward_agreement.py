@@ -42,6 +42,7 @@ def default_out(split: str) -> Path:
 
 
 def agreement(source: str, samples: int, guidance: float, config: Path | None, split: str = "heldout", seed: int = 1000) -> list[dict[str, object]]:
+    from r0kit.commands._common import config_rewards
     from r0kit.evaluate import _build_generator, _generate, parse_source, source_kind
     from r0kit.mini import judge as J
     from r0kit.mini import world as W
@@ -52,8 +53,6 @@ def agreement(source: str, samples: int, guidance: float, config: Path | None, s
     gen = _build_generator(base, source_kind(base), steps=steps or 4, size=None, device="cpu", guidance=guidance)
     row = [p for p in prompts for _ in range(samples)]
     images = _generate(gen, row, seed, 64)
-    from r0kit.commands._common import config_rewards
-
     terms, _ = config_rewards(config)
     scores = {k: v.view(len(prompts), samples) for k, v in score_tensor(images, row, terms, batch_size=64).items()}
     results = J.score(row, images)

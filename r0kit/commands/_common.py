@@ -279,6 +279,7 @@ def config_rewards(config: Path | None, *, load: bool = True, flag: str = "--con
         return [], path
     return [t for t in build_objective(cfg, str(path)).terms if t.kind == "reward"], path
 
+
 def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write ``rows`` (dicts with the same keys, in order) to the CSV ``path``, real numbers that are not
     whole ones (Python or numpy floats) to 4 significant digits, making its folder; the benchmark scripts'

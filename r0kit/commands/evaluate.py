@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     rewards = list(args.reward)
     options: dict = {}
     if args.train_config is not None:
-        args.train_config = train_config(args.train_config, "--train-config")
+        args.train_config = train_config(args.train_config)
         obj = parse_objective(load_toml(args.train_config).get("objective", {}), str(args.train_config))
         for label, t in obj.rewards.items():
             name = t.name or label
