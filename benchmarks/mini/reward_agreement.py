@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except R0kitError as exc:
         p.error(str(exc))
     torch.set_num_threads(args.threads)
-    rows = agreement(args.source, args.samples, args.guidance, args.config, args.split)
+    try:
+        rows = agreement(args.source, args.samples, args.guidance, args.config, args.split)
+    except R0kitError as exc:  # a model or reward that fails to load: its message names the fix
+        p.exit(1, f"{p.prog}: error: {exc}\n")
     write_table(args.out, rows)
     print(f"{args.source}: {args.samples} samples per {args.split} prompt; best-of-N by each reward vs a random image (mean)")
     print(f"{'reward':>10} {'check':>9} {'mean':>6} {'best':>6} {'oracle':>6} {'corr':>6}")

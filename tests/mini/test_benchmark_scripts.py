@@ -259,12 +259,16 @@ def test_eps_drops_duplicates_and_a_preset_name_is_the_default_config(tmp_path, 
     assert seen == {"config": None, "eps": (0.0, 0.25, 0.5, 1.0, 2.0)}
 
 
-def test_a_reward_that_fails_to_load_is_one_error_line(tmp_path, capsys):
+@pytest.mark.parametrize("name, argv", [
+    ("reward_robustness", ["--pairs", "1", "--eps", "0"]),
+    ("reward_agreement", ["--samples", "2"]),
+])
+def test_a_reward_that_fails_to_load_is_one_error_line(name, argv, tmp_path, capsys):
     """A config that parses but whose reward cannot load fails with the reward's message, not a traceback."""
-    script = _script("reward_robustness")
+    script = _script(name)
     cfg = _config(tmp_path, '[objective.rewards.clip]\nmodel = "no-such-clip-model"\n')
     with pytest.raises(SystemExit) as exc:
-        script.main(["--config", str(cfg), "--pairs", "1", "--eps", "0", "--out", str(tmp_path / "o.csv")])
+        script.main(["--config", str(cfg), *argv, "--out", str(tmp_path / "o.csv")])
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "error:" in err and "no-such-clip-model" in err and "Traceback" not in err
